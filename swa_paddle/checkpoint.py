@@ -1,0 +1,31 @@
+"""Paddle checkpoint files (``.pdparams``): atomic save, load, and checked weight loading."""
+
+from __future__ import annotations
+
+import paddle
+from paddle import nn
+
+from swa_recipe.checkpoint import CheckpointError, atomic_save, check_shapes
+
+
+def save(state: dict, path: str) -> None:
+    atomic_save(lambda tmp: paddle.save(state, tmp), path)
+
+
+def load(path: str) -> dict:
+    try:
+        return paddle.load(path)
+    except Exception as exc:  # paddle raises a variety of errors for a bad file
+        raise CheckpointError(f"{path} cannot be read as a Paddle checkpoint "
+                              f"({exc.__class__.__name__}); it is truncated or not a .pdparams "
+                              f"file") from None
+
+
+def shapes(state: dict) -> dict:
+    return {k: tuple(v.shape) for k, v in state.items()}
+
+
+def load_weights(model: nn.Layer, state: dict, path: str) -> None:
+    """Load a plain state dict after checking every key and shape against ``model``."""
+    check_shapes(shapes(model.state_dict()), shapes(state), path)
+    model.set_state_dict(state)

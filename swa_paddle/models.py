@@ -1,0 +1,62 @@
+"""VGG16/VGG16BN/VGG19/VGG19BN with the original repo's parameter names and initialisation."""
+
+from __future__ import annotations
+
+import math
+
+import paddle
+from paddle import nn
+
+from swa_recipe.arch import layout, model_kwargs, scaled
+
+
+def make_layers(cfg: list, batch_norm: bool) -> nn.Sequential:
+    layers: list[nn.Layer] = []
+    in_channels = 3
+    for v in cfg:
+        if v == "M":
+            layers.append(nn.MaxPool2D(kernel_size=2, stride=2))
+            continue
+        layers.append(nn.Conv2D(in_channels, v, kernel_size=3, padding=1))
+        if batch_norm:
+            layers.append(nn.BatchNorm2D(v))  # Paddle momentum 0.9 == torch momentum 0.1
+        layers.append(nn.ReLU())
+        in_channels = v
+    return nn.Sequential(*layers)
+
+
+class VGG(nn.Layer):
+    """Keys ``features.N.*`` and ``classifier.1/4/6.*`` match the original's one-to-one."""
+
+    def __init__(self, num_classes: int = 10, depth: int = 16, batch_norm: bool = False,
+                 width: float = 1.0, dropout: float = 0.5):
+        super().__init__()
+        self.features = make_layers(layout(depth, width), batch_norm)
+        hidden = scaled(512, width)
+        self.classifier = nn.Sequential(
+            nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.ReLU(),
+            nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.ReLU(),
+            nn.Linear(hidden, num_classes),
+        )
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """Conv: N(0, sqrt(2 / (k*k*out))), bias 0; Linear: torch's default U(+-1/sqrt(fan_in))."""
+        for m in self.sublayers():
+            if isinstance(m, nn.Conv2D):
+                k = m.weight.shape
+                std = math.sqrt(2.0 / (k[2] * k[3] * k[0]))
+                m.weight.set_value(paddle.normal(0.0, std, m.weight.shape))
+                m.bias.set_value(paddle.zeros(m.bias.shape))
+            elif isinstance(m, nn.Linear):
+                bound = 1.0 / math.sqrt(m.weight.shape[0])  # Paddle weight is [in, out]
+                m.weight.set_value(paddle.uniform(m.weight.shape, min=-bound, max=bound))
+                m.bias.set_value(paddle.uniform(m.bias.shape, min=-bound, max=bound))
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        x = self.features(x)
+        return self.classifier(paddle.flatten(x, 1))
+
+
+def build_model(cfg: dict) -> VGG:
+    return VGG(**model_kwargs(cfg))

@@ -1,0 +1,147 @@
+"""Paddle's missing ``torch.optim.swa_utils``: ``AveragedModel``, ``SWALR`` and ``update_bn``.
+
+The API mirrors torch's so that code reads the same in both frameworks. Paddle differences that
+matter: BatchNorm statistics are non-trainable parameters (``_mean``, ``_variance``), not buffers;
+the running variance Paddle keeps on CPU is biased; and Paddle has no ``momentum=None``
+(cumulative average). ``update_bn`` therefore computes the statistics itself, exactly as torch's
+``update_bn`` defines them: the equal-weight mean over batches of each batch's mean and unbiased
+variance.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable, Iterable
+
+import paddle
+from paddle import nn
+
+from swa_recipe.schedules import anneal
+
+AvgFn = Callable[[paddle.Tensor, paddle.Tensor, int], paddle.Tensor]
+
+
+def get_ema_avg_fn(decay: float = 0.999) -> AvgFn:
+    """Exponential moving average, for ``AveragedModel(model, avg_fn=get_ema_avg_fn(0.99))``."""
+
+    def ema_update(averaged: paddle.Tensor, current: paddle.Tensor, num_averaged: int):
+        return decay * averaged + (1 - decay) * current
+
+    return ema_update
+
+
+def _bn_stats(layer: nn.Layer) -> list[str]:
+    return ["_mean", "_variance"] if isinstance(layer, nn.layer.norm._BatchNormBase) else []
+
+
+def averaged_tensors(model: nn.Layer, use_buffers: bool) -> list[paddle.Tensor]:
+    """Trainable parameters, plus BN statistics when ``use_buffers`` (torch's buffers)."""
+    tensors = [p for p in model.parameters() if not p.stop_gradient]
+    if use_buffers:
+        tensors += [getattr(m, n) for m in model.sublayers(include_self=True)
+                    for n in _bn_stats(m)]
+    return tensors
+
+
+class AveragedModel(nn.Layer):
+    """Keeps an average of a model's parameters, as ``torch.optim.swa_utils.AveragedModel``.
+
+    The equal-weight average by default (SWA); ``avg_fn(averaged, current, num_averaged)`` for
+    another one. ``n_averaged`` is a persistable buffer, so it travels in ``state_dict``.
+    BatchNorm statistics are not averaged unless ``use_buffers``: run :func:`update_bn` instead.
+    """
+
+    def __init__(self, model: nn.Layer, avg_fn: AvgFn | None = None, use_buffers: bool = False):
+        super().__init__()
+        self.module = copy.deepcopy(model)
+        self.register_buffer("n_averaged", paddle.to_tensor(0, dtype="int64"), persistable=True)
+        self.avg_fn = avg_fn
+        self.use_buffers = use_buffers
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.module(*args, **kwargs)
+
+    @paddle.no_grad()
+    def update_parameters(self, model: nn.Layer) -> None:
+        n = int(self.n_averaged)
+        pairs = zip(averaged_tensors(self.module, self.use_buffers),
+                    averaged_tensors(model, self.use_buffers))
+        for averaged, current in pairs:
+            current = current.detach()
+            if n == 0:
+                averaged.set_value(current)
+            elif self.avg_fn is None:
+                averaged.set_value(averaged + (current - averaged) / (n + 1))
+            else:
+                averaged.set_value(self.avg_fn(averaged, current, n))
+        self.n_averaged.set_value(paddle.to_tensor(n + 1, dtype="int64"))
+
+
+class SWALR(paddle.optimizer.lr.LRScheduler):
+    """Anneals the learning rate from ``learning_rate`` to ``swa_lr`` over ``anneal_epochs`` steps.
+
+    torch's ``SWALR(optimizer, swa_lr, anneal_epochs, anneal_strategy)`` as a Paddle scheduler:
+    pass it as the optimizer's ``learning_rate`` and call ``step()`` once per epoch. After ``k``
+    steps the rate is ``swa_lr * a + learning_rate * (1 - a)``, ``a = anneal(min(1, k / E))``.
+    """
+
+    def __init__(self, learning_rate: float, swa_lr: float, anneal_epochs: int = 10,
+                 anneal_strategy: str = "cos", last_epoch: int = -1, verbose: bool = False):
+        if anneal_strategy not in ("cos", "linear"):
+            raise ValueError(f"anneal_strategy must be 'cos' or 'linear', got {anneal_strategy}")
+        if not isinstance(anneal_epochs, int) or anneal_epochs < 0:
+            raise ValueError(f"anneal_epochs must be an integer >= 0, got {anneal_epochs}")
+        self.swa_lr = swa_lr
+        self.anneal_epochs = anneal_epochs
+        self.anneal_strategy = anneal_strategy
+        super().__init__(learning_rate, last_epoch, verbose)
+
+    def get_lr(self) -> float:
+        step = self.last_epoch if self.anneal_epochs else max(1, self.last_epoch)
+        alpha = anneal(step / max(1, self.anneal_epochs), self.anneal_strategy)
+        return self.swa_lr * alpha + self.base_lr * (1 - alpha)
+
+
+def _first(batch: Any) -> paddle.Tensor:
+    return batch[0] if isinstance(batch, (list, tuple)) else batch
+
+
+@paddle.no_grad()
+def update_bn(loader: Iterable, model: nn.Layer) -> None:
+    """Recompute BatchNorm statistics with one pass over ``loader`` (as torch's ``update_bn``).
+
+    Running mean and variance become the equal-weight average over batches of each batch's mean
+    and unbiased variance: what torch stores with ``momentum=None``. A forward pre-hook reads
+    each BN input; accumulation is in float64.
+    """
+    layers = [m for m in model.sublayers(include_self=True) if _bn_stats(m)]
+    if not layers:
+        return
+    sums = {id(m): [0.0, 0.0] for m in layers}
+    counts = {"batches": 0}
+
+    def hook(layer: nn.Layer, inputs: tuple) -> None:
+        x = inputs[0].astype("float64")
+        axes = [0, 2, 3] if x.ndim == 4 else [0]
+        acc = sums[id(layer)]
+        acc[0] = acc[0] + x.mean(axis=axes)
+        acc[1] = acc[1] + x.var(axis=axes, unbiased=True)
+
+    handles = [m.register_forward_pre_hook(hook) for m in layers]
+    was_training = model.training
+    model.train()
+    try:
+        for batch in loader:
+            model(_first(batch))
+            counts["batches"] += 1
+    finally:
+        for h in handles:
+            h.remove()
+        model.train() if was_training else model.eval()
+    n = counts["batches"]
+    if n == 0:
+        return
+    for m in layers:
+        mean, var = sums[id(m)]
+        m._mean.set_value((mean / n).astype(m._mean.dtype))
+        m._variance.set_value((var / n).astype(m._variance.dtype))

@@ -1,0 +1,137 @@
+"""One SGD/SWA training run in Paddle; ``swa_recipe.loop.fit`` drives its epochs."""
+
+from __future__ import annotations
+
+import logging
+
+import paddle
+import paddle.nn.functional as F
+
+from swa_recipe import schedules
+from swa_recipe.logs import IterMeter
+from swa_recipe.loop import epoch_seed, progress_wanted
+
+from . import checkpoint
+from .data import build_loaders
+from .models import build_model
+from .swa_utils import SWALR, AveragedModel, update_bn
+
+
+def set_device(device: str) -> str:
+    """``auto`` is the GPU when Paddle was built with CUDA, else the CPU."""
+    if device == "auto":
+        device = "gpu" if paddle.is_compiled_with_cuda() else "cpu"
+    paddle.set_device(device)
+    return device
+
+
+def has_batch_norm(model: paddle.nn.Layer) -> bool:
+    return any(isinstance(m, paddle.nn.layer.norm._BatchNormBase) for m in model.sublayers())
+
+
+@paddle.no_grad()
+def evaluate(model: paddle.nn.Layer, loader: paddle.io.DataLoader) -> dict:
+    """Mean loss and accuracy (%) over the loader, in eval mode."""
+    model.eval()
+    loss_sum, correct, total = 0.0, 0, 0
+    for x, y in loader:
+        logits = model(x)
+        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(axis=1) == y).astype("int64").sum())
+        total += int(y.shape[0])
+    return {"loss": loss_sum / total, "accuracy": 100.0 * correct / total}
+
+
+class Trainer:
+    """Model, SWA average, optimizer and loaders of one run (see ``swa_recipe.loop.Trainer``)."""
+
+    framework = "paddle"
+
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+        self.device = set_device(cfg["Global"]["device"])
+        paddle.seed(cfg["Global"]["seed"])
+        self.model = build_model(cfg)
+        self.train_loader, self.test_loader = build_loaders(cfg)
+        self.iters = len(self.train_loader.batch_sampler)
+        self.swa_model = AveragedModel(self.model) if cfg["SWA"]["swa"] else None
+        opt, swa = cfg["Optimizer"], cfg["SWA"]
+        self.scheduler = None
+        if opt["schedule"] == "swalr":
+            self.scheduler = SWALR(opt["lr_init"], swa["swa_lr"], swa["anneal_epochs"],
+                                   swa["anneal_strategy"])
+        self.optimizer = paddle.optimizer.Momentum(
+            learning_rate=self.scheduler or opt["lr_init"], momentum=opt["momentum"],
+            parameters=self.model.parameters(), weight_decay=opt["wd"])
+
+    @property
+    def swa_n(self) -> int:
+        return int(self.swa_model.n_averaged) if self.swa_model is not None else 0
+
+    def _lr(self, epoch: int, it: int) -> float:
+        if self.scheduler is not None:
+            return self.scheduler()
+        lr = schedules.learning_rate(self.cfg, epoch, it, self.iters)
+        self.optimizer.set_lr(lr)
+        return lr
+
+    def train_epoch(self, epoch: int, logger: logging.Logger | None = None) -> dict:
+        paddle.seed(epoch_seed(self.cfg["Global"]["seed"], epoch))
+        self.train_loader.batch_sampler.set_epoch(epoch)
+        if self.scheduler is not None and schedules.swalr_steps(epoch, self.cfg["SWA"]["swa_start"]):
+            self.scheduler.step()
+        self.model.train()
+        g = self.cfg["Global"]
+        meter = IterMeter(epoch, g["epochs"], self.iters, g["log_freq"], logger,
+                          progress_wanted())
+        first_lr = None
+        for it, (x, y) in enumerate(meter.iterate(self.train_loader)):
+            lr = self._lr(epoch, it)
+            first_lr = lr if first_lr is None else first_lr
+            logits = self.model(x)
+            loss = F.cross_entropy(logits, y)
+            self.optimizer.clear_grad()
+            loss.backward()
+            self.optimizer.step()
+            correct = int((logits.argmax(axis=1) == y).astype("int64").sum())
+            meter.step(it, lr, float(loss), correct, int(y.shape[0]))
+        return {**meter.result(), "lr": first_lr}
+
+    def evaluate(self, swa: bool = False) -> dict:
+        return evaluate(self.swa_model.module if swa else self.model, self.test_loader)
+
+    def collect(self) -> None:
+        self.swa_model.update_parameters(self.model)
+
+    def update_bn(self) -> None:
+        if has_batch_norm(self.model):
+            update_bn(self.train_loader, self.swa_model.module)
+
+    def state_dict(self, epoch: int) -> dict:
+        """The original repo's layout, plus config, scheduler and the seed RNG is derived from."""
+        return {
+            "epoch": epoch,
+            "state_dict": self.model.state_dict(),
+            "swa_state_dict": self.swa_model.module.state_dict() if self.swa_n else None,
+            "swa_n": self.swa_n if self.swa_model is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "config": self.cfg,
+            "rng": {"seed": self.cfg["Global"]["seed"],
+                    "next_epoch_seed": epoch_seed(self.cfg["Global"]["seed"], epoch)},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.set_state_dict(state["state_dict"])
+        self.optimizer.set_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler"):
+            self.scheduler.set_state_dict(state["scheduler"])
+        if self.swa_model is not None and state.get("swa_state_dict") is not None:
+            self.swa_model.module.set_state_dict(state["swa_state_dict"])
+            self.swa_model.n_averaged.set_value(paddle.to_tensor(state["swa_n"], dtype="int64"))
+
+    def save(self, state: dict, path: str) -> None:
+        checkpoint.save(state, path)
+
+    def load(self, path: str) -> dict:
+        return checkpoint.load(path)

@@ -1,0 +1,75 @@
+"""Checkpoint plumbing both twins share: atomic writes, names, and refusing a mismatching file."""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from typing import Callable
+
+# What a checkpoint must agree on with the run that loads it.
+IDENTITY_KEYS = (("Arch", "model"), ("Arch", "width"), ("Arch", "num_classes"),
+                 ("Data", "dataset"))
+EXTENSIONS = {"paddle": ".pdparams", "torch": ".pt"}
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used here; the message names the file and the mismatch."""
+
+
+def checkpoint_path(run_dir: str, epoch: int, framework: str) -> str:
+    return os.path.join(run_dir, f"checkpoint-{epoch}{EXTENSIONS[framework]}")
+
+
+def framework_of(path: str) -> str | None:
+    for framework, ext in EXTENSIONS.items():
+        if path.endswith(ext):
+            return framework
+    return None
+
+
+def latest_checkpoint(run_dir: str, framework: str) -> str | None:
+    """The complete checkpoint with the highest epoch in ``run_dir`` (temp files never match)."""
+    pattern = re.compile(rf"checkpoint-(\d+){re.escape(EXTENSIONS[framework])}$")
+    found = [(int(m.group(1)), p) for p in glob.glob(os.path.join(run_dir, "checkpoint-*"))
+             if (m := pattern.search(os.path.basename(p)))]
+    return max(found)[1] if found else None
+
+
+def atomic_save(write: Callable[[str], None], path: str) -> None:
+    """Write through a temporary file, flush it to disk, then rename: complete or absent."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def check_identity(saved: dict | None, cfg: dict, path: str) -> None:
+    """Refuse a checkpoint of another model, width, class count or dataset."""
+    if not saved:
+        return
+    for section, key in IDENTITY_KEYS:
+        have, want = saved.get(section, {}).get(key), cfg[section][key]
+        if have != want:
+            raise CheckpointError(f"{path} holds {section}.{key}={have}, this run has {want}; "
+                                  f"pass a matching checkpoint or -o {section}.{key}={have}")
+
+
+def check_shapes(expected: dict, found: dict, path: str) -> None:
+    """Compare name -> shape maps; name the first missing, unexpected or differently shaped key."""
+    for name, shape in expected.items():
+        if name not in found:
+            raise CheckpointError(f"{path} lacks '{name}'; it is not a checkpoint of this model")
+        if tuple(found[name]) != tuple(shape):
+            raise CheckpointError(f"{path}: '{name}' has shape {tuple(found[name])}, the model "
+                                  f"expects {tuple(shape)}; check --model and Arch.width")
+    extra = [n for n in found if n not in expected]
+    if extra:
+        raise CheckpointError(f"{path} has '{extra[0]}', which this model lacks; "
+                              f"it is a checkpoint of another model")

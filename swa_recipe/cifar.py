@@ -1,0 +1,258 @@
+"""CIFAR-10 from the official python archive, and the seeded numpy augmentation both twins share.
+
+Everything random here is a pure function of ``(seed, epoch, sample index)``: the shuffled order,
+the crop offsets and the flips. Any number of loader workers, in either framework, therefore
+produces byte-identical batches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import tarfile
+import urllib.request
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+ARCHIVE_NAME = "cifar-10-python.tar.gz"
+FOLDER_NAME = "cifar-10-batches-py"
+TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_FILES = ("test_batch",)
+# The original repo's VGG normalisation (ImageNet statistics).
+MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32).reshape(3, 1, 1)
+STD = np.array([0.229, 0.224, 0.225], dtype=np.float32).reshape(3, 1, 1)
+PAD = 4
+
+
+class DataError(RuntimeError):
+    """The dataset is missing, partial, corrupt or not what was expected; the message says what to do."""
+
+
+@dataclass
+class Split:
+    images: np.ndarray  # uint8, N x 3 x 32 x 32
+    labels: np.ndarray  # int64, N
+
+
+def default_data_path() -> Path:
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "swa_paddle" / ARCHIVE_NAME
+
+
+def file_md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def download(url: str, dest: Path, md5: str | None) -> None:
+    """Fetch ``url`` to ``dest`` through a ``.part`` file, so a broken download is never used."""
+    from tqdm import tqdm
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as resp, open(part, "wb") as out:
+            total = int(resp.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {dest.name}") as bar:
+                for chunk in iter(lambda: resp.read(1 << 20), b""):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+    except OSError as exc:
+        part.unlink(missing_ok=True)
+        raise DataError(f"could not download CIFAR-10 from {url} ({exc}); download "
+                        f"{ARCHIVE_NAME} by hand and pass --data_path") from None
+    if md5 and file_md5(part) != md5:
+        part.unlink(missing_ok=True)
+        raise DataError(f"downloaded {url} but its MD5 is not {md5}; retry, or pass a "
+                        f"local copy with --data_path")
+    os.replace(part, dest)
+
+
+def expected_md5(data_path: str | None, md5: str | None) -> str | None:
+    """``auto``: the official MD5 for the cached download, none for a file the user points at
+    (gzip's CRC and the pickle checks still catch a damaged one)."""
+    if md5 == "auto":
+        return CIFAR10_MD5 if data_path is None else None
+    return md5
+
+
+def locate(data_path: str | None, md5: str | None = "auto") -> Path:
+    """Return the archive or extracted folder to read; download the archive if none is given."""
+    if data_path is None:
+        path = default_data_path()
+        if not path.exists():
+            download(CIFAR10_URL, path, expected_md5(None, md5))
+        return path
+    path = Path(data_path).expanduser()
+    if path.is_dir():
+        if (path / FOLDER_NAME).is_dir():
+            return path / FOLDER_NAME
+        if (path / ARCHIVE_NAME).is_file():
+            return path / ARCHIVE_NAME
+        return path
+    if not path.exists():
+        raise DataError(f"CIFAR-10 not found at {path}; pass --data_path pointing at "
+                        f"{ARCHIVE_NAME} or its extracted {FOLDER_NAME} folder")
+    return path
+
+
+def _unpickle(raw: bytes, name: str, origin: Path) -> dict:
+    try:
+        batch = pickle.loads(raw, encoding="bytes")
+    except Exception:
+        raise DataError(f"{name} in {origin} is not a readable CIFAR batch (truncated or "
+                        f"corrupt); replace the dataset") from None
+    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+        raise DataError(f"{name} in {origin} has no data/labels; it is not a CIFAR-10 batch")
+    return batch
+
+
+def _read_folder(folder: Path, names: tuple[str, ...]) -> list[dict]:
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing:
+        raise DataError(f"{folder} lacks {', '.join(missing)}; re-extract {ARCHIVE_NAME} "
+                        f"there or pass the archive itself with --data_path")
+    return [_unpickle((folder / n).read_bytes(), n, folder) for n in names]
+
+
+def _read_archive(archive: Path, names: tuple[str, ...], md5: str | None) -> list[dict]:
+    if md5 and (found := file_md5(archive)) != md5:
+        raise DataError(f"{archive} has MD5 {found}, expected {md5}; replace the file, or for "
+                        f"a trusted local copy pass -o Data.md5=null")
+    raw = {}
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            for member in tar:
+                base = os.path.basename(member.name)
+                if member.isfile() and base in names:
+                    raw[base] = tar.extractfile(member).read()
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+        raise DataError(f"{archive} is truncated or corrupt ({exc.__class__.__name__}); "
+                        f"delete it and download {ARCHIVE_NAME} again") from None
+    missing = [n for n in names if n not in raw]
+    if missing:
+        raise DataError(f"{archive} lacks {', '.join(missing)}; it is not a complete "
+                        f"{ARCHIVE_NAME}")
+    return [_unpickle(raw[n], n, archive) for n in names]
+
+
+def _to_split(batches: list[dict]) -> Split:
+    images = np.concatenate([np.asarray(b[b"data"], dtype=np.uint8) for b in batches])
+    labels = np.concatenate([np.asarray(b[b"labels"], dtype=np.int64) for b in batches])
+    if images.ndim != 2 or images.shape[1] != 3 * 32 * 32 or len(images) != len(labels):
+        raise DataError("CIFAR batches have unexpected shapes; the dataset is corrupt")
+    return Split(images.reshape(-1, 3, 32, 32), labels)
+
+
+def load_cifar10(data_path: str | None, md5: str | None = "auto") -> tuple[Split, Split]:
+    """Read (train, test) from the official archive or its extracted folder."""
+    path = locate(data_path, md5)
+    names = TRAIN_FILES + TEST_FILES
+    if path.is_dir():
+        batches = _read_folder(path, names)
+    else:
+        batches = _read_archive(path, names, expected_md5(data_path, md5))
+    return _to_split(batches[:5]), _to_split(batches[5:])
+
+
+def subset(split: Split, n: int | None) -> Split:
+    if n is None or n >= len(split.labels):
+        return split
+    return Split(split.images[:n], split.labels[:n])
+
+
+def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
+    """Sample order of one epoch: a permutation seeded by (seed, epoch), or 0..n-1."""
+    if not shuffle:
+        return np.arange(n)
+    return np.random.default_rng([seed, epoch, 0]).permutation(n)
+
+
+def batch_indices(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool) -> list[list[int]]:
+    """The global batches of one epoch; the last one is short when n % batch_size != 0."""
+    order = epoch_order(n, seed, epoch, shuffle)
+    return [order[i:i + batch_size].tolist() for i in range(0, n, batch_size)]
+
+
+def augment_params(n: int, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Crop offsets (n x 2, in [0, 2*PAD]) and flips (n) for every sample index of one epoch."""
+    rng = np.random.default_rng([seed, epoch, 1])
+    offsets = rng.integers(0, 2 * PAD + 1, size=(n, 2))
+    flips = rng.random(n) < 0.5
+    return offsets, flips
+
+
+def normalize(image: np.ndarray) -> np.ndarray:
+    return (image.astype(np.float32) / np.float32(255.0) - MEAN) / STD
+
+
+def augment(image: np.ndarray, offset: np.ndarray, flip: bool) -> np.ndarray:
+    """4-pixel zero padding, a 32x32 crop at ``offset``, an optional horizontal flip (uint8 CHW)."""
+    padded = np.pad(image, ((0, 0), (PAD, PAD), (PAD, PAD)))
+    top, left = int(offset[0]), int(offset[1])
+    crop = padded[:, top:top + 32, left:left + 32]
+    return crop[:, :, ::-1] if flip else crop
+
+
+class CIFARDataset:
+    """Map-style dataset over ``(epoch, index)`` keys; the twins wrap it in their loaders.
+
+    The epoch travels with every key, so worker processes need no shared state to augment
+    exactly as the main process would.
+    """
+
+    def __init__(self, split: Split, train: bool, seed: int):
+        self.split, self.train, self.seed = split, train, seed
+        self._params_epoch: int | None = None
+        self._params: tuple[np.ndarray, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return len(self.split.labels)
+
+    def _epoch_params(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._params_epoch != epoch:
+            self._params = augment_params(len(self), self.seed, epoch)
+            self._params_epoch = epoch
+        return self._params
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[np.ndarray, np.int64]:
+        epoch, index = key
+        image = self.split.images[index]
+        if self.train:
+            offsets, flips = self._epoch_params(epoch)
+            image = augment(image, offsets[index], bool(flips[index]))
+        return normalize(image), self.split.labels[index]
+
+
+class EpochBatches:
+    """Global batches of ``(epoch, index)`` keys for the current epoch; this rank's shard of each.
+
+    ``set_epoch`` picks the epoch, as ``DistributedSampler.set_epoch`` does.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, shuffle: bool,
+                 rank: int = 0, world_size: int = 1):
+        self.n, self.batch_size, self.seed, self.shuffle = n, batch_size, seed, shuffle
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return -(-self.n // self.batch_size)
+
+    def __iter__(self):
+        for batch in batch_indices(self.n, self.batch_size, self.seed, self.epoch, self.shuffle):
+            shard = batch[self.rank::self.world_size]
+            yield [(self.epoch, i) for i in shard]

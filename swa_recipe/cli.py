@@ -1,0 +1,126 @@
+"""What ``train.py`` and ``eval.py`` do after parsing: pick the twin, build, call, report errors.
+
+Nothing here imports a framework at module level: CPU settings must reach the environment
+before Paddle is imported (see ``runtime.tune_cpu_env``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from types import SimpleNamespace
+from typing import Callable
+
+from .checkpoint import CheckpointError, check_identity, framework_of
+from .cifar import DataError
+from .config import ConfigError, add_config_args, resolve, run_dir
+from .logs import get_logger
+from .runtime import tune_cpu_env
+
+USER_ERRORS = (ConfigError, DataError, CheckpointError)
+
+
+def import_twin(framework: str) -> SimpleNamespace:
+    """The twin's modules by role, imported only now (after ``tune_cpu_env``)."""
+    names = ("models", "data", "checkpoint", "trainer")
+    return SimpleNamespace(**{n: importlib.import_module(f"swa_{framework}.{n}") for n in names})
+
+
+def run(main: Callable[[], int | None], debug: bool) -> int:
+    """Run ``main``; a user error becomes one line on stderr and exit code 2 (traceback: --debug)."""
+    try:
+        return main() or 0
+    except USER_ERRORS as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def train_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="SGD/SWA training of VGG on CIFAR-10 "
+                                     "(Paddle; --framework torch for the PyTorch twin)")
+    add_config_args(parser)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
+    return parser
+
+
+def train_main(args: argparse.Namespace) -> int:
+    cfg = resolve(args)
+    applied = tune_cpu_env()
+    from .loop import fit
+
+    out = run_dir(cfg)
+    os.makedirs(out, exist_ok=True)
+    logger = get_logger(out)
+    if applied:
+        logger.info("CPU settings applied: " + " ".join(f"{k}={v}" for k, v in applied.items()))
+    twin = import_twin(cfg["Global"]["framework"])
+    logger.info(f"{cfg['Global']['framework']}: {cfg['Arch']['model']} width "
+                f"{cfg['Arch']['width']}, {'SWA' if cfg['SWA']['swa'] else 'SGD'} training "
+                f"for {cfg['Global']['epochs']} epochs into {out}")
+    fit(twin.trainer.Trainer(cfg), cfg, logger)
+    return 0
+
+
+def eval_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Evaluate a checkpoint on the CIFAR-10 test set")
+    parser.add_argument("--model_path", required=True, help="checkpoint-N.pdparams/.pt or a "
+                        "plain state dict")
+    parser.add_argument("--which", choices=("auto", "swa", "sgd"), default="auto",
+                        help="weights of a training checkpoint (auto: SWA when present)")
+    add_config_args(parser)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
+    return parser
+
+
+def _framework(args: argparse.Namespace) -> str:
+    from_file = framework_of(args.model_path)
+    if args.framework and from_file and args.framework != from_file:
+        raise CheckpointError(f"{args.model_path} is a {from_file} file but --framework is "
+                              f"{args.framework}; drop --framework or convert the file with "
+                              f"tools/convert.py")
+    return args.framework or from_file or "paddle"
+
+
+def pick_weights(state: dict, which: str, path: str) -> tuple[str, dict]:
+    """(label, state dict) of a training checkpoint or a plain state dict."""
+    if "state_dict" not in state:
+        if which == "swa":
+            raise CheckpointError(f"{path} is a plain state dict without SWA weights; "
+                                  f"use --which sgd or auto")
+        return "weights", state
+    swa = state.get("swa_state_dict")
+    if which == "swa" and swa is None:
+        raise CheckpointError(f"{path} holds no SWA weights (trained without --swa, or before "
+                              f"swa_start); use --which sgd")
+    if which == "sgd" or swa is None:
+        return "SGD weights", state["state_dict"]
+    return "SWA weights", swa
+
+
+def eval_main(args: argparse.Namespace) -> int:
+    if not os.path.isfile(args.model_path):
+        raise CheckpointError(f"{args.model_path} not found; pass an existing checkpoint to "
+                              f"--model_path")
+    framework = _framework(args)
+    tune_cpu_env()
+    twin = import_twin(framework)
+    twin.trainer.set_device("auto")
+    state = twin.checkpoint.load(args.model_path)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{args.model_path} holds no state dict; it is not a checkpoint")
+    saved = state.get("config")
+    cfg = resolve(args, base=saved)
+    check_identity(saved, cfg, args.model_path)
+    label, weights = pick_weights(state, args.which, args.model_path)
+    model = twin.models.build_model(cfg)
+    twin.checkpoint.load_weights(model, weights, args.model_path)
+    _, test_loader = twin.data.build_loaders(cfg)
+    res = twin.trainer.evaluate(model, test_loader)
+    n = test_loader.batch_sampler.batches.n
+    print(f"{label} of {args.model_path}: test loss {res['loss']:.4f}, "
+          f"accuracy {res['accuracy']:.4f} % ({n} images)")
+    return 0

@@ -1,0 +1,274 @@
+"""The run configuration: one schema, YAML files, the original repo's flags and ``-o`` overrides.
+
+A config is a plain ``{section: {key: value}}`` dict (PaddleClas style: ``-o SWA.swa_lr=0.02``).
+Every key has a declared type and range, so a typo or an impossible value is refused before any
+work starts, with a message naming the key and what it accepts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import yaml
+
+MODELS = ("VGG16", "VGG16BN", "VGG19", "VGG19BN")
+FRAMEWORKS = ("paddle", "torch")
+SCHEDULES = ("original", "cyclic", "swalr")
+
+
+class ConfigError(ValueError):
+    """A config key, type or value that cannot be used; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Field:
+    default: Any
+    type: type
+    help: str
+    choices: tuple | None = None
+    check: Callable[[Any], bool] | None = None
+    rule: str = ""
+    nullable: bool = False
+
+
+def _positive(v: Any) -> bool:
+    return v > 0
+
+
+def _non_negative(v: Any) -> bool:
+    return v >= 0
+
+
+SCHEMA: dict[str, dict[str, Field]] = {
+    "Global": {
+        "framework": Field("paddle", str, "training framework", FRAMEWORKS),
+        "epochs": Field(200, int, "number of epochs", check=_positive, rule="> 0"),
+        "seed": Field(1, int, "seed for init, data order, augmentation and dropout"),
+        "dir": Field(None, str, "run directory (default output/<model>_<swa|sgd>_<framework>)",
+                     nullable=True),
+        "resume": Field(None, str, "checkpoint to resume from", nullable=True),
+        "save_freq": Field(25, int, "checkpoint every N epochs", check=_positive, rule="> 0"),
+        "eval_freq": Field(5, int, "evaluate every N epochs", check=_positive, rule="> 0"),
+        "log_freq": Field(50, int, "training line every N iterations", check=_positive,
+                          rule="> 0"),
+        "device": Field("auto", str, "where to train", ("auto", "cpu", "gpu")),
+    },
+    "Arch": {
+        "model": Field("VGG16", str, "model name", MODELS),
+        "width": Field(1.0, float, "channel width multiplier", check=_positive, rule="> 0"),
+        "dropout": Field(0.5, float, "dropout probability of the classifier",
+                         check=lambda v: 0 <= v < 1, rule="in [0, 1)"),
+        "num_classes": Field(10, int, "number of classes", check=_positive, rule="> 0"),
+    },
+    "Optimizer": {
+        "lr_init": Field(0.05, float, "initial learning rate", check=_positive, rule="> 0"),
+        "momentum": Field(0.9, float, "SGD momentum", check=lambda v: 0 <= v < 1,
+                          rule="in [0, 1)"),
+        "wd": Field(5e-4, float, "weight decay", check=_non_negative, rule=">= 0"),
+        "schedule": Field("original", str, "learning-rate schedule", SCHEDULES),
+    },
+    "SWA": {
+        "swa": Field(False, bool, "collect the SWA average"),
+        "swa_start": Field(161, int, "first epoch (1-based) whose weights are averaged",
+                           check=_positive, rule="> 0"),
+        "swa_lr": Field(0.01, float, "SWA learning rate", check=_positive, rule="> 0"),
+        "swa_c_epochs": Field(1, int, "collect every N epochs (cycle length)", check=_positive,
+                              rule="> 0"),
+        "anneal_epochs": Field(10, int, "epochs of the SWALR anneal (schedule swalr)",
+                               check=_non_negative, rule=">= 0"),
+        "anneal_strategy": Field("cos", str, "SWALR anneal shape (schedule swalr)",
+                                 ("cos", "linear")),
+    },
+    "Data": {
+        "dataset": Field("CIFAR10", str, "dataset name", ("CIFAR10",)),
+        "data_path": Field(None, str, "CIFAR-10 archive or folder (default: user cache)",
+                           nullable=True),
+        "md5": Field("auto", str, "archive MD5: auto (official for the download, none for a "
+                     "given data_path), a hex digest, or null (no check)", nullable=True,
+                     check=lambda v: v == "auto" or re.fullmatch(r"[0-9a-f]{32}", v) is not None,
+                     rule="'auto' or 32 lowercase hex digits"),
+        "batch_size": Field(128, int, "global batch size", check=_positive, rule="> 0"),
+        "num_workers": Field(0, int, "loader worker processes", check=_non_negative,
+                             rule=">= 0"),
+        "train_subset": Field(None, int, "use only the first N training images",
+                              check=_positive, rule="> 0", nullable=True),
+        "test_subset": Field(None, int, "use only the first N test images", check=_positive,
+                             rule="> 0", nullable=True),
+    },
+}
+
+# The original repo's flags, each the key of the same name in its section.
+FLAGS = ("epochs", "lr_init", "wd", "momentum", "batch_size", "swa", "swa_start", "swa_lr",
+         "swa_c_epochs", "model", "dataset", "data_path", "dir", "resume", "save_freq",
+         "eval_freq", "seed", "framework")
+
+
+def section_of(key: str) -> str:
+    """The section that holds ``key`` (flag names are unique across sections)."""
+    for section, fields in SCHEMA.items():
+        if key in fields:
+            return section
+    raise KeyError(key)
+
+
+def default_config() -> dict[str, dict[str, Any]]:
+    return {s: {k: f.default for k, f in fields.items()} for s, fields in SCHEMA.items()}
+
+
+def _field(section: str, key: str) -> Field:
+    if section not in SCHEMA:
+        raise ConfigError(f"unknown config section '{section}'; valid sections: "
+                          f"{', '.join(SCHEMA)}")
+    if key not in SCHEMA[section]:
+        raise ConfigError(f"unknown config key '{section}.{key}'; valid keys of {section}: "
+                          f"{', '.join(SCHEMA[section])}")
+    return SCHEMA[section][key]
+
+
+def coerce(section: str, key: str, value: Any) -> Any:
+    """Check ``value`` against the schema and return it in the declared type."""
+    f = _field(section, key)
+    name = f"{section}.{key}"
+    if value is None:
+        if f.nullable:
+            return None
+        raise ConfigError(f"{name} cannot be null; give a {f.type.__name__}")
+    if f.type is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false, got {value!r}")
+    elif f.type is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name} must be an integer, got {value!r}")
+    elif f.type is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name} must be a number, got {value!r}")
+        value = float(value)
+    elif f.type is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{name} must be a string, got {value!r}")
+        value = str(value)
+    if f.choices is not None and value not in f.choices:
+        raise ConfigError(f"{name} must be one of {', '.join(map(str, f.choices))}; "
+                          f"got {value!r}")
+    if f.check is not None and not f.check(value):
+        raise ConfigError(f"{name} must be {f.rule}, got {value!r}")
+    return value
+
+
+def merge(cfg: dict, update: dict, origin: str) -> dict:
+    """Return ``cfg`` with the sections of ``update`` applied, each value checked."""
+    out = copy.deepcopy(cfg)
+    if not isinstance(update, dict):
+        raise ConfigError(f"{origin} must be a mapping of sections, got {type(update).__name__}")
+    for section, values in update.items():
+        if not isinstance(values, dict):
+            _field(section, "")  # names an unknown section first
+            raise ConfigError(f"section '{section}' in {origin} must be a mapping of keys")
+        for key, value in values.items():
+            out[section][key] = coerce(section, key, value)
+    return out
+
+
+def load_yaml(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found; pass an existing --config "
+                          f"(see configs/)") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML ({exc.__class__.__name__}); "
+                          f"fix its syntax") from None
+    return merge(default_config(), data or {}, path)
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """Split ``Section.key=value``; the value is read as YAML (``3``, ``0.1``, ``true``, ``null``)."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"override '{text}' must look like Section.key=value, "
+                          f"e.g. -o SWA.swa_lr=0.02")
+    name, raw = text.split("=", 1)
+    section, key = name.strip().split(".", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return section, key, value
+
+
+def validate(cfg: dict) -> dict:
+    """Checks across keys, after every key was checked on its own."""
+    g, swa, data = cfg["Global"], cfg["SWA"], cfg["Data"]
+    if swa["swa"] and swa["swa_start"] > g["epochs"]:
+        raise ConfigError(f"SWA.swa_start ({swa['swa_start']}) is after the last epoch "
+                          f"({g['epochs']}); lower swa_start or raise Global.epochs")
+    if cfg["Optimizer"]["schedule"] != "original" and not swa["swa"]:
+        raise ConfigError(f"Optimizer.schedule={cfg['Optimizer']['schedule']} needs SWA; "
+                          f"pass --swa or use schedule original")
+    if data["train_subset"] is not None and data["batch_size"] > data["train_subset"]:
+        raise ConfigError(f"Data.batch_size ({data['batch_size']}) is larger than the "
+                          f"training set ({data['train_subset']} images); lower it")
+    return cfg
+
+
+def run_dir(cfg: dict) -> str:
+    g = cfg["Global"]
+    if g["dir"]:
+        return g["dir"]
+    kind = "swa" if cfg["SWA"]["swa"] else "sgd"
+    return os.path.join("output", f"{cfg['Arch']['model'].lower()}_{kind}_{g['framework']}")
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    """``--config``, the original repo's flags and ``-o``; flags default to None (= keep YAML)."""
+    parser.add_argument("--config", "-c", default=None, help="YAML config (configs/*.yaml)")
+    for flag in FLAGS:
+        section = section_of(flag)
+        f = SCHEMA[section][flag]
+        if f.type is bool:
+            parser.add_argument(f"--{flag}", action="store_true", default=None,
+                                help=f"{f.help} ({section}.{flag})")
+        else:
+            parser.add_argument(f"--{flag}", default=None, type=str,
+                                help=f"{f.help} ({section}.{flag})")
+    parser.add_argument("-o", "--override", action="append", default=[], metavar="S.KEY=VALUE",
+                        help="override any key, e.g. -o Arch.width=0.25 (repeatable)")
+
+
+def resolve(args: argparse.Namespace, base: dict | None = None) -> dict:
+    """``base`` (a checkpoint's config) or the YAML or the defaults, then flags, then ``-o``."""
+    if base is not None:
+        cfg = merge(default_config(), base, "the checkpoint's config")
+    else:
+        cfg = load_yaml(args.config) if args.config else default_config()
+    update: dict[str, dict[str, Any]] = {}
+    for flag in FLAGS:
+        raw = getattr(args, flag, None)
+        if raw is None:
+            continue
+        value = raw if isinstance(raw, bool) else _parse_flag(flag, raw)
+        update.setdefault(section_of(flag), {})[flag] = value
+    for text in args.override:
+        section, key, value = parse_override(text)
+        update.setdefault(section, {})[key] = value
+    return validate(merge(cfg, update, "the command line"))
+
+
+def _parse_flag(flag: str, raw: str) -> Any:
+    f = SCHEMA[section_of(flag)][flag]
+    if f.type is str:
+        return raw
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def save_config(cfg: dict, path: str) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        yaml.safe_dump(cfg, fh, sort_keys=False)

@@ -1,0 +1,169 @@
+"""Run outputs shared by both twins: the training line, the epoch table, metrics.csv and the plot."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import sys
+import time
+from typing import Iterable, Iterator
+
+import tabulate
+
+COLUMNS = ["ep", "lr", "tr_loss", "tr_acc", "te_loss", "te_acc", "swa_te_loss", "swa_te_acc",
+           "time"]
+LOGGER_NAME = "swa"
+
+
+def get_logger(run_dir: str | None = None) -> logging.Logger:
+    """The run's logger: stdout, and ``train.log`` in the run directory when given."""
+    logger = logging.getLogger(LOGGER_NAME)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    fmt = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    stream = logging.StreamHandler(sys.stdout)
+    stream.setFormatter(fmt)
+    logger.addHandler(stream)
+    if run_dir is not None:
+        file_handler = logging.FileHandler(os.path.join(run_dir, "train.log"))
+        file_handler.setFormatter(fmt)
+        logger.addHandler(file_handler)
+    return logger
+
+
+class IterMeter:
+    """Times the reader and the step, and averages loss and accuracy, for the training line.
+
+    ``iterate`` wraps the loader so that the time spent waiting for a batch is the reader cost.
+    """
+
+    def __init__(self, epoch: int, epochs: int, iters: int, log_freq: int,
+                 logger: logging.Logger | None, progress: bool = False):
+        self.epoch, self.epochs, self.iters, self.log_freq = epoch, epochs, iters, log_freq
+        self.logger = logger
+        self.progress = progress
+        self.loss_sum = self.correct = self.samples = 0.0
+        self._got = time.perf_counter()
+        self._reset_window()
+
+    def _reset_window(self) -> None:
+        self.reader_cost = self.batch_cost = 0.0
+        self.window_samples = self.window_iters = 0
+
+    def iterate(self, loader: Iterable) -> Iterator:
+        batches = loader
+        if self.progress:
+            from tqdm import tqdm
+            batches = tqdm(loader, total=self.iters, desc=f"epoch {self.epoch + 1}",
+                           leave=False, dynamic_ncols=True)
+        tick = time.perf_counter()
+        for batch in batches:
+            self._got = time.perf_counter()
+            self.reader_cost += self._got - tick
+            yield batch
+            tick = time.perf_counter()
+
+    def step(self, it: int, lr: float, loss: float, correct: int, n: int) -> None:
+        """Record one iteration (its mean loss over ``n`` samples); log every ``log_freq``."""
+        self.batch_cost += time.perf_counter() - self._got
+        self.loss_sum += loss * n
+        self.correct += correct
+        self.samples += n
+        self.window_samples += n
+        self.window_iters += 1
+        if self.logger and ((it + 1) % self.log_freq == 0 or it + 1 == self.iters):
+            self.logger.info(self.line(it, lr, loss, correct / max(n, 1)))
+            self._reset_window()
+
+    def line(self, it: int, lr: float, loss: float, acc: float) -> str:
+        k = max(self.window_iters, 1)
+        batch_cost = (self.batch_cost + self.reader_cost) / k
+        ips = self.window_samples / max(self.batch_cost + self.reader_cost, 1e-12)
+        return (f"[Epoch {self.epoch + 1}/{self.epochs}, iter {it + 1}/{self.iters}] "
+                f"lr: {lr:.6f}, loss: {loss:.5f}, acc: {100 * acc:.3f}, "
+                f"avg_reader_cost: {self.reader_cost / k:.5f} sec, "
+                f"avg_batch_cost: {batch_cost:.5f} sec, "
+                f"avg_samples: {self.window_samples / k:.1f}, avg_ips: {ips:.1f} images/sec")
+
+    def result(self) -> dict:
+        """Epoch means in the original's units: loss per sample, accuracy in percent."""
+        return {"loss": self.loss_sum / max(self.samples, 1),
+                "accuracy": 100.0 * self.correct / max(self.samples, 1)}
+
+
+class RunLog:
+    """The original's epoch table (``train_log.txt``), ``metrics.csv`` and the final plot.
+
+    On resume, rows after the resumed epoch are dropped, so the files read as one run.
+    """
+
+    def __init__(self, run_dir: str, swa: bool, start_epoch: int = 0,
+                 logger: logging.Logger | None = None):
+        self.run_dir, self.swa, self.logger = run_dir, swa, logger
+        self.columns = COLUMNS if swa else [c for c in COLUMNS if not c.startswith("swa")]
+        self.csv_path = os.path.join(run_dir, "metrics.csv")
+        self.table_path = os.path.join(run_dir, "train_log.txt")
+        self.rows: list[dict] = [r for r in self._read_csv() if int(r["ep"]) <= start_epoch]
+        self._write_csv()
+        if start_epoch == 0 and os.path.exists(self.table_path):
+            os.remove(self.table_path)
+
+    def _read_csv(self) -> list[dict]:
+        if not os.path.exists(self.csv_path):
+            return []
+        with open(self.csv_path, newline="") as fh:
+            return list(csv.DictReader(fh))
+
+    def _write_csv(self) -> None:
+        tmp = self.csv_path + ".tmp"
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=self.columns)
+            writer.writeheader()
+            for row in self.rows:
+                writer.writerow({c: row.get(c, "") for c in self.columns})
+        os.replace(tmp, self.csv_path)
+
+    def add(self, values: dict) -> str:
+        """Append one epoch; return the table text printed for it (header every 40 epochs)."""
+        row = {c: values.get(c) for c in self.columns}
+        self.rows.append({c: "" if v is None else v for c, v in row.items()})
+        self._write_csv()
+        table = tabulate.tabulate([[row[c] for c in self.columns]], self.columns,
+                                  tablefmt="simple", floatfmt="8.4f").split("\n")
+        text = "\n".join([table[1]] + table) if (row["ep"] - 1) % 40 == 0 else table[2]
+        with open(self.table_path, "a") as fh:
+            fh.write(text + "\n")
+        if self.logger:
+            self.logger.info("\n" + text)
+        return text
+
+    def plot(self) -> str:
+        """Learning rate and test accuracy of SGD and SWA over epochs, as ``curves.png``."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        def series(col: str) -> tuple[list[int], list[float]]:
+            pts = [(int(r["ep"]), float(r[col])) for r in self.rows if r.get(col) not in ("", None)]
+            return [p[0] for p in pts], [p[1] for p in pts]
+
+        fig, (ax_lr, ax_acc) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+        ax_lr.plot(*series("lr"), color="tab:gray")
+        ax_lr.set_ylabel("learning rate")
+        ax_acc.plot(*series("te_acc"), marker="o", ms=3, label="SGD")
+        if self.swa:
+            ax_acc.plot(*series("swa_te_acc"), marker="s", ms=3, label="SWA")
+        ax_acc.set_xlabel("epoch")
+        ax_acc.set_ylabel("test accuracy (%)")
+        ax_acc.legend()
+        ax_acc.grid(alpha=0.3)
+        fig.tight_layout()
+        path = os.path.join(self.run_dir, "curves.png")
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path

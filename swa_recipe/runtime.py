@@ -1,0 +1,40 @@
+"""CPU settings that must be in the environment before Paddle (or its MKL) is imported."""
+
+from __future__ import annotations
+
+import os
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def cpu_vendor() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def tune_cpu_env(environ: dict | None = None) -> dict[str, str]:
+    """Set what the user left unset; return what was set.
+
+    Paddle runs one OpenMP thread when ``OMP_NUM_THREADS`` is unset, and its bundled MKL takes a
+    slow generic path on AMD processors unless ``MKL_DEBUG_CPU_TYPE=5``. Measured on a 2-core AMD
+    machine, the two made VGG16 training about 4x faster with identical losses.
+    """
+    env = os.environ if environ is None else environ
+    applied = {}
+    if "OMP_NUM_THREADS" not in env:
+        applied["OMP_NUM_THREADS"] = str(usable_cpus())
+    if cpu_vendor() == "AuthenticAMD" and "MKL_DEBUG_CPU_TYPE" not in env:
+        applied["MKL_DEBUG_CPU_TYPE"] = "5"
+    env.update(applied)
+    return applied
