@@ -5,7 +5,7 @@ from __future__ import annotations
 import paddle
 from paddle import nn
 
-from swa_recipe.checkpoint import CheckpointError, atomic_save, check_shapes
+from swa_recipe.checkpoint import CheckpointError, atomic_save, check_shapes, plain_layout
 
 
 def save(state: dict, path: str) -> None:
@@ -27,5 +27,14 @@ def shapes(state: dict) -> dict:
 
 def load_weights(model: nn.Layer, state: dict, path: str) -> None:
     """Load a plain state dict after checking every key and shape against ``model``."""
+    state = plain_layout(state)
     check_shapes(shapes(model.state_dict()), shapes(state), path)
     model.set_state_dict(state)
+
+
+def to_numpy(state: dict) -> dict:
+    return {k: v.numpy() if isinstance(v, paddle.Tensor) else v for k, v in state.items()}
+
+
+def from_numpy(state: dict) -> dict:
+    return {k: paddle.to_tensor(v) for k, v in state.items()}

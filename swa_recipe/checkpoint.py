@@ -61,6 +61,12 @@ def check_identity(saved: dict | None, cfg: dict, path: str) -> None:
                                   f"pass a matching checkpoint or -o {section}.{key}={have}")
 
 
+def plain_layout(state: dict) -> dict:
+    """A model state dict without an ``AveragedModel``/``DataParallel`` wrapper's ``module.``
+    prefix and ``n_averaged``: the layout of the original repo's ``swa_state_dict``."""
+    return {k.removeprefix("module."): v for k, v in state.items() if k != "n_averaged"}
+
+
 def check_shapes(expected: dict, found: dict, path: str) -> None:
     """Compare name -> shape maps; name the first missing, unexpected or differently shaped key."""
     for name, shape in expected.items():

@@ -124,3 +124,28 @@ def eval_main(args: argparse.Namespace) -> int:
     print(f"{label} of {args.model_path}: test loss {res['loss']:.4f}, "
           f"accuracy {res['accuracy']:.4f} % ({n} images)")
     return 0
+
+
+def convert_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Convert a checkpoint between PyTorch (.pt) "
+                                     "and Paddle (.pdparams)")
+    parser.add_argument("src", help="checkpoint or state dict to read")
+    parser.add_argument("dst", help="file to write, the other framework's extension")
+    add_config_args(parser)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
+    return parser
+
+
+def convert_main(args: argparse.Namespace) -> int:
+    from .convert import convert_file
+
+    if not os.path.isfile(args.src):
+        raise CheckpointError(f"{args.src} not found; pass an existing checkpoint")
+    tune_cpu_env()
+    src_fw = framework_of(args.src)
+    saved = import_twin(src_fw).checkpoint.load(args.src).get("config") if src_fw else None
+    cfg = resolve(args, base=saved)
+    check_identity(saved, cfg, args.src)
+    convert_file(args.src, args.dst, cfg)
+    print(f"wrote {args.dst}")
+    return 0

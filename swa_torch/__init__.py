@@ -1,0 +1,1 @@
+"""The PyTorch twin: the same models, loaders, checkpoints and trainer as ``swa_paddle``."""

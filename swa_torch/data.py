@@ -1,0 +1,46 @@
+"""CIFAR-10 loaders for PyTorch: ``torch.utils.data.DataLoader`` over the shared index order."""
+
+from __future__ import annotations
+
+import torch.utils.data
+
+from swa_recipe.cifar import CIFARDataset, EpochBatches, Split, load_cifar10, subset
+
+
+class CIFAR10(CIFARDataset, torch.utils.data.Dataset):
+    """The shared numpy dataset, typed for ``torch.utils.data``."""
+
+
+class BatchSampler(torch.utils.data.Sampler):
+    """Yields this rank's ``(epoch, index)`` keys of each global batch (see ``EpochBatches``)."""
+
+    def __init__(self, batches: EpochBatches):
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batches.set_epoch(epoch)
+
+
+def make_loader(split: Split, train: bool, cfg: dict, rank: int = 0,
+                world_size: int = 1) -> torch.utils.data.DataLoader:
+    seed, data = cfg["Global"]["seed"], cfg["Data"]
+    batches = EpochBatches(len(split.labels), data["batch_size"], seed, shuffle=train,
+                           rank=rank, world_size=world_size)
+    return torch.utils.data.DataLoader(CIFAR10(split, train, seed),
+                                       batch_sampler=BatchSampler(batches),
+                                       num_workers=data["num_workers"])
+
+
+def build_loaders(cfg: dict, rank: int = 0, world_size: int = 1):
+    """(train, test) loaders; subsets are the first N images, as in the lite config."""
+    data = cfg["Data"]
+    train, test = load_cifar10(data["data_path"], data["md5"])
+    train, test = subset(train, data["train_subset"]), subset(test, data["test_subset"])
+    return (make_loader(train, True, cfg, rank, world_size),
+            make_loader(test, False, cfg, rank, world_size))

@@ -1,0 +1,57 @@
+"""VGG16/VGG16BN/VGG19/VGG19BN with the original repo's parameter names and initialisation."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from swa_recipe.arch import layout, model_kwargs, scaled
+
+
+def make_layers(cfg: list, batch_norm: bool) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    in_channels = 3
+    for v in cfg:
+        if v == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            continue
+        layers.append(nn.Conv2d(in_channels, v, kernel_size=3, padding=1))
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(v))
+        layers.append(nn.ReLU(inplace=True))
+        in_channels = v
+    return nn.Sequential(*layers)
+
+
+class VGG(nn.Module):
+    """Keys ``features.N.*`` and ``classifier.1/4/6.*`` match the original's one-to-one."""
+
+    def __init__(self, num_classes: int = 10, depth: int = 16, batch_norm: bool = False,
+                 width: float = 1.0, dropout: float = 0.5):
+        super().__init__()
+        self.features = make_layers(layout(depth, width), batch_norm)
+        hidden = scaled(512, width)
+        self.classifier = nn.Sequential(
+            nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.ReLU(True),
+            nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.ReLU(True),
+            nn.Linear(hidden, num_classes),
+        )
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """Conv: N(0, sqrt(2 / (k*k*out))), bias 0; Linear: torch's default U(+-1/sqrt(fan_in))."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / n))
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)
+        return self.classifier(torch.flatten(x, 1))
+
+
+def build_model(cfg: dict) -> VGG:
+    return VGG(**model_kwargs(cfg))

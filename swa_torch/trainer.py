@@ -1,0 +1,143 @@
+"""One SGD/SWA training run in PyTorch; ``swa_recipe.loop.fit`` drives its epochs."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+
+from swa_recipe import schedules
+from swa_recipe.logs import IterMeter
+from swa_recipe.loop import epoch_seed, progress_wanted
+
+from . import checkpoint
+from .data import build_loaders
+from .models import build_model
+from .swa_utils import SWALR, AveragedModel, update_bn
+
+
+def set_device(device: str) -> str:
+    """``auto`` is the GPU when CUDA is available, else the CPU."""
+    if device == "auto":
+        device = "gpu" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def torch_device(device: str) -> torch.device:
+    return torch.device("cuda" if device == "gpu" else "cpu")
+
+
+def has_batch_norm(model: torch.nn.Module) -> bool:
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader: torch.utils.data.DataLoader) -> dict:
+    """Mean loss and accuracy (%) over the loader, in eval mode."""
+    model.eval()
+    device = next(model.parameters()).device
+    loss_sum, correct, total = 0.0, 0, 0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        logits = model(x)
+        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(dim=1) == y).sum())
+        total += int(y.shape[0])
+    return {"loss": loss_sum / total, "accuracy": 100.0 * correct / total}
+
+
+class Trainer:
+    """Model, SWA average, optimizer and loaders of one run (see ``swa_recipe.loop.Trainer``)."""
+
+    framework = "torch"
+
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+        self.device = torch_device(set_device(cfg["Global"]["device"]))
+        torch.manual_seed(cfg["Global"]["seed"])
+        self.model = build_model(cfg).to(self.device)
+        self.train_loader, self.test_loader = build_loaders(cfg)
+        self.iters = len(self.train_loader.batch_sampler)
+        self.swa_model = AveragedModel(self.model) if cfg["SWA"]["swa"] else None
+        opt, swa = cfg["Optimizer"], cfg["SWA"]
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=opt["lr_init"],
+                                         momentum=opt["momentum"], weight_decay=opt["wd"])
+        self.scheduler = None
+        if opt["schedule"] == "swalr":
+            self.scheduler = SWALR(self.optimizer, swa["swa_lr"], swa["anneal_epochs"],
+                                   swa["anneal_strategy"])
+
+    @property
+    def swa_n(self) -> int:
+        return int(self.swa_model.n_averaged) if self.swa_model is not None else 0
+
+    def _lr(self, epoch: int, it: int) -> float:
+        if self.scheduler is not None:
+            return self.optimizer.param_groups[0]["lr"]
+        lr = schedules.learning_rate(self.cfg, epoch, it, self.iters)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def train_epoch(self, epoch: int, logger: logging.Logger | None = None) -> dict:
+        torch.manual_seed(epoch_seed(self.cfg["Global"]["seed"], epoch))
+        self.train_loader.batch_sampler.set_epoch(epoch)
+        if self.scheduler is not None and schedules.swalr_steps(epoch, self.cfg["SWA"]["swa_start"]):
+            self.scheduler.step()
+        self.model.train()
+        g = self.cfg["Global"]
+        meter = IterMeter(epoch, g["epochs"], self.iters, g["log_freq"], logger,
+                          progress_wanted())
+        first_lr = None
+        for it, (x, y) in enumerate(meter.iterate(self.train_loader)):
+            x, y = x.to(self.device), y.to(self.device)
+            lr = self._lr(epoch, it)
+            first_lr = lr if first_lr is None else first_lr
+            logits = self.model(x)
+            loss = F.cross_entropy(logits, y)
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+            correct = int((logits.argmax(dim=1) == y).sum())
+            meter.step(it, lr, float(loss), correct, int(y.shape[0]))
+        return {**meter.result(), "lr": first_lr}
+
+    def evaluate(self, swa: bool = False) -> dict:
+        return evaluate(self.swa_model.module if swa else self.model, self.test_loader)
+
+    def collect(self) -> None:
+        self.swa_model.update_parameters(self.model)
+
+    def update_bn(self) -> None:
+        if has_batch_norm(self.model):
+            update_bn(self.train_loader, self.swa_model.module, self.device)
+
+    def state_dict(self, epoch: int) -> dict:
+        """The original repo's layout, plus config, scheduler and the seed RNG is derived from."""
+        return {
+            "epoch": epoch,
+            "state_dict": self.model.state_dict(),
+            "swa_state_dict": self.swa_model.module.state_dict() if self.swa_n else None,
+            "swa_n": self.swa_n if self.swa_model is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "config": self.cfg,
+            "rng": {"seed": self.cfg["Global"]["seed"],
+                    "next_epoch_seed": epoch_seed(self.cfg["Global"]["seed"], epoch)},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler"):
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.swa_model is not None and state.get("swa_state_dict") is not None:
+            self.swa_model.module.load_state_dict(state["swa_state_dict"])
+            self.swa_model.n_averaged.fill_(state["swa_n"])
+
+    def save(self, state: dict, path: str) -> None:
+        checkpoint.save(state, path)
+
+    def load(self, path: str) -> dict:
+        return checkpoint.load(path)
