@@ -1,4 +1,7 @@
-"""Evaluate a checkpoint on the CIFAR-10 test set: ``python eval.py --model_path RUN/checkpoint-200.pdparams``."""
+"""Evaluate a checkpoint on the CIFAR-10 test set.
+
+``python eval.py --model_path RUN/checkpoint-200.pdparams [--data_path ...] [--which swa|sgd]``
+"""
 
 import sys
 

@@ -1,4 +1,7 @@
-"""Train VGG on CIFAR-10 with SGD or SWA: ``python train.py --swa`` (Paddle; ``--framework torch``)."""
+"""Train VGG on CIFAR-10 with SGD or SWA.
+
+``python train.py --swa`` (Paddle; ``--framework torch`` for the PyTorch twin).
+"""
 
 import sys
 

@@ -11,7 +11,8 @@ variance.
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import paddle
 from paddle import nn
@@ -65,7 +66,7 @@ class AveragedModel(nn.Layer):
     def update_parameters(self, model: nn.Layer) -> None:
         n = int(self.n_averaged)
         pairs = zip(averaged_tensors(self.module, self.use_buffers),
-                    averaged_tensors(model, self.use_buffers))
+                    averaged_tensors(model, self.use_buffers), strict=True)
         for averaged, current in pairs:
             current = current.detach()
             if n == 0:

@@ -78,7 +78,8 @@ class Trainer:
     def train_epoch(self, epoch: int, logger: logging.Logger | None = None) -> dict:
         paddle.seed(epoch_seed(self.cfg["Global"]["seed"], epoch))
         self.train_loader.batch_sampler.set_epoch(epoch)
-        if self.scheduler is not None and schedules.swalr_steps(epoch, self.cfg["SWA"]["swa_start"]):
+        swa_start = self.cfg["SWA"]["swa_start"]
+        if self.scheduler is not None and schedules.swalr_steps(epoch, swa_start):
             self.scheduler.step()
         self.model.train()
         g = self.cfg["Global"]

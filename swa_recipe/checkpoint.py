@@ -5,7 +5,7 @@ from __future__ import annotations
 import glob
 import os
 import re
-from typing import Callable
+from collections.abc import Callable
 
 # What a checkpoint must agree on with the run that loads it.
 IDENTITY_KEYS = (("Arch", "model"), ("Arch", "width"), ("Arch", "num_classes"),

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 ARCHIVE_NAME = "cifar-10-python.tar.gz"
@@ -32,7 +31,7 @@ PAD = 4
 
 
 class DataError(RuntimeError):
-    """The dataset is missing, partial, corrupt or not what was expected; the message says what to do."""
+    """The dataset is missing, partial, corrupt or unexpected; the message says what to do."""
 
 
 @dataclass

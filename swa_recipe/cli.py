@@ -10,8 +10,8 @@ import argparse
 import importlib
 import os
 import sys
+from collections.abc import Callable
 from types import SimpleNamespace
-from typing import Callable
 
 from .checkpoint import CheckpointError, check_identity, framework_of
 from .cifar import DataError
@@ -29,7 +29,7 @@ def import_twin(framework: str) -> SimpleNamespace:
 
 
 def run(main: Callable[[], int | None], debug: bool) -> int:
-    """Run ``main``; a user error becomes one line on stderr and exit code 2 (traceback: --debug)."""
+    """Run ``main``; a user error becomes one line on stderr and exit 2 (traceback: --debug)."""
     try:
         return main() or 0
     except USER_ERRORS as exc:

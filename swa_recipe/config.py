@@ -11,8 +11,9 @@ import argparse
 import copy
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -188,7 +189,7 @@ def load_yaml(path: str) -> dict:
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:
-    """Split ``Section.key=value``; the value is read as YAML (``3``, ``0.1``, ``true``, ``null``)."""
+    """Split ``Section.key=value``; the value is read as YAML (``3``, ``true``, ``null``)."""
     if "=" not in text or "." not in text.split("=", 1)[0]:
         raise ConfigError(f"override '{text}' must look like Section.key=value, "
                           f"e.g. -o SWA.swa_lr=0.02")

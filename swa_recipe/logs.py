@@ -1,4 +1,4 @@
-"""Run outputs shared by both twins: the training line, the epoch table, metrics.csv and the plot."""
+"""Run outputs both twins share: the training line, epoch table, metrics.csv and plot."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 import time
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import tabulate
 

@@ -53,13 +53,13 @@ def cyclic_lr(epoch: int, it: int, iters: int, lr_init: float, epochs: int, swa_
 
 
 def swalr_steps(epoch: int, swa_start: int) -> int:
-    """How many times SWALR has stepped when ``epoch`` trains (it steps at each SWA epoch's start)."""
+    """How often SWALR has stepped when ``epoch`` trains (once at each SWA epoch's start)."""
     return max(0, epoch - (swa_start - 1) + 1)
 
 
 def swalr_lr(epoch: int, lr_init: float, swa_start: int, swa_lr: float, anneal_epochs: int,
              strategy: str) -> float:
-    """``lr_init`` until ``swa_start``, then ``torch.optim.swa_utils.SWALR``'s anneal, in closed form."""
+    """``lr_init`` until ``swa_start``, then torch ``SWALR``'s anneal, in closed form."""
     k = swalr_steps(epoch, swa_start)
     if k == 0:
         return lr_init
@@ -68,7 +68,7 @@ def swalr_lr(epoch: int, lr_init: float, swa_start: int, swa_lr: float, anneal_e
 
 
 def learning_rate(cfg: dict, epoch: int, it: int = 0, iters: int = 1) -> float:
-    """The learning rate of iteration ``it`` (of ``iters``) in ``epoch`` under ``cfg``'s schedule."""
+    """The learning rate of iteration ``it`` (of ``iters``) in ``epoch``."""
     opt, swa, epochs = cfg["Optimizer"], cfg["SWA"], cfg["Global"]["epochs"]
     schedule = opt["schedule"]
     if schedule == "cyclic":

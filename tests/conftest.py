@@ -1,0 +1,82 @@
+"""Shared fixtures: small synthetic CIFAR-10 archives in the official python layout."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("OMP_NUM_THREADS", "2")  # before any test imports paddle
+
+SHARED_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar-10-python.tar.gz"
+
+
+def make_batches(n_train: int = 100, n_test: int = 50, seed: int = 0) -> dict[str, dict]:
+    """Official-format batches (byte keys) whose images carry a weak class signal."""
+    rng = np.random.default_rng(seed)
+
+    def batch(n: int, label: str) -> dict:
+        labels = rng.integers(0, 10, n)
+        images = rng.integers(0, 256, (n, 3, 32, 32)).astype(np.int16)
+        images[:, labels % 3] = 0  # class-dependent channel, so tiny models can learn
+        images = np.clip(images + (labels * 20)[:, None, None, None], 0, 255).astype(np.uint8)
+        return {b"batch_label": label.encode(), b"labels": labels.tolist(),
+                b"data": images.reshape(n, -1), b"filenames": [b"img%d.png" % i for i in range(n)]}
+
+    per = n_train // 5
+    out = {f"data_batch_{i}": batch(per, f"training batch {i} of 5") for i in range(1, 6)}
+    out["test_batch"] = batch(n_test, "testing batch 1 of 1")
+    return out
+
+
+def write_archive(path: Path, batches: dict[str, dict]) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, content in batches.items():
+            raw = pickle.dumps(content, protocol=2)
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(raw)
+            tar.addfile(info, io.BytesIO(raw))
+    return path
+
+
+def write_folder(root: Path, batches: dict[str, dict]) -> Path:
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for name, content in batches.items():
+        (folder / name).write_bytes(pickle.dumps(content, protocol=2))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def archive(tmp_path_factory) -> Path:
+    """A 100-train / 50-test synthetic ``cifar-10-python.tar.gz``."""
+    return write_archive(tmp_path_factory.mktemp("cifar") / "cifar-10-python.tar.gz",
+                         make_batches())
+
+
+@pytest.fixture(scope="session")
+def lite_archive(tmp_path_factory) -> Path:
+    """Big enough for ``configs/lite.yaml`` (1,000 train, 500 test images)."""
+    return write_archive(tmp_path_factory.mktemp("cifar-lite") / "cifar-10-python.tar.gz",
+                         make_batches(1000, 500, seed=1))
+
+
+def tiny_config(archive_path, **sections) -> dict:
+    """A validated config for fast tests: VGG16 at 1/16 width on the synthetic archive."""
+    from swa_recipe.config import default_config, merge, validate
+
+    base = {"Global": {"epochs": 2, "eval_freq": 1, "save_freq": 1, "log_freq": 1},
+            "Arch": {"width": 0.0625, "dropout": 0.0},
+            "SWA": {"swa": True, "swa_start": 1},
+            "Data": {"data_path": str(archive_path), "batch_size": 32}}
+    for section, values in sections.items():
+        base.setdefault(section, {}).update(values)
+    return validate(merge(default_config(), base, "test"))
