@@ -38,3 +38,29 @@ def to_numpy(state: dict) -> dict:
 
 def from_numpy(state: dict) -> dict:
     return {k: paddle.to_tensor(v) for k, v in state.items()}
+
+
+def _rename_keys(state: dict, names: dict[str, str]) -> dict:
+    """Replace a leading parameter name (``<name>_velocity_0``) by its mapped name."""
+    out = {}
+    for key, value in state.items():
+        match = max((n for n in names if key.startswith(n + "_")), key=len, default=None)
+        out[names[match] + key[len(match):] if match else key] = value
+    return out
+
+
+def optimizer_state(optimizer: paddle.optimizer.Optimizer, model: nn.Layer) -> dict:
+    """The optimizer's state keyed by structured names (``features.0.weight_velocity_0``).
+
+    Paddle keys it by unique names (``conv2d_13.w_0``) that depend on how many layers the
+    process created before: a checkpoint keyed so would not resume in another process or next
+    to a second model.
+    """
+    names = {p.name: k for k, p in model.named_parameters()}
+    return _rename_keys(optimizer.state_dict(), names)
+
+
+def load_optimizer_state(optimizer: paddle.optimizer.Optimizer, model: nn.Layer,
+                         state: dict) -> None:
+    names = {k: p.name for k, p in model.named_parameters()}
+    optimizer.set_state_dict(_rename_keys(state, names))

@@ -36,12 +36,12 @@ def _bn_stats(layer: nn.Layer) -> list[str]:
 
 
 def averaged_tensors(model: nn.Layer, use_buffers: bool) -> list[paddle.Tensor]:
-    """Trainable parameters, plus BN statistics when ``use_buffers`` (torch's buffers)."""
-    tensors = [p for p in model.parameters() if not p.stop_gradient]
-    if use_buffers:
-        tensors += [getattr(m, n) for m in model.sublayers(include_self=True)
-                    for n in _bn_stats(m)]
-    return tensors
+    """What torch averages: every parameter (frozen ones too), then with ``use_buffers`` the BN
+    statistics, which are parameters in Paddle but buffers in torch."""
+    stats = [getattr(m, n) for m in model.sublayers(include_self=True) for n in _bn_stats(m)]
+    stat_ids = {id(t) for t in stats}
+    params = [p for p in model.parameters() if id(p) not in stat_ids]
+    return params + stats if use_buffers else params
 
 
 class AveragedModel(nn.Layer):
@@ -118,15 +118,15 @@ def update_bn(loader: Iterable, model: nn.Layer) -> None:
     layers = [m for m in model.sublayers(include_self=True) if _bn_stats(m)]
     if not layers:
         return
-    sums = {id(m): [0.0, 0.0] for m in layers}
+    sums: dict[int, list] = {id(m): [None, None] for m in layers}
     counts = {"batches": 0}
 
     def hook(layer: nn.Layer, inputs: tuple) -> None:
         x = inputs[0].astype("float64")
         axes = [0, 2, 3] if x.ndim == 4 else [0]
         acc = sums[id(layer)]
-        acc[0] = acc[0] + x.mean(axis=axes)
-        acc[1] = acc[1] + x.var(axis=axes, unbiased=True)
+        for i, stat in enumerate((x.mean(axis=axes), x.var(axis=axes, unbiased=True))):
+            acc[i] = stat if acc[i] is None else acc[i] + stat
 
     handles = [m.register_forward_pre_hook(hook) for m in layers]
     was_training = model.training

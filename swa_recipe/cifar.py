@@ -145,12 +145,17 @@ def _read_archive(archive: Path, names: tuple[str, ...], md5: str | None) -> lis
     return [_unpickle(raw[n], n, archive) for n in names]
 
 
-def _to_split(batches: list[dict]) -> Split:
-    images = np.concatenate([np.asarray(b[b"data"], dtype=np.uint8) for b in batches])
-    labels = np.concatenate([np.asarray(b[b"labels"], dtype=np.int64) for b in batches])
-    if images.ndim != 2 or images.shape[1] != 3 * 32 * 32 or len(images) != len(labels):
-        raise DataError("CIFAR batches have unexpected shapes; the dataset is corrupt")
-    return Split(images.reshape(-1, 3, 32, 32), labels)
+def _to_split(batches: list[dict], names: tuple[str, ...]) -> Split:
+    images, labels = [], []
+    for batch, name in zip(batches, names, strict=True):
+        data = np.asarray(batch[b"data"], dtype=np.uint8)
+        label = np.asarray(batch[b"labels"], dtype=np.int64)
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(label):
+            raise DataError(f"{name} holds data of shape {data.shape} and {len(label)} labels, "
+                            f"not N x 3072 images with N labels; the dataset is corrupt")
+        images.append(data)
+        labels.append(label)
+    return Split(np.concatenate(images).reshape(-1, 3, 32, 32), np.concatenate(labels))
 
 
 def load_cifar10(data_path: str | None, md5: str | None = "auto") -> tuple[Split, Split]:
@@ -161,7 +166,7 @@ def load_cifar10(data_path: str | None, md5: str | None = "auto") -> tuple[Split
         batches = _read_folder(path, names)
     else:
         batches = _read_archive(path, names, expected_md5(data_path, md5))
-    return _to_split(batches[:5]), _to_split(batches[5:])
+    return _to_split(batches[:5], TRAIN_FILES), _to_split(batches[5:], TEST_FILES)
 
 
 def subset(split: Split, n: int | None) -> Split:

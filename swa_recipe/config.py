@@ -167,8 +167,10 @@ def merge(cfg: dict, update: dict, origin: str) -> dict:
     if not isinstance(update, dict):
         raise ConfigError(f"{origin} must be a mapping of sections, got {type(update).__name__}")
     for section, values in update.items():
+        if section not in SCHEMA:
+            raise ConfigError(f"unknown config section '{section}'; valid sections: "
+                              f"{', '.join(SCHEMA)}")
         if not isinstance(values, dict):
-            _field(section, "")  # names an unknown section first
             raise ConfigError(f"section '{section}' in {origin} must be a mapping of keys")
         for key, value in values.items():
             out[section][key] = coerce(section, key, value)
@@ -189,17 +191,24 @@ def load_yaml(path: str) -> dict:
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:
-    """Split ``Section.key=value``; the value is read as YAML (``3``, ``true``, ``null``)."""
+    """Split ``Section.key=value`` and read the value for that key (see ``parse_value``)."""
     if "=" not in text or "." not in text.split("=", 1)[0]:
         raise ConfigError(f"override '{text}' must look like Section.key=value, "
                           f"e.g. -o SWA.swa_lr=0.02")
     name, raw = text.split("=", 1)
     section, key = name.strip().split(".", 1)
+    return section, key, parse_value(section, key, raw)
+
+
+def parse_value(section: str, key: str, raw: str) -> Any:
+    """A command-line value: verbatim for text keys (``null`` clears them), else YAML
+    (``3``, ``0.1``, ``true``, ``null``), so that ``-o Global.dir=0777`` stays a path."""
+    if _field(section, key).type is str:
+        return None if raw.strip() in ("", "null", "~") else raw
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        return yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
-        value = raw
-    return section, key, value
+        return raw
 
 
 def validate(cfg: dict) -> dict:
@@ -252,22 +261,13 @@ def resolve(args: argparse.Namespace, base: dict | None = None) -> dict:
         raw = getattr(args, flag, None)
         if raw is None:
             continue
-        value = raw if isinstance(raw, bool) else _parse_flag(flag, raw)
-        update.setdefault(section_of(flag), {})[flag] = value
+        section = section_of(flag)
+        value = raw if isinstance(raw, bool) else parse_value(section, flag, raw)
+        update.setdefault(section, {})[flag] = value
     for text in args.override:
         section, key, value = parse_override(text)
         update.setdefault(section, {})[key] = value
     return validate(merge(cfg, update, "the command line"))
-
-
-def _parse_flag(flag: str, raw: str) -> Any:
-    f = SCHEMA[section_of(flag)][flag]
-    if f.type is str:
-        return raw
-    try:
-        return yaml.safe_load(raw)
-    except yaml.YAMLError:
-        return raw
 
 
 def save_config(cfg: dict, path: str) -> None:

@@ -147,18 +147,20 @@ class RunLog:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
 
         def series(col: str) -> tuple[list[int], list[float]]:
             pts = [(int(r["ep"]), float(r[col])) for r in self.rows if r.get(col) not in ("", None)]
             return [p[0] for p in pts], [p[1] for p in pts]
 
         fig, (ax_lr, ax_acc) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
-        ax_lr.plot(*series("lr"), color="tab:gray")
+        ax_lr.plot(*series("lr"), color="tab:gray", drawstyle="steps-post")
         ax_lr.set_ylabel("learning rate")
         ax_acc.plot(*series("te_acc"), marker="o", ms=3, label="SGD")
         if self.swa:
             ax_acc.plot(*series("swa_te_acc"), marker="s", ms=3, label="SWA")
         ax_acc.set_xlabel("epoch")
+        ax_acc.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax_acc.set_ylabel("test accuracy (%)")
         ax_acc.legend()
         ax_acc.grid(alpha=0.3)

@@ -60,17 +60,18 @@ class Trainer:
         self.train_loader, self.test_loader = build_loaders(cfg)
         self.iters = len(self.train_loader.batch_sampler)
         self.swa_model = AveragedModel(self.model) if cfg["SWA"]["swa"] else None
-        opt, swa = cfg["Optimizer"], cfg["SWA"]
+        opt = cfg["Optimizer"]
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=opt["lr_init"],
                                          momentum=opt["momentum"], weight_decay=opt["wd"])
-        self.scheduler = None
-        if opt["schedule"] == "swalr":
-            self.scheduler = SWALR(self.optimizer, swa["swa_lr"], swa["anneal_epochs"],
-                                   swa["anneal_strategy"])
+        self.scheduler: SWALR | None = None  # made at the first SWA epoch (schedule swalr)
 
     @property
     def swa_n(self) -> int:
         return int(self.swa_model.n_averaged) if self.swa_model is not None else 0
+
+    def _make_swalr(self) -> SWALR:
+        swa = self.cfg["SWA"]
+        return SWALR(self.optimizer, swa["swa_lr"], swa["anneal_epochs"], swa["anneal_strategy"])
 
     def _lr(self, epoch: int, it: int) -> float:
         if self.scheduler is not None:
@@ -80,12 +81,20 @@ class Trainer:
             group["lr"] = lr
         return lr
 
+    def _step_swalr(self, epoch: int) -> None:
+        """SWALR is created at the first SWA epoch (torch's anneals from the optimizer's lr at
+        creation, and jumps to swa_lr at once when anneal_epochs is 0), then steps each epoch."""
+        if (self.cfg["Optimizer"]["schedule"] != "swalr"
+                or not schedules.swalr_steps(epoch, self.cfg["SWA"]["swa_start"])):
+            return
+        if self.scheduler is None:
+            self.scheduler = self._make_swalr()
+        self.scheduler.step()
+
     def train_epoch(self, epoch: int, logger: logging.Logger | None = None) -> dict:
         torch.manual_seed(epoch_seed(self.cfg["Global"]["seed"], epoch))
         self.train_loader.batch_sampler.set_epoch(epoch)
-        swa_start = self.cfg["SWA"]["swa_start"]
-        if self.scheduler is not None and schedules.swalr_steps(epoch, swa_start):
-            self.scheduler.step()
+        self._step_swalr(epoch)
         self.model.train()
         g = self.cfg["Global"]
         meter = IterMeter(epoch, g["epochs"], self.iters, g["log_freq"], logger,
@@ -131,7 +140,8 @@ class Trainer:
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["state_dict"])
         self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None and state.get("scheduler"):
+        if state.get("scheduler"):
+            self.scheduler = self._make_swalr()
             self.scheduler.load_state_dict(state["scheduler"])
         if self.swa_model is not None and state.get("swa_state_dict") is not None:
             self.swa_model.module.load_state_dict(state["swa_state_dict"])

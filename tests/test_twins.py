@@ -1,0 +1,182 @@
+"""The twins side by side: byte-identical batches, and the same SGD steps from the same init."""
+
+from __future__ import annotations
+
+import numpy as np
+import paddle
+import paddle.nn.functional as pF
+import pytest
+import torch
+import torch.nn.functional as tF
+from conftest import tiny_config
+
+from swa_paddle import checkpoint as pd_ckpt
+from swa_paddle import data as pd_data
+from swa_paddle import models as pd_models
+from swa_recipe.convert import convert_state_dict
+from swa_torch import checkpoint as th_ckpt
+from swa_torch import data as th_data
+from swa_torch import models as th_models
+
+# ---------------------------------------------------------------- data
+
+
+def first_batches(loader, epoch: int, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    loader.batch_sampler.set_epoch(epoch)
+    out = []
+    for x, y in loader:
+        out.append((np.asarray(x.numpy()), np.asarray(y.numpy())))
+        if len(out) == count:
+            break
+    return out
+
+
+@pytest.fixture(scope="module")
+def loaders(archive):
+    cfg = tiny_config(archive)
+    return pd_data.build_loaders(cfg), th_data.build_loaders(cfg)
+
+
+def assert_identical(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> None:
+    (xa, ya), (xb, yb) = a, b
+    assert xa.dtype == xb.dtype == np.float32
+    assert xa.shape == xb.shape and ya.shape == yb.shape
+    assert np.array_equal(xa, xb)
+    assert np.array_equal(ya.astype(np.int64), yb.astype(np.int64))
+    assert xa.tobytes() == xb.tobytes()
+
+
+@pytest.mark.parametrize("epoch", [0, 3])
+def test_train_batches_identical(loaders, epoch):
+    (pd_train, _), (th_train, _) = loaders
+    pd_batches = first_batches(pd_train, epoch, 2)
+    th_batches = first_batches(th_train, epoch, 2)
+    assert len(pd_batches) == len(th_batches) == 2
+    assert pd_batches[0][0].shape == (32, 3, 32, 32)
+    for a, b in zip(pd_batches, th_batches, strict=True):
+        assert_identical(a, b)
+
+
+def test_test_batch_identical(loaders):
+    (_, pd_test), (_, th_test) = loaders
+    for epoch in (0, 3):
+        a, b = first_batches(pd_test, epoch, 1)[0], first_batches(th_test, epoch, 1)[0]
+        assert_identical(a, b)
+    # test batches are neither shuffled nor augmented: the same in every epoch
+    assert_identical(first_batches(pd_test, 0, 1)[0], first_batches(pd_test, 5, 1)[0])
+
+
+def test_epochs_differ(loaders):
+    (pd_train, _), (th_train, _) = loaders
+    for loader in (pd_train, th_train):
+        e0, e3 = first_batches(loader, 0, 1)[0], first_batches(loader, 3, 1)[0]
+        assert not np.array_equal(e0[0], e3[0])
+        assert not np.array_equal(e0[1], e3[1])
+        again = first_batches(loader, 0, 1)[0]  # and epoch 0 is reproducible
+        assert_identical(e0, again)
+
+
+def test_short_last_batch_identical(loaders):
+    """100 images in batches of 32: the fourth batch holds 4, in both twins."""
+    (pd_train, _), (th_train, _) = loaders
+    pd_batches, th_batches = first_batches(pd_train, 1, 4), first_batches(th_train, 1, 4)
+    assert [len(y) for _, y in pd_batches] == [32, 32, 32, 4]
+    assert_identical(pd_batches[-1], th_batches[-1])
+    # every image of the epoch once
+    labels = np.concatenate([y for _, y in pd_batches])
+    assert len(labels) == 100
+
+
+def test_torch_workers_give_the_same_batches(archive):
+    cfg0 = tiny_config(archive)
+    cfg2 = tiny_config(archive, Data={"num_workers": 2})
+    a = first_batches(pd_data.build_loaders(cfg0)[0], 2, 2)
+    b = first_batches(th_data.build_loaders(cfg2)[0], 2, 2)
+    for x, y in zip(a, b, strict=True):
+        assert_identical(x, y)
+
+
+# ---------------------------------------------------------------- training steps
+
+LR, MOMENTUM, WD = 0.05, 0.9, 5e-4
+
+
+def paddle_as_torch(model: paddle.nn.Layer) -> dict[str, np.ndarray]:
+    return convert_state_dict(pd_ckpt.to_numpy(model.state_dict()), "paddle2torch")
+
+
+def max_weight_diff(th_model: torch.nn.Module, pd_model: paddle.nn.Layer) -> float:
+    th = th_ckpt.to_numpy(th_model.state_dict())
+    pd = paddle_as_torch(pd_model)
+    assert set(th) == set(pd)
+    return max(float(np.abs(th[k] - pd[k]).max()) for k in th)
+
+
+@pytest.fixture(scope="module")
+def twin_models():
+    torch.manual_seed(0)
+    th_model = th_models.VGG(depth=16, width=0.0625, dropout=0.0)
+    paddle.seed(0)
+    pd_model = pd_models.VGG(depth=16, width=0.0625, dropout=0.0)
+    state = convert_state_dict(th_ckpt.to_numpy(th_model.state_dict()), "torch2paddle")
+    pd_ckpt.load_weights(pd_model, pd_ckpt.from_numpy(state), "<test>")
+    return th_model, pd_model
+
+
+def test_sgd_steps_match(loaders, twin_models):
+    (pd_train, _), (th_train, _) = loaders
+    th_model, pd_model = twin_models
+    th_model.train()
+    pd_model.train()
+    th_opt = torch.optim.SGD(th_model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WD)
+    pd_opt = paddle.optimizer.Momentum(learning_rate=LR, momentum=MOMENTUM, weight_decay=WD,
+                                       parameters=pd_model.parameters())
+    assert max_weight_diff(th_model, pd_model) == 0.0
+    init = {k: v.copy() for k, v in th_ckpt.to_numpy(th_model.state_dict()).items()}
+
+    pd_train.batch_sampler.set_epoch(0)
+    th_train.batch_sampler.set_epoch(0)
+    loss_diffs, weight_diffs = [], []
+    for step, ((px, py), (tx, ty)) in enumerate(zip(pd_train, th_train, strict=True)):
+        if step == 4:
+            break
+        assert np.array_equal(px.numpy(), tx.numpy())
+        th_loss = tF.cross_entropy(th_model(tx), ty)
+        th_opt.zero_grad()
+        th_loss.backward()
+        th_opt.step()
+        pd_loss = pF.cross_entropy(pd_model(px), py)
+        pd_opt.clear_grad()
+        pd_loss.backward()
+        pd_opt.step()
+        loss_diffs.append(abs(float(th_loss) - float(pd_loss)))
+        weight_diffs.append(max_weight_diff(th_model, pd_model))
+    print(f"SGD steps: loss diffs {loss_diffs}, weight diffs {weight_diffs}")
+    assert len(loss_diffs) == 4
+    assert loss_diffs[0] <= 1e-6
+    assert weight_diffs[0] <= 1e-6
+    assert max(loss_diffs) <= 1e-5
+    assert max(weight_diffs) <= 1e-5
+    # the weights really moved (by far more than the tolerance)
+    after = th_ckpt.to_numpy(th_model.state_dict())
+    moved = max(float(np.abs(after[k] - init[k]).max()) for k in init)
+    assert moved > 1e-3
+
+
+def test_step_without_weight_decay_differs():
+    """Sanity check: a Paddle step without weight decay does not match torch's with it."""
+    torch.manual_seed(1)
+    th_model = th_models.VGG(depth=16, width=0.0625, dropout=0.0)
+    pd_model = pd_models.VGG(depth=16, width=0.0625, dropout=0.0)
+    state = convert_state_dict(th_ckpt.to_numpy(th_model.state_dict()), "torch2paddle")
+    pd_ckpt.load_weights(pd_model, pd_ckpt.from_numpy(state), "<test>")
+    x = np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32)
+    y = np.arange(8, dtype=np.int64)
+    th_opt = torch.optim.SGD(th_model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WD)
+    pd_opt = paddle.optimizer.Momentum(learning_rate=LR, momentum=MOMENTUM,
+                                       parameters=pd_model.parameters())
+    tF.cross_entropy(th_model(torch.from_numpy(x)), torch.from_numpy(y)).backward()
+    th_opt.step()
+    pF.cross_entropy(pd_model(paddle.to_tensor(x)), paddle.to_tensor(y)).backward()
+    pd_opt.step()
+    assert max_weight_diff(th_model, pd_model) > 1e-5
