@@ -17,6 +17,7 @@ from typing import Any
 import paddle
 from paddle import nn
 
+from swa_recipe.bn import AllReduce, BatchStats
 from swa_recipe.schedules import anneal
 
 AvgFn = Callable[[paddle.Tensor, paddle.Tensor, int], paddle.Tensor]
@@ -108,41 +109,43 @@ def _first(batch: Any) -> paddle.Tensor:
 
 
 @paddle.no_grad()
-def update_bn(loader: Iterable, model: nn.Layer) -> None:
+def update_bn(loader: Iterable, model: nn.Layer, all_reduce: AllReduce | None = None) -> None:
     """Recompute BatchNorm statistics with one pass over ``loader`` (as torch's ``update_bn``).
 
     Running mean and variance become the equal-weight average over batches of each batch's mean
     and unbiased variance: what torch stores with ``momentum=None``. A forward pre-hook reads
-    each BN input; accumulation is in float64.
+    each BN input's per-channel sums (float64) and makes the layer normalise with its batch's
+    statistics. ``all_reduce`` (summing a float64 array over ranks) makes those the statistics
+    of the global batch when each rank holds a shard of it (see ``swa_recipe.bn``).
     """
     layers = [m for m in model.sublayers(include_self=True) if _bn_stats(m)]
     if not layers:
         return
-    sums: dict[int, list] = {id(m): [None, None] for m in layers}
-    counts = {"batches": 0}
+    stats = {id(m): BatchStats(all_reduce) for m in layers}
 
     def hook(layer: nn.Layer, inputs: tuple) -> None:
         x = inputs[0].astype("float64")
         axes = [0, 2, 3] if x.ndim == 4 else [0]
-        acc = sums[id(layer)]
-        for i, stat in enumerate((x.mean(axis=axes), x.var(axis=axes, unbiased=True))):
-            acc[i] = stat if acc[i] is None else acc[i] + stat
+        count = x.numel().item() / x.shape[1]
+        mean, var = stats[id(layer)].add(x.sum(axis=axes).numpy(),
+                                         (x * x).sum(axis=axes).numpy(), count)
+        layer._mean.set_value(mean.astype("float32"))
+        layer._variance.set_value(var.astype("float32"))
 
     handles = [m.register_forward_pre_hook(hook) for m in layers]
     was_training = model.training
     model.train()
+    for m in layers:
+        m.eval()  # normalise with the statistics the hook has just set
     try:
         for batch in loader:
             model(_first(batch))
-            counts["batches"] += 1
     finally:
         for h in handles:
             h.remove()
         model.train() if was_training else model.eval()
-    n = counts["batches"]
-    if n == 0:
-        return
     for m in layers:
-        mean, var = sums[id(m)]
-        m._mean.set_value((mean / n).astype(m._mean.dtype))
-        m._variance.set_value((var / n).astype(m._variance.dtype))
+        result = stats[id(m)].result()
+        if result is not None:
+            m._mean.set_value(result[0].astype("float32"))
+            m._variance.set_value(result[1].astype("float32"))

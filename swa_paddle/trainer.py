@@ -4,24 +4,25 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import paddle
 import paddle.nn.functional as F
 
 from swa_recipe import schedules
-from swa_recipe.logs import IterMeter
+from swa_recipe.logs import IterMeter, summarize
 from swa_recipe.loop import epoch_seed, progress_wanted
 
-from . import checkpoint
+from . import checkpoint, dist
 from .data import build_loaders
 from .models import build_model
-from .swa_utils import SWALR, AveragedModel, update_bn
+from .swa_utils import SWALR, AveragedModel
 
 
 def set_device(device: str) -> str:
     """``auto`` is the GPU when Paddle was built with CUDA, else the CPU."""
     if device == "auto":
         device = "gpu" if paddle.is_compiled_with_cuda() else "cpu"
-    paddle.set_device(device)
+    paddle.set_device(device)  # under a launcher, "gpu" is this rank's GPU
     return device
 
 
@@ -30,8 +31,8 @@ def has_batch_norm(model: paddle.nn.Layer) -> bool:
 
 
 @paddle.no_grad()
-def evaluate(model: paddle.nn.Layer, loader: paddle.io.DataLoader) -> dict:
-    """Mean loss and accuracy (%) over the loader, in eval mode."""
+def evaluate(model: paddle.nn.Layer, loader: paddle.io.DataLoader, world_size: int = 1) -> dict:
+    """Mean loss and accuracy (%) over the loader (this rank's shard, summed over ranks)."""
     model.eval()
     loss_sum, correct, total = 0.0, 0, 0
     for x, y in loader:
@@ -39,7 +40,7 @@ def evaluate(model: paddle.nn.Layer, loader: paddle.io.DataLoader) -> dict:
         loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
         correct += int((logits.argmax(axis=1) == y).astype("int64").sum())
         total += int(y.shape[0])
-    return {"loss": loss_sum / total, "accuracy": 100.0 * correct / total}
+    return summarize(dist.all_reduce_sum(np.array([loss_sum, correct, total]), world_size))
 
 
 class Trainer:
@@ -50,10 +51,13 @@ class Trainer:
     def __init__(self, cfg: dict):
         self.cfg = cfg
         self.device = set_device(cfg["Global"]["device"])
+        self.rank, self.world_size = dist.init_distributed()
         paddle.seed(cfg["Global"]["seed"])
         self.model = build_model(cfg)
-        self.train_loader, self.test_loader = build_loaders(cfg)
-        self.iters = len(self.train_loader.batch_sampler)
+        self.net = dist.wrap(self.model, self.world_size)
+        self.train_loader, self.test_loader = build_loaders(cfg, self.rank, self.world_size)
+        self.batches = self.train_loader.batch_sampler.batches
+        self.iters = len(self.batches)
         self.swa_model = AveragedModel(self.model) if cfg["SWA"]["swa"] else None
         opt = cfg["Optimizer"]
         self.optimizer = paddle.optimizer.Momentum(
@@ -70,15 +74,6 @@ class Trainer:
         return SWALR(self.cfg["Optimizer"]["lr_init"], swa["swa_lr"], swa["anneal_epochs"],
                      swa["anneal_strategy"])
 
-    def _lr(self, epoch: int, it: int) -> float:
-        if self.scheduler is not None:
-            lr = self.scheduler()
-            self.optimizer.set_lr(lr)
-            return lr
-        lr = schedules.learning_rate(self.cfg, epoch, it, self.iters)
-        self.optimizer.set_lr(lr)
-        return lr
-
     def _step_swalr(self, epoch: int) -> None:
         """SWALR is created at the first SWA epoch (torch's anneals from the optimizer's lr at
         creation, and jumps to swa_lr at once when anneal_epochs is 0), then steps each epoch."""
@@ -89,39 +84,55 @@ class Trainer:
             self.scheduler = self._make_swalr()
         self.scheduler.step()
 
+    def _lr(self, epoch: int, it: int) -> float:
+        if self.scheduler is not None:
+            lr = self.scheduler()
+        else:
+            lr = schedules.learning_rate(self.cfg, epoch, it, self.iters)
+        self.optimizer.set_lr(lr)
+        return lr
+
     def train_epoch(self, epoch: int, logger: logging.Logger | None = None) -> dict:
         paddle.seed(epoch_seed(self.cfg["Global"]["seed"], epoch))
         self.train_loader.batch_sampler.set_epoch(epoch)
         self._step_swalr(epoch)
-        self.model.train()
+        self.net.train()
         g = self.cfg["Global"]
         meter = IterMeter(epoch, g["epochs"], self.iters, g["log_freq"], logger,
-                          progress_wanted())
+                          progress_wanted() and self.rank == 0)
         first_lr = None
         for it, (x, y) in enumerate(meter.iterate(self.train_loader)):
             lr = self._lr(epoch, it)
             first_lr = lr if first_lr is None else first_lr
-            logits = self.model(x)
-            loss = F.cross_entropy(logits, y)
+            logits = self.net(x)
+            loss_sum = F.cross_entropy(logits, y, reduction="sum")
+            # Mean over the global batch once DataParallel averages over ranks.
+            loss = loss_sum * (self.world_size / self.batches.global_size(it))
             self.optimizer.clear_grad()
             loss.backward()
             self.optimizer.step()
+            n = int(y.shape[0])
             correct = int((logits.argmax(axis=1) == y).astype("int64").sum())
-            meter.step(it, lr, float(loss), correct, int(y.shape[0]))
-        return {**meter.result(), "lr": first_lr}
+            meter.step(it, lr, float(loss_sum) / n, correct, n)
+        totals = dist.all_reduce_sum(np.array(meter.totals()), self.world_size)
+        return {**summarize(totals), "lr": first_lr}
 
     def evaluate(self, swa: bool = False) -> dict:
-        return evaluate(self.swa_model.module if swa else self.model, self.test_loader)
+        if not swa:
+            dist.broadcast_bn_stats(self.model, self.world_size)
+        model = self.swa_model.module if swa else self.model
+        return evaluate(model, self.test_loader, self.world_size)
 
     def collect(self) -> None:
         self.swa_model.update_parameters(self.model)
 
     def update_bn(self) -> None:
         if has_batch_norm(self.model):
-            update_bn(self.train_loader, self.swa_model.module)
+            dist.update_bn(self.train_loader, self.swa_model.module, self.world_size)
 
     def state_dict(self, epoch: int) -> dict:
         """The original repo's layout, plus config, scheduler and the seed RNG is derived from."""
+        dist.broadcast_bn_stats(self.model, self.world_size)
         return {
             "epoch": epoch,
             "state_dict": self.model.state_dict(),

@@ -256,7 +256,15 @@ class EpochBatches:
     def __len__(self) -> int:
         return -(-self.n // self.batch_size)
 
+    def global_size(self, it: int) -> int:
+        """Images in global batch ``it`` (all ranks together): the last one may be short."""
+        return min(self.batch_size, self.n - it * self.batch_size)
+
     def __iter__(self):
+        """Rank r takes every world_size-th image of each global batch, from the r-th on, so a
+        global batch of B images gives each rank B / world_size (the short last batch: sizes
+        differ by at most one). Every image of the epoch goes to exactly one rank."""
         for batch in batch_indices(self.n, self.batch_size, self.seed, self.epoch, self.shuffle):
             shard = batch[self.rank::self.world_size]
-            yield [(self.epoch, i) for i in shard]
+            if shard:
+                yield [(self.epoch, i) for i in shard]

@@ -17,7 +17,7 @@ from .checkpoint import CheckpointError, check_identity, framework_of
 from .cifar import DataError
 from .config import ConfigError, add_config_args, resolve, run_dir
 from .logs import get_logger
-from .runtime import tune_cpu_env
+from .runtime import launched_rank, launched_world_size, tune_cpu_env
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError)
 
@@ -52,15 +52,18 @@ def train_main(args: argparse.Namespace) -> int:
     applied = tune_cpu_env()
     from .loop import fit
 
-    out = run_dir(cfg)
-    os.makedirs(out, exist_ok=True)
-    logger = get_logger(out)
-    if applied:
-        logger.info("CPU settings applied: " + " ".join(f"{k}={v}" for k, v in applied.items()))
+    out, world = run_dir(cfg), launched_world_size()
+    logger = None
+    if launched_rank() == 0:
+        os.makedirs(out, exist_ok=True)
+        logger = get_logger(out)
+        if applied:
+            logger.info("CPU settings applied: " + " ".join(f"{k}={v}" for k, v in applied.items()))
+        logger.info(f"{cfg['Global']['framework']}: {cfg['Arch']['model']} width "
+                    f"{cfg['Arch']['width']}, {'SWA' if cfg['SWA']['swa'] else 'SGD'} training "
+                    f"for {cfg['Global']['epochs']} epochs on {world} process"
+                    f"{'es' if world > 1 else ''} into {out}")
     twin = import_twin(cfg["Global"]["framework"])
-    logger.info(f"{cfg['Global']['framework']}: {cfg['Arch']['model']} width "
-                f"{cfg['Arch']['width']}, {'SWA' if cfg['SWA']['swa'] else 'SGD'} training "
-                f"for {cfg['Global']['epochs']} epochs into {out}")
     fit(twin.trainer.Trainer(cfg), cfg, logger)
     return 0
 

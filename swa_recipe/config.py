@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from .runtime import launched_world_size
+
 MODELS = ("VGG16", "VGG16BN", "VGG19", "VGG19BN")
 FRAMEWORKS = ("paddle", "torch")
 SCHEDULES = ("original", "cyclic", "swalr")
@@ -211,9 +213,19 @@ def parse_value(section: str, key: str, raw: str) -> Any:
         return raw
 
 
-def validate(cfg: dict) -> dict:
-    """Checks across keys, after every key was checked on its own."""
+CIFAR10_TRAIN_SIZE = 50000
+
+
+def validate(cfg: dict, world_size: int = 1) -> dict:
+    """Checks across keys (and against the number of processes), after each key on its own."""
     g, swa, data = cfg["Global"], cfg["SWA"], cfg["Data"]
+    batch, n = data["batch_size"], data["train_subset"] or CIFAR10_TRAIN_SIZE
+    if batch % world_size:
+        raise ConfigError(f"Data.batch_size ({batch}) is the global batch and must divide "
+                          f"evenly over {world_size} processes; use a multiple of {world_size}")
+    if 0 < n % batch < world_size:
+        raise ConfigError(f"the last batch of an epoch holds {n % batch} images, fewer than the "
+                          f"{world_size} processes; change Data.batch_size or Data.train_subset")
     if swa["swa"] and swa["swa_start"] > g["epochs"]:
         raise ConfigError(f"SWA.swa_start ({swa['swa_start']}) is after the last epoch "
                           f"({g['epochs']}); lower swa_start or raise Global.epochs")
@@ -267,7 +279,7 @@ def resolve(args: argparse.Namespace, base: dict | None = None) -> dict:
     for text in args.override:
         section, key, value = parse_override(text)
         update.setdefault(section, {})[key] = value
-    return validate(merge(cfg, update, "the command line"))
+    return validate(merge(cfg, update, "the command line"), launched_world_size())
 
 
 def save_config(cfg: dict, path: str) -> None:

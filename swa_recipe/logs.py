@@ -89,10 +89,16 @@ class IterMeter:
                 f"avg_batch_cost: {batch_cost:.5f} sec, "
                 f"avg_samples: {self.window_samples / k:.1f}, avg_ips: {ips:.1f} images/sec")
 
-    def result(self) -> dict:
-        """Epoch means in the original's units: loss per sample, accuracy in percent."""
-        return {"loss": self.loss_sum / max(self.samples, 1),
-                "accuracy": 100.0 * self.correct / max(self.samples, 1)}
+    def totals(self) -> list[float]:
+        """(loss sum, correct, samples) of this rank, to be summed over ranks."""
+        return [self.loss_sum, self.correct, self.samples]
+
+
+def summarize(totals) -> dict:
+    """Mean loss per sample and accuracy in percent (the original's units) from
+    (loss sum, correct, samples)."""
+    loss_sum, correct, samples = (float(t) for t in totals)
+    return {"loss": loss_sum / max(samples, 1), "accuracy": 100.0 * correct / max(samples, 1)}
 
 
 class RunLog:

@@ -20,6 +20,8 @@ from .logs import RunLog, get_logger
 
 class Trainer(Protocol):
     framework: str
+    rank: int
+    world_size: int
     swa_n: int
 
     def train_epoch(self, epoch: int, logger: logging.Logger | None) -> dict: ...
@@ -59,26 +61,37 @@ def restore(trainer: Trainer, cfg: dict, path: str) -> int:
 
 
 def save_checkpoint(trainer: Trainer, out: str, epoch: int) -> str:
+    """Every rank gathers the state (it may involve collectives); rank 0 writes it."""
     path = checkpoint_path(out, epoch, trainer.framework)
-    trainer.save(trainer.state_dict(epoch), path)
+    state = trainer.state_dict(epoch)
+    if trainer.rank == 0:
+        trainer.save(state, path)
     return path
 
 
 def fit(trainer: Trainer, cfg: dict, logger: logging.Logger | None = None) -> dict:
-    """Train for ``Global.epochs``; return the last epoch's row of the table."""
+    """Train for ``Global.epochs``; return the last epoch's row of the table.
+
+    Every rank trains, evaluates and averages; only rank 0 writes files and logs.
+    """
     out = run_dir(cfg)
-    os.makedirs(out, exist_ok=True)
-    logger = logger or get_logger(out)
-    save_config(cfg, os.path.join(out, "config.yaml"))
+    main = trainer.rank == 0
+    if main:
+        os.makedirs(out, exist_ok=True)
+        logger = logger or get_logger(out)
+        save_config(cfg, os.path.join(out, "config.yaml"))
+    else:
+        logger = None
     swa = cfg["SWA"]["swa"]
     start_epoch = 0
     path = resume_path(cfg, out) if cfg["Global"]["resume"] else None
     if path:
         start_epoch = restore(trainer, cfg, path)
-        logger.info(f"resumed from {path} at epoch {start_epoch}")
+        if logger:
+            logger.info(f"resumed from {path} at epoch {start_epoch}")
     else:
         save_checkpoint(trainer, out, 0)
-    log = RunLog(out, swa, start_epoch, logger)
+    log = RunLog(out, swa, start_epoch, logger) if main else None
     swa_res = {"loss": None, "accuracy": None}
     row: dict = {}
     for epoch in range(start_epoch, cfg["Global"]["epochs"]):
@@ -99,8 +112,10 @@ def fit(trainer: Trainer, cfg: dict, logger: logging.Logger | None = None) -> di
                "tr_acc": train_res["accuracy"], "te_loss": test_res["loss"],
                "te_acc": test_res["accuracy"], "swa_te_loss": swa_res["loss"],
                "swa_te_acc": swa_res["accuracy"], "time": time.time() - t0}
-        log.add(row)
-    logger.info(f"plot written to {log.plot()}")
+        if log:
+            log.add(row)
+    if log:
+        logger.info(f"plot written to {log.plot()}")
     return row
 
 

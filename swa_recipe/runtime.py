@@ -38,3 +38,15 @@ def tune_cpu_env(environ: dict | None = None) -> dict[str, str]:
         applied["MKL_DEBUG_CPU_TYPE"] = "5"
     env.update(applied)
     return applied
+
+
+def launched_world_size(environ: dict | None = None) -> int:
+    """Processes started by ``paddle.distributed.launch`` or ``torchrun`` (1 without a launcher)."""
+    env = os.environ if environ is None else environ
+    return int(env.get("PADDLE_TRAINERS_NUM") or env.get("WORLD_SIZE") or 1)
+
+
+def launched_rank(environ: dict | None = None) -> int:
+    """This process's rank under ``paddle.distributed.launch`` or ``torchrun`` (0 without)."""
+    env = os.environ if environ is None else environ
+    return int(env.get("PADDLE_TRAINER_ID") or env.get("RANK") or 0)

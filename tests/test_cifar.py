@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_batches, tiny_config, write_archive, write_folder
 
+from conftest import make_batches, tiny_config, write_archive, write_folder
 from swa_recipe import cifar
 from swa_recipe.cifar import (
     MEAN,

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 import yaml
-from conftest import ROOT, tiny_config
 
+from conftest import ROOT, tiny_config
 from swa_recipe.cli import train_parser
 from swa_recipe.config import (
     ConfigError,

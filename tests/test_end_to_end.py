@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+
 from conftest import ROOT, tiny_config
 
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}

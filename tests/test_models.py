@@ -10,8 +10,8 @@ import paddle.nn.functional as pF
 import pytest
 import torch
 import torch.nn.functional as tF
-from conftest import tiny_config
 
+from conftest import tiny_config
 from swa_paddle import checkpoint as pd_ckpt
 from swa_paddle import models as pd_models
 from swa_recipe.arch import MODELS

@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 import pytest
-from conftest import ROOT
 
+from conftest import ROOT
 from swa_recipe.config import default_config, load_yaml, merge, validate
 from swa_recipe.schedules import (
     anneal,
