@@ -2,20 +2,43 @@
 
 from __future__ import annotations
 
+import numpy as np
 import paddle
 from paddle import nn
 
-from swa_recipe.checkpoint import CheckpointError, atomic_save, check_shapes, plain_layout
+from swa_recipe.checkpoint import (
+    CheckpointError,
+    atomic_save,
+    check_shapes,
+    plain_layout,
+    safe_unpickle,
+)
 
 
 def save(state: dict, path: str) -> None:
     atomic_save(lambda tmp: paddle.save(state, tmp), path)
 
 
+def _tensors(obj):
+    """``paddle.save`` stores a tensor as ``(name, ndarray)``; turn those back into tensors."""
+    if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], str) \
+            and isinstance(obj[1], np.ndarray):
+        return paddle.to_tensor(obj[1])
+    if isinstance(obj, dict):
+        return type(obj)((k, _tensors(v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_tensors(v) for v in obj)
+    return obj
+
+
 def load(path: str) -> dict:
+    """What ``paddle.load`` returns for our files, through an unpickler that accepts only
+    tensors, arrays and plain containers: loading never runs code hidden in the file."""
     try:
-        return paddle.load(path)
-    except Exception as exc:  # paddle raises a variety of errors for a bad file
+        return _tensors(safe_unpickle(path))
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    except Exception as exc:  # truncated or not a pickle at all
         raise CheckpointError(f"{path} cannot be read as a Paddle checkpoint "
                               f"({exc.__class__.__name__}); it is truncated or not a .pdparams "
                               f"file") from None
@@ -32,8 +55,15 @@ def load_weights(model: nn.Layer, state: dict, path: str) -> None:
     model.set_state_dict(state)
 
 
-def to_numpy(state: dict) -> dict:
-    return {k: v.numpy() if isinstance(v, paddle.Tensor) else v for k, v in state.items()}
+def to_numpy(obj):
+    """Tensors, also inside nested dicts and lists (optimizer state), as numpy arrays."""
+    if isinstance(obj, paddle.Tensor):
+        return obj.numpy()
+    if isinstance(obj, dict):
+        return {k: to_numpy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_numpy(v) for v in obj)
+    return obj
 
 
 def from_numpy(state: dict) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import paddle
 
-from swa_recipe.cifar import CIFARDataset, EpochBatches, Split, load_cifar10, subset
+from swa_recipe.cifar import CIFARDataset, EpochBatches, Split, load_splits
 
 
 class CIFAR10(CIFARDataset, paddle.io.Dataset):
@@ -23,8 +23,8 @@ class BatchSampler(paddle.io.BatchSampler):
     def __len__(self) -> int:
         return len(self.batches)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.batches.set_epoch(epoch)
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.batches.set_epoch(epoch, start)
 
 
 def make_loader(split: Split, train: bool, cfg: dict, rank: int = 0,
@@ -38,8 +38,6 @@ def make_loader(split: Split, train: bool, cfg: dict, rank: int = 0,
 
 def build_loaders(cfg: dict, rank: int = 0, world_size: int = 1):
     """(train, test) loaders; subsets are the first N images, as in the lite config."""
-    data = cfg["Data"]
-    train, test = load_cifar10(data["data_path"], data["md5"])
-    train, test = subset(train, data["train_subset"]), subset(test, data["test_subset"])
+    train, test = load_splits(cfg)
     return (make_loader(train, True, cfg, rank, world_size),
             make_loader(test, False, cfg, rank, world_size))

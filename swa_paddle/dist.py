@@ -31,6 +31,11 @@ def all_reduce_sum(values: np.ndarray, world_size: int) -> np.ndarray:
     return tensor.numpy()
 
 
+def any_rank(flag: bool, world_size: int) -> bool:
+    """True on every rank when ``flag`` is true on one (ranks must stop at the same step)."""
+    return bool(all_reduce_sum(np.array([float(flag)]), world_size)[0] > 0)
+
+
 def broadcast_bn_stats(model: nn.Layer, world_size: int) -> None:
     """Rank 0's BatchNorm statistics on every rank: what torch's DDP does at each forward, and
     ``paddle.DataParallel`` does not, so ranks would otherwise evaluate with different stats."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Callable
 
 import numpy as np
 import paddle
@@ -10,7 +12,7 @@ import paddle.nn.functional as F
 
 from swa_recipe import schedules
 from swa_recipe.logs import IterMeter, summarize
-from swa_recipe.loop import epoch_seed, progress_wanted
+from swa_recipe.loop import Progress, TrainingDiverged, progress_wanted, step_seed
 
 from . import checkpoint, dist
 from .data import build_loaders
@@ -64,6 +66,7 @@ class Trainer:
             learning_rate=opt["lr_init"], momentum=opt["momentum"],
             parameters=self.model.parameters(), weight_decay=opt["wd"])
         self.scheduler: SWALR | None = None  # made at the first SWA epoch (schedule swalr)
+        self.progress = Progress()
 
     @property
     def swa_n(self) -> int:
@@ -92,29 +95,42 @@ class Trainer:
         self.optimizer.set_lr(lr)
         return lr
 
-    def train_epoch(self, epoch: int, logger: logging.Logger | None = None) -> dict:
-        paddle.seed(epoch_seed(self.cfg["Global"]["seed"], epoch))
-        self.train_loader.batch_sampler.set_epoch(epoch)
-        self._step_swalr(epoch)
+    def train_epoch(self, epoch: int, logger: logging.Logger | None = None,
+                    should_stop: Callable[[], bool] = lambda: False) -> dict:
+        """Train one epoch, from ``self.progress`` on (a run resumed mid-epoch). On a stop
+        request, return after the step in progress with ``interrupted``."""
+        start, seed = self.progress.iteration, self.cfg["Global"]["seed"]
+        if start == 0:
+            self._step_swalr(epoch)
+        self.train_loader.batch_sampler.set_epoch(epoch, start)
         self.net.train()
         g = self.cfg["Global"]
         meter = IterMeter(epoch, g["epochs"], self.iters, g["log_freq"], logger,
-                          progress_wanted() and self.rank == 0)
-        first_lr = None
-        for it, (x, y) in enumerate(meter.iterate(self.train_loader)):
+                          progress_wanted() and self.rank == 0, self.progress.totals, start)
+        for it, (x, y) in enumerate(meter.iterate(self.train_loader), start=start):
+            paddle.seed(step_seed(seed, epoch, it))
             lr = self._lr(epoch, it)
-            first_lr = lr if first_lr is None else first_lr
             logits = self.net(x)
             loss_sum = F.cross_entropy(logits, y, reduction="sum")
+            n = int(y.shape[0])
+            loss_value = float(loss_sum) / n
+            if not math.isfinite(loss_value):
+                raise TrainingDiverged(f"the loss became {loss_value} at epoch {epoch + 1}, "
+                                       f"iteration {it + 1}; lower --lr_init (the last good "
+                                       f"checkpoint is kept)")
             # Mean over the global batch once DataParallel averages over ranks.
             loss = loss_sum * (self.world_size / self.batches.global_size(it))
             self.optimizer.clear_grad()
             loss.backward()
             self.optimizer.step()
-            n = int(y.shape[0])
             correct = int((logits.argmax(axis=1) == y).astype("int64").sum())
-            meter.step(it, lr, float(loss_sum) / n, correct, n)
-        totals = dist.all_reduce_sum(np.array(meter.totals()), self.world_size)
+            meter.step(it, lr, loss_value, correct, n)
+            first_lr = lr if self.progress.first_lr is None else self.progress.first_lr
+            self.progress = Progress(it + 1, meter.totals(), first_lr)
+            if dist.any_rank(should_stop(), self.world_size) and it + 1 < self.iters:
+                return {"interrupted": True, "iteration": it + 1}
+        totals = dist.all_reduce_sum(np.array(self.progress.totals), self.world_size)
+        first_lr, self.progress = self.progress.first_lr, Progress()
         return {**summarize(totals), "lr": first_lr}
 
     def evaluate(self, swa: bool = False) -> dict:
@@ -131,7 +147,8 @@ class Trainer:
             dist.update_bn(self.train_loader, self.swa_model.module, self.world_size)
 
     def state_dict(self, epoch: int) -> dict:
-        """The original repo's layout, plus config, scheduler and the seed RNG is derived from."""
+        """The original repo's layout, plus config, scheduler, mid-epoch progress and the seed
+        every random draw derives from (data order, augmentation and dropout: no RNG state)."""
         dist.broadcast_bn_stats(self.model, self.world_size)
         return {
             "epoch": epoch,
@@ -141,12 +158,13 @@ class Trainer:
             "optimizer": checkpoint.optimizer_state(self.optimizer, self.model),
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "config": self.cfg,
-            "rng": {"seed": self.cfg["Global"]["seed"],
-                    "next_epoch_seed": epoch_seed(self.cfg["Global"]["seed"], epoch)},
+            "progress": self.progress.state_dict(),
+            "rng": {"seed": self.cfg["Global"]["seed"], "dropout": "step_seed(seed, epoch, it)"},
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.model.set_state_dict(state["state_dict"])
+        self.progress.load_state_dict(state.get("progress"))
         checkpoint.load_optimizer_state(self.optimizer, self.model, state["optimizer"])
         if state.get("scheduler"):
             self.scheduler = self._make_swalr()

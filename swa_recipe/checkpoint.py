@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import pickle
 import re
 from collections.abc import Callable
 
@@ -17,8 +18,11 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used here; the message names the file and the mismatch."""
 
 
-def checkpoint_path(run_dir: str, epoch: int, framework: str) -> str:
-    return os.path.join(run_dir, f"checkpoint-{epoch}{EXTENSIONS[framework]}")
+def checkpoint_path(run_dir: str, epoch: int, framework: str, iteration: int = 0) -> str:
+    """``checkpoint-{epoch}`` after ``epoch`` complete epochs; ``-iter{k}`` when written after
+    ``k`` steps of the next one (on SIGINT/SIGTERM)."""
+    mid = f"-iter{iteration}" if iteration else ""
+    return os.path.join(run_dir, f"checkpoint-{epoch}{mid}{EXTENSIONS[framework]}")
 
 
 def framework_of(path: str) -> str | None:
@@ -30,9 +34,10 @@ def framework_of(path: str) -> str | None:
 
 def latest_checkpoint(run_dir: str, framework: str) -> str | None:
     """The complete checkpoint with the highest epoch in ``run_dir`` (temp files never match)."""
-    pattern = re.compile(rf"checkpoint-(\d+){re.escape(EXTENSIONS[framework])}$")
-    found = [(int(m.group(1)), p) for p in glob.glob(os.path.join(run_dir, "checkpoint-*"))
-             if (m := pattern.search(os.path.basename(p)))]
+    pattern = re.compile(rf"checkpoint-(\d+)(?:-iter(\d+))?{re.escape(EXTENSIONS[framework])}$")
+    found = [((int(m.group(1)), int(m.group(2) or 0)), p)
+             for p in glob.glob(os.path.join(run_dir, "checkpoint-*"))
+             if (m := pattern.fullmatch(os.path.basename(p)))]
     return max(found)[1] if found else None
 
 
@@ -79,3 +84,28 @@ def check_shapes(expected: dict, found: dict, path: str) -> None:
     if extra:
         raise CheckpointError(f"{path} has '{extra[0]}', which this model lacks; "
                               f"it is a checkpoint of another model")
+
+
+# All a ``paddle.save`` file of tensors, arrays and plain containers refers to.
+SAFE_GLOBALS = {
+    ("collections", "OrderedDict"), ("builtins", "tuple"), ("builtins", "set"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"), ("numpy.core.multiarray", "scalar"),
+}
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """Unpickles tensors-as-arrays and plain containers; refuses any other global, which is
+    how a crafted pickle runs code (``os.system``, ``eval``...)."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in SAFE_GLOBALS:
+            return super().find_class(module, name)
+        raise CheckpointError(f"refusing to load: the file refers to {module}.{name}, which a "
+                              f"checkpoint never needs (it could run code); use a trusted file")
+
+
+def safe_unpickle(path: str):
+    with open(path, "rb") as fh:
+        return SafeUnpickler(fh).load()

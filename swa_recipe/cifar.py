@@ -175,6 +175,18 @@ def subset(split: Split, n: int | None) -> Split:
     return Split(split.images[:n], split.labels[:n])
 
 
+def load_splits(cfg: dict) -> tuple[Split, Split]:
+    """(train, test) of a config: its archive, its subsets (the first N images), and a batch
+    that fits the training set actually read."""
+    data = cfg["Data"]
+    train, test = load_cifar10(data["data_path"], data["md5"])
+    train, test = subset(train, data["train_subset"]), subset(test, data["test_subset"])
+    if data["batch_size"] > len(train.labels):
+        raise DataError(f"Data.batch_size ({data['batch_size']}) is larger than the training "
+                        f"set ({len(train.labels)} images); lower it")
+    return train, test
+
+
 def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
     """Sample order of one epoch: a permutation seeded by (seed, epoch), or 0..n-1."""
     if not shuffle:
@@ -248,10 +260,11 @@ class EpochBatches:
                  rank: int = 0, world_size: int = 1):
         self.n, self.batch_size, self.seed, self.shuffle = n, batch_size, seed, shuffle
         self.rank, self.world_size = rank, world_size
-        self.epoch = 0
+        self.epoch = self.start = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Iterate over ``epoch``'s batches from batch ``start`` on (a run resumed mid-epoch)."""
+        self.epoch, self.start = epoch, start
 
     def __len__(self) -> int:
         return -(-self.n // self.batch_size)
@@ -264,7 +277,8 @@ class EpochBatches:
         """Rank r takes every world_size-th image of each global batch, from the r-th on, so a
         global batch of B images gives each rank B / world_size (the short last batch: sizes
         differ by at most one). Every image of the epoch goes to exactly one rank."""
-        for batch in batch_indices(self.n, self.batch_size, self.seed, self.epoch, self.shuffle):
+        batches = batch_indices(self.n, self.batch_size, self.seed, self.epoch, self.shuffle)
+        for batch in batches[self.start:]:
             shard = batch[self.rank::self.world_size]
             if shard:
                 yield [(self.epoch, i) for i in shard]

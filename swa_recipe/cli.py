@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -17,9 +18,10 @@ from .checkpoint import CheckpointError, check_identity, framework_of
 from .cifar import DataError
 from .config import ConfigError, add_config_args, resolve, run_dir
 from .logs import get_logger
+from .loop import Interrupted, TrainingDiverged
 from .runtime import launched_rank, launched_world_size, tune_cpu_env
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError)
+USER_ERRORS = (ConfigError, DataError, CheckpointError, TrainingDiverged)
 
 
 def import_twin(framework: str) -> SimpleNamespace:
@@ -32,6 +34,9 @@ def run(main: Callable[[], int | None], debug: bool) -> int:
     """Run ``main``; a user error becomes one line on stderr and exit 2 (traceback: --debug)."""
     try:
         return main() or 0
+    except Interrupted as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
+        return 128 + exc.signum
     except USER_ERRORS as exc:
         if debug:
             raise
@@ -47,7 +52,28 @@ def train_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def ensure_writable(out: str) -> None:
+    """Fail before any work when the run directory cannot be created or written."""
+    probe = os.path.join(out, f".write-test-{os.getpid()}")
+    try:
+        os.makedirs(out, exist_ok=True)
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as exc:
+        raise ConfigError(f"cannot write to the run directory {out} ({exc.strerror or exc}); "
+                          f"pass a writable --dir") from None
+
+
+def exit_on_signal(signum: int, frame) -> None:
+    """Before training starts there is nothing to save: SIGINT/SIGTERM end the run at once,
+    with the shell's code (130/143); ``loop.fit`` then takes over with graceful handling."""
+    sys.exit(128 + signum)
+
+
 def train_main(args: argparse.Namespace) -> int:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, exit_on_signal)
     cfg = resolve(args)
     applied = tune_cpu_env()
     from .loop import fit
@@ -55,7 +81,7 @@ def train_main(args: argparse.Namespace) -> int:
     out, world = run_dir(cfg), launched_world_size()
     logger = None
     if launched_rank() == 0:
-        os.makedirs(out, exist_ok=True)
+        ensure_writable(out)
         logger = get_logger(out)
         if applied:
             logger.info("CPU settings applied: " + " ".join(f"{k}={v}" for k, v in applied.items()))

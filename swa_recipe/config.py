@@ -148,6 +148,11 @@ def coerce(section: str, key: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{name} must be an integer, got {value!r}")
     elif f.type is float:
+        if isinstance(value, str):  # YAML 1.1 reads 5e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{name} must be a number, got {value!r}")
         value = float(value)
@@ -232,9 +237,9 @@ def validate(cfg: dict, world_size: int = 1) -> dict:
     if cfg["Optimizer"]["schedule"] != "original" and not swa["swa"]:
         raise ConfigError(f"Optimizer.schedule={cfg['Optimizer']['schedule']} needs SWA; "
                           f"pass --swa or use schedule original")
-    if data["train_subset"] is not None and data["batch_size"] > data["train_subset"]:
-        raise ConfigError(f"Data.batch_size ({data['batch_size']}) is larger than the "
-                          f"training set ({data['train_subset']} images); lower it")
+    if batch > n:
+        raise ConfigError(f"Data.batch_size ({batch}) is larger than the training set "
+                          f"({n} images); lower it")
     return cfg
 
 

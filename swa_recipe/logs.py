@@ -42,11 +42,13 @@ class IterMeter:
     """
 
     def __init__(self, epoch: int, epochs: int, iters: int, log_freq: int,
-                 logger: logging.Logger | None, progress: bool = False):
+                 logger: logging.Logger | None, progress: bool = False,
+                 totals: list | None = None, start: int = 0):
         self.epoch, self.epochs, self.iters, self.log_freq = epoch, epochs, iters, log_freq
         self.logger = logger
         self.progress = progress
-        self.loss_sum = self.correct = self.samples = 0.0
+        self.start = start
+        self.loss_sum, self.correct, self.samples = totals or (0.0, 0.0, 0.0)
         self._got = time.perf_counter()
         self._reset_window()
 
@@ -58,8 +60,8 @@ class IterMeter:
         batches = loader
         if self.progress:
             from tqdm import tqdm
-            batches = tqdm(loader, total=self.iters, desc=f"epoch {self.epoch + 1}",
-                           leave=False, dynamic_ncols=True)
+            batches = tqdm(loader, total=self.iters, initial=self.start, leave=False,
+                           desc=f"epoch {self.epoch + 1}", dynamic_ncols=True)
         tick = time.perf_counter()
         for batch in batches:
             self._got = time.perf_counter()
@@ -104,7 +106,8 @@ def summarize(totals) -> dict:
 class RunLog:
     """The original's epoch table (``train_log.txt``), ``metrics.csv`` and the final plot.
 
-    On resume, rows after the resumed epoch are dropped, so the files read as one run.
+    On resume, rows after the resumed epoch are dropped and the table is rewritten from the rest,
+    so both files read as one uninterrupted run.
     """
 
     def __init__(self, run_dir: str, swa: bool, start_epoch: int = 0,
@@ -113,16 +116,17 @@ class RunLog:
         self.columns = COLUMNS if swa else [c for c in COLUMNS if not c.startswith("swa")]
         self.csv_path = os.path.join(run_dir, "metrics.csv")
         self.table_path = os.path.join(run_dir, "train_log.txt")
-        self.rows: list[dict] = [r for r in self._read_csv() if int(r["ep"]) <= start_epoch]
+        self.rows: list[dict] = [r for r in self._read_csv() if r["ep"] <= start_epoch]
         self._write_csv()
-        if start_epoch == 0 and os.path.exists(self.table_path):
-            os.remove(self.table_path)
+        with open(self.table_path, "w") as fh:
+            fh.writelines(self._format(row) + "\n" for row in self.rows)
 
     def _read_csv(self) -> list[dict]:
         if not os.path.exists(self.csv_path):
             return []
         with open(self.csv_path, newline="") as fh:
-            return list(csv.DictReader(fh))
+            return [{c: (int(v) if c == "ep" else float(v)) if v not in ("", None) else None
+                     for c, v in row.items()} for row in csv.DictReader(fh)]
 
     def _write_csv(self) -> None:
         tmp = self.csv_path + ".tmp"
@@ -130,17 +134,21 @@ class RunLog:
             writer = csv.DictWriter(fh, fieldnames=self.columns)
             writer.writeheader()
             for row in self.rows:
-                writer.writerow({c: row.get(c, "") for c in self.columns})
+                writer.writerow({c: "" if row.get(c) is None else row[c] for c in self.columns})
         os.replace(tmp, self.csv_path)
 
-    def add(self, values: dict) -> str:
-        """Append one epoch; return the table text printed for it (header every 40 epochs)."""
-        row = {c: values.get(c) for c in self.columns}
-        self.rows.append({c: "" if v is None else v for c, v in row.items()})
-        self._write_csv()
-        table = tabulate.tabulate([[row[c] for c in self.columns]], self.columns,
+    def _format(self, row: dict) -> str:
+        """The table text of one epoch, with the header every 40 epochs (as the original)."""
+        table = tabulate.tabulate([[row.get(c) for c in self.columns]], self.columns,
                                   tablefmt="simple", floatfmt="8.4f").split("\n")
-        text = "\n".join([table[1]] + table) if (row["ep"] - 1) % 40 == 0 else table[2]
+        return "\n".join([table[1]] + table) if (row["ep"] - 1) % 40 == 0 else table[2]
+
+    def add(self, values: dict) -> str:
+        """Append one epoch to the CSV and the table; return the table text."""
+        row = {c: values.get(c) for c in self.columns}
+        self.rows.append(row)
+        self._write_csv()
+        text = self._format(row)
         with open(self.table_path, "a") as fh:
             fh.write(text + "\n")
         if self.logger:
@@ -156,7 +164,7 @@ class RunLog:
         from matplotlib.ticker import MaxNLocator
 
         def series(col: str) -> tuple[list[int], list[float]]:
-            pts = [(int(r["ep"]), float(r[col])) for r in self.rows if r.get(col) not in ("", None)]
+            pts = [(r["ep"], r[col]) for r in self.rows if r.get(col) is not None]
             return [p[0] for p in pts], [p[1] for p in pts]
 
         fig, (ax_lr, ax_acc) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)

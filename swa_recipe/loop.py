@@ -8,12 +8,23 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
+
 from . import schedules
-from .checkpoint import CheckpointError, check_identity, checkpoint_path, latest_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    check_identity,
+    checkpoint_path,
+    framework_of,
+    latest_checkpoint,
+)
 from .config import run_dir, save_config
 from .logs import RunLog, get_logger
 
@@ -24,7 +35,8 @@ class Trainer(Protocol):
     world_size: int
     swa_n: int
 
-    def train_epoch(self, epoch: int, logger: logging.Logger | None) -> dict: ...
+    def train_epoch(self, epoch: int, logger: logging.Logger | None,
+                    should_stop: Callable[[], bool]) -> dict: ...
     def evaluate(self, swa: bool = False) -> dict: ...
     def collect(self) -> None: ...
     def update_bn(self) -> None: ...
@@ -34,9 +46,73 @@ class Trainer(Protocol):
     def load(self, path: str) -> dict: ...
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """Seed of the framework RNG (dropout) for one epoch: resuming needs no saved RNG state."""
-    return seed * 1_000_003 + epoch
+def step_seed(seed: int, epoch: int, it: int) -> int:
+    """Seed of the framework RNG (dropout) for one training step: a run resumed at any step
+    draws what the uninterrupted run drew, with no RNG state saved."""
+    return int(np.random.SeedSequence([seed, epoch, it]).generate_state(1)[0])
+
+
+@dataclass
+class Progress:
+    """How far the current epoch got: what a checkpoint written mid-epoch must carry."""
+
+    iteration: int = 0
+    totals: list = field(default_factory=lambda: [0.0, 0.0, 0.0])  # loss sum, correct, samples
+    first_lr: float | None = None
+
+    def state_dict(self) -> dict:
+        return {"iteration": self.iteration, "totals": list(self.totals),
+                "first_lr": self.first_lr}
+
+    def load_state_dict(self, state: dict | None) -> None:
+        fresh = Progress()
+        state = state or {}
+        self.iteration = int(state.get("iteration", fresh.iteration))
+        self.totals = [float(t) for t in state.get("totals", fresh.totals)]
+        self.first_lr = state.get("first_lr")
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM: the run stopped after a step and wrote a checkpoint to resume from."""
+
+    def __init__(self, signum: int, path: str):
+        self.signum, self.path = signum, path
+        name = signal.Signals(signum).name
+        super().__init__(f"stopped by {name}; resume with --resume {path}")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message names the epoch and iteration."""
+
+
+class StopSignal:
+    """Records SIGINT/SIGTERM instead of dying, so the step in progress can finish."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+
+    def __enter__(self) -> StopSignal:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def remove_partial_files(out: str) -> None:
+    """Temporary files of a checkpoint write that a crash interrupted (never loaded)."""
+    for name in os.listdir(out):
+        if name.startswith("checkpoint-") and ".tmp" in name:
+            os.remove(os.path.join(out, name))
 
 
 def resume_path(cfg: dict, out: str) -> str | None:
@@ -51,6 +127,11 @@ def restore(trainer: Trainer, cfg: dict, path: str) -> int:
     """Load ``path`` into the trainer; return the epoch to continue from."""
     if not os.path.exists(path):
         raise CheckpointError(f"checkpoint {path} not found; pass an existing file to --resume")
+    found = framework_of(path)
+    if found is not None and found != trainer.framework:
+        raise CheckpointError(f"{path} is a {found} checkpoint and this run trains with "
+                              f"{trainer.framework}; resume with --framework {found}, or start "
+                              f"from converted weights")
     state = trainer.load(path)
     if not isinstance(state, dict) or "state_dict" not in state or "epoch" not in state:
         raise CheckpointError(f"{path} is not a training checkpoint (no epoch/state_dict); "
@@ -60,12 +141,22 @@ def restore(trainer: Trainer, cfg: dict, path: str) -> int:
     return int(state["epoch"])
 
 
-def save_checkpoint(trainer: Trainer, out: str, epoch: int) -> str:
-    """Every rank gathers the state (it may involve collectives); rank 0 writes it."""
-    path = checkpoint_path(out, epoch, trainer.framework)
+def save_checkpoint(trainer: Trainer, out: str, epoch: int, iteration: int = 0) -> str:
+    """Every rank gathers the state (it may involve collectives); rank 0 writes it.
+
+    ``epoch`` counts completed epochs; ``iteration`` > 0 marks a checkpoint written mid-epoch
+    (``checkpoint-{epoch}-iter{iteration}``). A failed write stops the run with a clear message
+    and leaves earlier checkpoints as they were.
+    """
+    path = checkpoint_path(out, epoch, trainer.framework, iteration)
     state = trainer.state_dict(epoch)
     if trainer.rank == 0:
-        trainer.save(state, path)
+        try:
+            trainer.save(state, path)
+        except OSError as exc:
+            raise CheckpointError(f"could not write {path} ({exc.strerror or exc}); free disk "
+                                  f"space or fix permissions, then resume from the last "
+                                  f"checkpoint (earlier ones are intact)") from None
     return path
 
 
@@ -79,24 +170,35 @@ def fit(trainer: Trainer, cfg: dict, logger: logging.Logger | None = None) -> di
     if main:
         os.makedirs(out, exist_ok=True)
         logger = logger or get_logger(out)
-        save_config(cfg, os.path.join(out, "config.yaml"))
     else:
         logger = None
     swa = cfg["SWA"]["swa"]
     start_epoch = 0
     path = resume_path(cfg, out) if cfg["Global"]["resume"] else None
     if path:
-        start_epoch = restore(trainer, cfg, path)
+        start_epoch = restore(trainer, cfg, path)  # refuses a bad file before anything is written
         if logger:
             logger.info(f"resumed from {path} at epoch {start_epoch}")
-    else:
+    if main:
+        save_config(cfg, os.path.join(out, "config.yaml"))
+        remove_partial_files(out)
+    if not path:
         save_checkpoint(trainer, out, 0)
     log = RunLog(out, swa, start_epoch, logger) if main else None
+    with StopSignal() as stop:
+        return _epochs(trainer, cfg, out, start_epoch, log, logger, stop)
+
+
+def _epochs(trainer: Trainer, cfg: dict, out: str, start_epoch: int, log: RunLog | None,
+            logger: logging.Logger | None, stop: StopSignal) -> dict:
     swa_res = {"loss": None, "accuracy": None}
     row: dict = {}
     for epoch in range(start_epoch, cfg["Global"]["epochs"]):
         t0 = time.time()
-        train_res = trainer.train_epoch(epoch, logger)
+        train_res = trainer.train_epoch(epoch, logger, stop.requested)
+        if train_res.get("interrupted"):
+            path = save_checkpoint(trainer, out, epoch, train_res["iteration"])
+            raise Interrupted(stop.signum, path)
         evaluating = schedules.should_eval(cfg, epoch)
         test_res = trainer.evaluate() if evaluating else {"loss": None, "accuracy": None}
         if schedules.should_collect(cfg, epoch):
@@ -106,14 +208,17 @@ def fit(trainer: Trainer, cfg: dict, logger: logging.Logger | None = None) -> di
                 swa_res = trainer.evaluate(swa=True)
             else:
                 swa_res = {"loss": None, "accuracy": None}
-        if schedules.should_save(cfg, epoch):
-            save_checkpoint(trainer, out, epoch + 1)
+        stopping = stop.requested()
+        if schedules.should_save(cfg, epoch) or stopping:
+            path = save_checkpoint(trainer, out, epoch + 1)
         row = {"ep": epoch + 1, "lr": train_res["lr"], "tr_loss": train_res["loss"],
                "tr_acc": train_res["accuracy"], "te_loss": test_res["loss"],
                "te_acc": test_res["accuracy"], "swa_te_loss": swa_res["loss"],
                "swa_te_acc": swa_res["accuracy"], "time": time.time() - t0}
         if log:
             log.add(row)
+        if stopping:
+            raise Interrupted(stop.signum, path)
     if log:
         logger.info(f"plot written to {log.plot()}")
     return row

@@ -33,9 +33,15 @@ def load_weights(model: nn.Module, state: dict, path: str) -> None:
     model.load_state_dict(state, strict=False)
 
 
-def to_numpy(state: dict) -> dict:
-    return {k: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v
-            for k, v in state.items()}
+def to_numpy(obj):
+    """Tensors, also inside nested dicts and lists (optimizer state), as numpy arrays."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().numpy()
+    if isinstance(obj, dict):
+        return {k: to_numpy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_numpy(v) for v in obj)
+    return obj
 
 
 def from_numpy(state: dict) -> dict:

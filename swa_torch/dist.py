@@ -37,6 +37,11 @@ def all_reduce_sum(values: np.ndarray, world_size: int) -> np.ndarray:
     return tensor.numpy()
 
 
+def any_rank(flag: bool, world_size: int) -> bool:
+    """True on every rank when ``flag`` is true on one (ranks must stop at the same step)."""
+    return bool(all_reduce_sum(np.array([float(flag)]), world_size)[0] > 0)
+
+
 def broadcast_bn_stats(model: nn.Module, world_size: int) -> None:
     """Rank 0's BatchNorm statistics on every rank (DDP already does this at each forward)."""
     if world_size == 1:

@@ -215,6 +215,13 @@ def test_wrong_type(argv, key, words):
     assert words in msg
 
 
+def test_exponent_without_dot_is_a_number(tmp_path):
+    assert parse("--lr_init", "1e-3", "-o", "Optimizer.wd=5e-4")["Optimizer"]["lr_init"] == 1e-3
+    path = tmp_path / "c.yaml"
+    path.write_text("Optimizer:\n  wd: 5e-4\n")
+    assert load_yaml(str(path))["Optimizer"]["wd"] == 5e-4
+
+
 @pytest.mark.parametrize("value", ["0777", "on", "1.10", "[a, b]"])
 def test_text_values_stay_verbatim(value):
     assert parse("-o", f"Global.dir={value}")["Global"]["dir"] == value

@@ -1,0 +1,144 @@
+"""Kill a training run at random moments, resume it each time, compare with an uninterrupted run.
+
+``python tools/fault_test.py --framework paddle --kills 20 --data_path PATH/cifar-10-python.tar.gz``
+
+Trains ``configs/lite.yaml`` stretched to 40 epochs (SWA from 21; ``--config`` and ``-o`` to
+change it) once without interruption, then again under ``--resume auto``, killing it ``--kills``
+times after a uniformly random delay of up to ``--max_delay`` seconds (start-up, training,
+evaluation and checkpoint writes alike). Kills are SIGKILL; every ``--sigterm_every``-th is a
+SIGTERM, which must exit 143 after writing a checkpoint. Every kill must land on a running job,
+and the final weights, SWA weights, ``swa_n``, optimizer state and ``metrics.csv`` (less its time
+column) must equal the uninterrupted run's bit for bit. Exit code 0 when they do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from swa_recipe.checkpoint import latest_checkpoint  # noqa: E402
+from swa_recipe.cli import import_twin  # noqa: E402
+from swa_recipe.runtime import tune_cpu_env  # noqa: E402
+
+
+def train_cmd(args: argparse.Namespace, run_dir: str, resume: bool) -> list[str]:
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--config", args.config,
+           "--framework", args.framework, "--dir", run_dir]
+    if args.data_path:
+        cmd += ["--data_path", args.data_path]
+    for override in args.override:
+        cmd += ["-o", override]
+    return cmd + (["--resume", "auto"] if resume else [])
+
+
+def run_to_end(cmd: list[str]) -> float:
+    t0 = time.time()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode:
+        sys.exit(f"run failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    return time.time() - t0
+
+
+def kill_once(cmd: list[str], delay: float, signum: int) -> int:
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        proc.wait(timeout=delay)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signum)
+    proc.wait()
+    return proc.returncode
+
+
+def metric_rows(run_dir: str) -> list[dict]:
+    with open(os.path.join(run_dir, "metrics.csv")) as fh:
+        return [{k: v for k, v in row.items() if k != "time"} for row in csv.DictReader(fh)]
+
+
+def flat(obj, prefix: str = "") -> dict:
+    """Every array of a checkpoint, keyed by its path."""
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            out.update(flat(v, f"{prefix}{k}/"))
+        return out
+    if hasattr(obj, "shape"):
+        return {prefix: np.asarray(obj)}
+    return {}
+
+
+def compare(framework: str, ref_dir: str, run_dir: str) -> list[str]:
+    twin = import_twin(framework)
+    ref = twin.checkpoint.load(latest_checkpoint(ref_dir, framework))
+    got = twin.checkpoint.load(latest_checkpoint(run_dir, framework))
+    problems = []
+    for key in ("state_dict", "swa_state_dict", "optimizer"):
+        a, b = flat(twin.checkpoint.to_numpy(ref[key])), flat(twin.checkpoint.to_numpy(got[key]))
+        if a.keys() != b.keys():
+            problems.append(f"{key}: different entries")
+        problems += [f"{key}/{n} differs" for n in a if n in b and not np.array_equal(a[n], b[n])]
+    for key in ("epoch", "swa_n"):
+        if ref[key] != got[key]:
+            problems.append(f"{key}: {ref[key]} != {got[key]}")
+    if metric_rows(ref_dir) != metric_rows(run_dir):
+        problems.append("metrics.csv differs")
+    return problems
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--framework", choices=("paddle", "torch"), default="paddle")
+    parser.add_argument("--config", default=os.path.join(ROOT, "configs", "lite.yaml"))
+    parser.add_argument("--data_path", default=None)
+    parser.add_argument("-o", "--override", action="append",
+                        default=["Global.epochs=40", "SWA.swa_start=21"])
+    parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--max_delay", type=float, default=8.0)
+    parser.add_argument("--sigterm_every", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work_dir", default=None, help="default: a temporary folder")
+    args = parser.parse_args()
+    tune_cpu_env()
+    rng = random.Random(args.seed)
+    work = args.work_dir or tempfile.mkdtemp(prefix="fault-test-")
+    ref_dir, run_dir = os.path.join(work, "uninterrupted"), os.path.join(work, "killed")
+    duration = run_to_end(train_cmd(args, ref_dir, resume=False))
+    print(f"uninterrupted run: {duration:.1f} s")
+    for k in range(1, args.kills + 1):
+        sigterm = args.sigterm_every and k % args.sigterm_every == 0
+        signum = signal.SIGTERM if sigterm else signal.SIGKILL
+        delay = rng.uniform(0.5, args.max_delay)
+        code = kill_once(train_cmd(args, run_dir, resume=True), delay, signum)
+        if code == 0:
+            sys.exit(f"kill {k} came after the run had finished: lengthen the run (-o "
+                     f"Global.epochs=...) or lower --max_delay")
+        latest = latest_checkpoint(run_dir, args.framework)
+        print(f"kill {k:2d}: {signal.Signals(signum).name} after {delay:5.1f} s -> exit {code}, "
+              f"latest {os.path.basename(latest) if latest else None}")
+        if code != (143 if sigterm else -9):
+            sys.exit(f"a {signal.Signals(signum).name} should end the run with "
+                     f"{143 if sigterm else -9}, got {code}")
+    run_to_end(train_cmd(args, run_dir, resume=True))
+    problems = compare(args.framework, ref_dir, run_dir)
+    verdict = "PASS" if not problems else "FAIL"
+    print(f"{verdict}: {args.kills} kills, final state "
+          f"{'identical to' if not problems else 'differs from'} the uninterrupted run")
+    for p in problems[:20]:
+        print("  " + p)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
