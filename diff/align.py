@@ -20,6 +20,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -96,6 +97,8 @@ class Context:
     data_path: str | None
     brk: str = "none"
     seed: int = SEED
+    train_lr: float = 0.01
+    control: bool = False
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     cache: dict = field(default_factory=dict)
@@ -228,6 +231,13 @@ def fake_full_loaders() -> Iterator[None]:
     with patched(pd_trainer, "build_loaders", loaders(pd_data)), \
             patched(th_trainer, "build_loaders", loaders(th_data)):
         yield
+
+
+def eval_loaders(cfg: dict, batch: int = 1000):
+    """The twins' test loaders for ``cfg`` with batches of ``batch`` images: the same images
+    and accuracy, and about twice as fast on a small CPU as batches of 128."""
+    ecfg = validate(merge(cfg, {"Data": {"batch_size": batch}}, "diff/align.py"))
+    return pd_data.build_loaders(ecfg)[1], th_data.build_loaders(ecfg)[1]
 
 
 # ------------------------------------------------------------------------------- twins
@@ -553,8 +563,10 @@ def step_lr(ctx: Context) -> None:
         assert tt.iters == iters, (pt.iters, tt.iters)
         pd_lr, th_lr = np.zeros((epochs, iters)), np.zeros((epochs, iters))
         for epoch in range(epochs):
-            pt._step_swalr(epoch)  # what Trainer.train_epoch does before an epoch's first step
-            tt._step_swalr(epoch)
+            with warnings.catch_warnings():  # torch: scheduler.step() before optimizer.step()
+                warnings.simplefilter("ignore", UserWarning)
+                pt._step_swalr(epoch)  # what Trainer.train_epoch does before an epoch's 1st step
+                tt._step_swalr(epoch)
             for it in range(iters):
                 pt._lr(epoch, it)
                 tt._lr(epoch, it)
@@ -724,11 +736,11 @@ def step_metric(ctx: Context) -> None:
     apply_break(pt.model, ctx.brk)
     train_res = pt.train_epoch(0)
     train_s = time.time() - t0
-    pd_res = pt.evaluate()
+    pd_test, th_test = eval_loaders(cfg)
+    pd_res = pd_trainer.evaluate(pt.model, pd_test)
     th_model = th_models.build_model(cfg)
     state = convert_state_dict(pd_ckpt.to_numpy(pt.model.state_dict()), "paddle2torch")
     th_ckpt.load_weights(th_model, th_ckpt.from_numpy(state), "<paddle trained>")
-    _, th_test = th_data.build_loaders(cfg)
     th_res = th_trainer.evaluate(th_model, th_test)
     n_test = th_test.batch_sampler.batches.n
     record(ctx, "metric", {"acc": np.array([pd_res["accuracy"]]),
@@ -779,43 +791,76 @@ def train_twins(ctx: Context, cfg: dict, epochs: int, on_epoch: Callable | None 
     return pt, tt, np.array(pd_iters), np.array(th_iters)
 
 
+def train_cfg(ctx: Context, lr: float) -> dict:
+    """The train step's run: VGG16 at 1/16 width, dropout 0, 2 epochs of the first 5,000
+    images (80 iterations of 128), the average collected after each epoch, lr_init = swa_lr."""
+    return make_cfg(Global={"epochs": 2},
+                    Arch={"model": "VGG16", "width": 0.0625, "dropout": 0.0},
+                    Optimizer={"lr_init": lr},
+                    SWA={"swa": True, "swa_start": 1, "swa_lr": lr},
+                    Data={"data_path": ctx.data_path, "train_subset": 5000})
+
+
 def step_train(ctx: Context) -> None:
-    cfg = make_cfg(Global={"epochs": 2},
-                   Arch={"model": "VGG16", "width": 0.0625, "dropout": 0.0},
-                   SWA={"swa": True, "swa_start": 1},
-                   Data={"data_path": ctx.data_path, "train_subset": 5000})
+    cfg = train_cfg(ctx, ctx.train_lr)
     t0 = time.time()
     pt, tt, pd_iters, th_iters = train_twins(ctx, cfg, cfg["Global"]["epochs"])
     train_s = time.time() - t0
+    pt.test_loader, tt.test_loader = eval_loaders(cfg)
     res = {}
     for name, trainer in (("paddle", pt), ("torch", tt)):
         sgd = trainer.evaluate()
         trainer.update_bn()
         swa = trainer.evaluate(swa=True)
         res[name] = (sgd, swa, trainer.swa_n)
-    pd_vals = {"loss_curve": pd_iters[:, 3], "sgd_test_acc": np.array([res["paddle"][0][
-        "accuracy"]]), "swa_test_acc": np.array([res["paddle"][1]["accuracy"]])}
-    th_vals = {"loss_curve": th_iters[:, 3], "sgd_test_acc": np.array([res["torch"][0][
-        "accuracy"]]), "swa_test_acc": np.array([res["torch"][1]["accuracy"]])}
-    pd_vals["lr_curve"], th_vals["lr_curve"] = pd_iters[:, 2], th_iters[:, 2]
+    pd_vals = {"loss_curve": pd_iters[:, 3], "lr_curve": pd_iters[:, 2],
+               "sgd_test_acc": np.array([res["paddle"][0]["accuracy"]]),
+               "swa_test_acc": np.array([res["paddle"][1]["accuracy"]])}
+    th_vals = {"loss_curve": th_iters[:, 3], "lr_curve": th_iters[:, 2],
+               "sgd_test_acc": np.array([res["torch"][0]["accuracy"]]),
+               "swa_test_acc": np.array([res["torch"][1]["accuracy"]])}
     n_it = len(pd_iters)
     n_test = tt.test_loader.batch_sampler.batches.n
     record(ctx, "train", pd_vals, th_vals, [
         (f"per-iteration training loss, {n_it} iterations (2 epochs x "
-         f"{cfg['Data']['train_subset']} images, VGG16 1/16 width, dropout 0)",
-         ["loss_curve"], T_TRAIN_LOSS),
+         f"{cfg['Data']['train_subset']} images, VGG16 1/16 width, dropout 0, lr "
+         f"{ctx.train_lr:g})", ["loss_curve"], T_TRAIN_LOSS),
         (f"final SGD and SWA (average of {res['paddle'][2]} epochs) test accuracy (%), "
          f"{n_test} images", ["sgd_test_acc", "swa_test_acc"], T_TRAIN_ACC),
     ])
     lr_mean, _ = diff_stats(pd_vals["lr_curve"], th_vals["lr_curve"])
     weights_max = max(diff_stats(a, b)[1] for a, b in zip(
         paddle_state_as_torch(pt.model).values(), torch_state(tt.model).values(), strict=True))
+    loss_diff = np.abs(pd_iters[:, 3] - th_iters[:, 3])
     ctx.note("train", f"{train_s:.0f} s of training; Paddle SGD {res['paddle'][0]['accuracy']:.2f}"
              f" %, SWA {res['paddle'][1]['accuracy']:.2f} %; torch SGD "
              f"{res['torch'][0]['accuracy']:.2f} %, SWA {res['torch'][1]['accuracy']:.2f} %; "
-             f"lr curves mean abs diff {lr_mean:.3g}; final weights max abs diff "
-             f"{weights_max:.3g}; losses per iteration: first {pd_iters[0, 3]:.5f}, last "
-             f"{pd_iters[-1, 3]:.5f}")
+             f"loss {pd_iters[0, 3]:.4f} -> {pd_iters[-1, 3]:.4f}; lr curves mean abs diff "
+             f"{lr_mean:.3g}; loss diff > 1e-5 from iteration "
+             f"{int(np.argmax(loss_diff > 1e-5)) if (loss_diff > 1e-5).any() else '-'}; final "
+             f"weights max abs diff {weights_max:.3g}")
+    if ctx.control:
+        chaos_control(ctx, cfg, pd_iters[:, 3])
+
+
+def chaos_control(ctx: Context, cfg: dict, twin_curve: np.ndarray) -> None:
+    """The Paddle twin against itself, one weight of the init nudged by one float32 ulp: how far
+    the training dynamics alone carry a rounding-size difference in the same run."""
+    sink = []
+    trainer = pd_trainer.Trainer(cfg)
+    th_init = th_trainer.Trainer(cfg).model  # the init the twins started from
+    state = to_paddle_weights(torch_state(th_init), "none")
+    w = state["features.0.weight"]
+    w.flat[0] = np.nextafter(w.flat[0], np.float32(np.inf))
+    pd_ckpt.load_weights(trainer.model, pd_ckpt.from_numpy(state), "<nudged init>")
+    for epoch in range(cfg["Global"]["epochs"]):
+        with patched(pd_trainer, "IterMeter", recording_meter(sink)):
+            trainer.train_epoch(epoch)
+    curve = np.array(sink)[:, 3]
+    mean, mx = diff_stats(curve, twin_curve)
+    ctx.rows.append(Row("train", "control: Paddle vs Paddle with one init weight nudged by 1 "
+                        "ulp, per-iteration loss", mean, mx, T_TRAIN_LOSS, mean <= T_TRAIN_LOSS,
+                        "", False))
 
 
 STEP_FUNCS: dict[str, Callable[[Context], None]] = {
@@ -836,9 +881,11 @@ def run_long(ctx: Context, width: float, epochs: int, subset: int | None) -> Non
                    SWA={"swa": True, "swa_start": swa_start},
                    Data={"data_path": ctx.data_path, "train_subset": subset})
     rows: dict[str, list[dict]] = {"paddle": [], "torch": []}
+    loaders = eval_loaders(cfg)
     t0 = time.time()
 
     def on_epoch(epoch, pt, tt, pd_row, th_row):
+        pt.test_loader, tt.test_loader = loaders
         for name, trainer, tr in (("paddle", pt, pd_row), ("torch", tt, th_row)):
             te = trainer.evaluate()
             swa = {"accuracy": float("nan"), "loss": float("nan")}
@@ -953,6 +1000,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", default=str(DIFF_DIR), help="where the .npy/.log files go")
     parser.add_argument("--break", dest="brk", default="none", choices=BREAKS,
                         help="build a deliberately broken Paddle twin (demonstrates localisation)")
+    parser.add_argument("--train_lr", type=float, default=0.01,
+                        help="learning rate of the train step (default: the recipe's swa_lr; "
+                        "at 0.05 the trajectories separate chaotically, see README)")
+    parser.add_argument("--control", action="store_true",
+                        help="train step: also the Paddle twin against itself, nudged by 1 ulp")
     parser.add_argument("--long", action="store_true",
                         help="also the reduced-scale real-data reproduction (train_align_*)")
     parser.add_argument("--long_width", type=float, default=0.25)
@@ -972,7 +1024,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     paddle.set_device("cpu")
-    ctx = Context(out=out, data_path=args.data_path, brk=args.brk)
+    ctx = Context(out=out, data_path=args.data_path, brk=args.brk, train_lr=args.train_lr,
+                  control=args.control)
     if CPU_ENV:
         print("CPU settings applied: " + " ".join(f"{k}={v}" for k, v in CPU_ENV.items()))
     if args.brk != "none":

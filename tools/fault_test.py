@@ -4,8 +4,9 @@
 
 Trains ``configs/lite.yaml`` stretched to 40 epochs (SWA from 21; ``--config`` and ``-o`` to
 change it) once without interruption, then again under ``--resume auto``, killing it ``--kills``
-times after a uniformly random delay of up to ``--max_delay`` seconds (start-up, training,
-evaluation and checkpoint writes alike). Kills are SIGKILL; every ``--sigterm_every``-th is a
+times after a uniformly random delay of up to ``--max_delay`` seconds (default: start-up plus
+three epochs, measured on the uninterrupted run), so kills land in start-up, training,
+evaluation and checkpoint writes alike. Kills are SIGKILL; every ``--sigterm_every``-th is a
 SIGTERM, which must exit 143 after writing a checkpoint. Every kill must land on a running job,
 and the final weights, SWA weights, ``swa_n``, optimizer state and ``metrics.csv`` (less its time
 column) must equal the uninterrupted run's bit for bit. Exit code 0 when they do.
@@ -28,7 +29,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from swa_recipe.checkpoint import latest_checkpoint  # noqa: E402
+from swa_recipe.checkpoint import EXTENSIONS, latest_checkpoint  # noqa: E402
 from swa_recipe.cli import import_twin  # noqa: E402
 from swa_recipe.runtime import tune_cpu_env  # noqa: E402
 
@@ -43,12 +44,19 @@ def train_cmd(args: argparse.Namespace, run_dir: str, resume: bool) -> list[str]
     return cmd + (["--resume", "auto"] if resume else [])
 
 
-def run_to_end(cmd: list[str]) -> float:
+def run_to_end(cmd: list[str], first_checkpoint: str | None = None) -> tuple[float, float]:
+    """Run to completion; (total seconds, seconds until ``first_checkpoint`` appeared)."""
     t0 = time.time()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    startup = None
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    while proc.poll() is None:
+        if startup is None and first_checkpoint and os.path.exists(first_checkpoint):
+            startup = time.time() - t0
+        time.sleep(0.05)
     if proc.returncode:
-        sys.exit(f"run failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
-    return time.time() - t0
+        sys.exit(f"run failed ({proc.returncode}): {proc.stderr.read().strip()[-2000:]}")
+    return time.time() - t0, startup or 0.0
 
 
 def kill_once(cmd: list[str], delay: float, signum: int) -> int:
@@ -105,7 +113,8 @@ def main() -> int:
     parser.add_argument("-o", "--override", action="append",
                         default=["Global.epochs=40", "SWA.swa_start=21"])
     parser.add_argument("--kills", type=int, default=20)
-    parser.add_argument("--max_delay", type=float, default=8.0)
+    parser.add_argument("--max_delay", type=float, default=None,
+                        help="default: start-up time + 3 epochs, measured on the first run")
     parser.add_argument("--sigterm_every", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work_dir", default=None, help="default: a temporary folder")
@@ -114,17 +123,24 @@ def main() -> int:
     rng = random.Random(args.seed)
     work = args.work_dir or tempfile.mkdtemp(prefix="fault-test-")
     ref_dir, run_dir = os.path.join(work, "uninterrupted"), os.path.join(work, "killed")
-    duration = run_to_end(train_cmd(args, ref_dir, resume=False))
-    print(f"uninterrupted run: {duration:.1f} s")
+    first = os.path.join(ref_dir, f"checkpoint-0{EXTENSIONS[args.framework]}")
+    duration, startup = run_to_end(train_cmd(args, ref_dir, resume=False), first)
+    epochs = len(metric_rows(ref_dir))
+    epoch_s = (duration - startup) / epochs
+    max_delay = args.max_delay or startup + 3 * epoch_s
+    print(f"uninterrupted run: {duration:.1f} s ({startup:.1f} s to the first checkpoint, "
+          f"{epoch_s:.2f} s per epoch); kills within {max_delay:.1f} s of each start")
+    in_training = 0
     for k in range(1, args.kills + 1):
         sigterm = args.sigterm_every and k % args.sigterm_every == 0
         signum = signal.SIGTERM if sigterm else signal.SIGKILL
-        delay = rng.uniform(0.5, args.max_delay)
+        delay = rng.uniform(0.5, max_delay)
         code = kill_once(train_cmd(args, run_dir, resume=True), delay, signum)
         if code == 0:
             sys.exit(f"kill {k} came after the run had finished: lengthen the run (-o "
                      f"Global.epochs=...) or lower --max_delay")
         latest = latest_checkpoint(run_dir, args.framework)
+        in_training += delay > startup  # past the reference run's start-up
         print(f"kill {k:2d}: {signal.Signals(signum).name} after {delay:5.1f} s -> exit {code}, "
               f"latest {os.path.basename(latest) if latest else None}")
         if code != (143 if sigterm else -9):
@@ -133,8 +149,9 @@ def main() -> int:
     run_to_end(train_cmd(args, run_dir, resume=True))
     problems = compare(args.framework, ref_dir, run_dir)
     verdict = "PASS" if not problems else "FAIL"
-    print(f"{verdict}: {args.kills} kills, final state "
-          f"{'identical to' if not problems else 'differs from'} the uninterrupted run")
+    print(f"{verdict}: {args.kills} kills ({in_training} during training, the rest during "
+          f"start-up), final state {'identical to' if not problems else 'differs from'} the "
+          f"uninterrupted run")
     for p in problems[:20]:
         print("  " + p)
     return 1 if problems else 0

@@ -1,0 +1,196 @@
+"""Training throughput of both twins on this machine: ``python bench/throughput.py``.
+
+Each measurement runs in a fresh process per framework (CPU settings apply before import; peak
+RSS is that framework's), alternating the frameworks round by round so that both see the same
+machine state. Prints a table and writes JSON (``--json``).
+
+Figures: the bare train step (model + optimizer on tensors already in memory), the real training
+loop (loader, augmentation, logging, per-step seeding) on real CIFAR-10 images, evaluation, the
+cost of one SWA collection and of ``update_bn`` (VGG16BN) as fractions of a training epoch, and
+peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from swa_recipe.runtime import cpu_vendor, tune_cpu_env  # noqa: E402
+
+FIGURES = [  # key, label, unit
+    ("bare_ips", "bare train step", "img/s"),
+    ("loop_ips", "real training loop", "img/s"),
+    ("loop_efficiency", "loop / bare", "x"),
+    ("eval_ips", "evaluation", "img/s"),
+    ("collect_fraction", "SWA collection / epoch", "%"),
+    ("update_bn_fraction", "update_bn (VGG16BN) / epoch", "x"),
+    ("peak_rss_mb", "peak RSS", "MiB"),
+]
+CIFAR10_TRAIN = 50000
+
+
+def bench_config(args: argparse.Namespace, framework: str, model: str = "VGG16") -> dict:
+    from swa_recipe.config import default_config, merge, validate
+
+    return validate(merge(default_config(), {
+        "Global": {"framework": framework, "epochs": 1, "log_freq": 10**9, "device": "cpu"},
+        "Arch": {"model": model, "width": args.width},
+        "SWA": {"swa": True, "swa_start": 1},
+        "Data": {"data_path": args.data_path, "batch_size": args.batch,
+                 "train_subset": args.loop_images, "test_subset": args.eval_images},
+    }, "bench"))
+
+
+def timed(fn, repeat: int = 1) -> float:
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return (time.perf_counter() - t0) / repeat
+
+
+def bare_step_ips(twin, cfg: dict, steps: int, warmup: int, framework: str) -> float:
+    """Forward, loss, backward and SGD step on one batch of random tensors, repeated."""
+    import numpy as np
+
+    batch = cfg["Data"]["batch_size"]
+    rng = np.random.default_rng(0)
+    x_np = rng.standard_normal((batch, 3, 32, 32), dtype=np.float32)
+    y_np = rng.integers(0, 10, batch)
+    trainer = twin.trainer.Trainer(cfg)
+    if framework == "paddle":
+        import paddle
+        import paddle.nn.functional as F
+
+        x, y = paddle.to_tensor(x_np), paddle.to_tensor(y_np)
+
+        def step():
+            loss = F.cross_entropy(trainer.net(x), y)
+            trainer.optimizer.clear_grad()
+            loss.backward()
+            trainer.optimizer.step()
+            float(loss)
+    else:
+        import torch
+        import torch.nn.functional as F
+
+        x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
+
+        def step():
+            loss = F.cross_entropy(trainer.net(x), y)
+            trainer.optimizer.zero_grad()
+            loss.backward()
+            trainer.optimizer.step()
+            float(loss)
+    trainer.net.train()
+    timed(step, warmup)
+    return batch / timed(step, steps)
+
+
+def worker(args: argparse.Namespace) -> dict:
+    """One framework's figures, in this process."""
+    from swa_recipe.cli import import_twin
+
+    framework = args.worker
+    twin = import_twin(framework)
+    cfg = bench_config(args, framework)
+    out = {"bare_ips": bare_step_ips(twin, cfg, args.steps, args.warmup, framework)}
+
+    trainer = twin.trainer.Trainer(cfg)
+    trainer.train_epoch(0)  # warm-up: first-touch allocations, kernel selection
+    n_train = trainer.batches.n
+    epoch_s = timed(lambda: trainer.train_epoch(1))
+    out["loop_ips"] = n_train / epoch_s
+    out["loop_efficiency"] = out["loop_ips"] / out["bare_ips"]
+    n_test = trainer.test_loader.batch_sampler.batches.n
+    out["eval_ips"] = n_test / timed(trainer.evaluate)
+    full_epoch_s = CIFAR10_TRAIN / out["loop_ips"]
+    trainer.collect()
+    out["collect_fraction"] = 100 * timed(trainer.collect, 5) / full_epoch_s
+
+    bn_cfg = bench_config(args, framework, "VGG16BN")
+    bn_trainer = twin.trainer.Trainer(bn_cfg)
+    bn_trainer.train_epoch(0)
+    bn_epoch_s = timed(lambda: bn_trainer.train_epoch(1))
+    bn_trainer.collect()
+    out["update_bn_fraction"] = timed(bn_trainer.update_bn) / bn_epoch_s
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+def run_worker(framework: str, argv: list[str]) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", framework, *argv]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode:
+        sys.exit(f"{framework} worker failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def table(results: dict) -> str:
+    frameworks = list(results)
+    head = ["figure", *frameworks] + (["paddle / torch"] if len(frameworks) == 2 else [])
+    rows = []
+    for key, label, unit in FIGURES:
+        vals = [results[f][key] for f in frameworks]
+        cells = [f"{v:.2f}" if unit in ("x", "%") else f"{v:.0f}" for v in vals]
+        ratio = [f"{vals[0] / vals[1]:.2f}"] if len(vals) == 2 and key.endswith("ips") else (
+            [""] if len(vals) == 2 else [])
+        rows.append([f"{label} ({unit})", *cells, *ratio])
+    widths = [max(len(str(r[i])) for r in [head] + rows) for i in range(len(head))]
+
+    def line(cells: list) -> str:
+        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+    return "\n".join([line(head), line(["---"] * len(head)), *map(line, rows)])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--frameworks", default="paddle,torch")
+    parser.add_argument("--width", type=float, default=1.0)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=5, help="timed bare steps")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--loop_images", type=int, default=1280, help="images per timed epoch")
+    parser.add_argument("--eval_images", type=int, default=1280)
+    parser.add_argument("--rounds", type=int, default=1, help="alternating rounds; medians")
+    parser.add_argument("--data_path", default=None)
+    parser.add_argument("--json", default=os.path.join(ROOT, "bench", "results.json"))
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    tune_cpu_env()
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return 0
+    argv = [a for a in sys.argv[1:]]
+    frameworks = args.frameworks.split(",")
+    runs: dict[str, list[dict]] = {f: [] for f in frameworks}
+    for r in range(args.rounds):
+        for framework in frameworks if r % 2 == 0 else frameworks[::-1]:
+            runs[framework].append(run_worker(framework, argv))
+    results = {f: {k: statistics.median(run[k] for run in runs[f]) for k in runs[f][0]}
+               for f in frameworks}
+    machine = {"cpu": platform.processor() or platform.machine(), "vendor": cpu_vendor(),
+               "cores": os.cpu_count(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+    report = {"machine": machine, "options": {k: v for k, v in vars(args).items()
+                                              if k not in ("worker", "json")},
+              "results": results, "runs": runs}
+    with open(args.json, "w") as fh:
+        json.dump(report, fh, indent=2)
+    print(f"{machine['vendor']} {machine['cores']} cores, width {args.width}, batch {args.batch}")
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
