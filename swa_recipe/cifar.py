@@ -175,13 +175,13 @@ def subset(split: Split, n: int | None) -> Split:
     return Split(split.images[:n], split.labels[:n])
 
 
-def load_splits(cfg: dict) -> tuple[Split, Split]:
-    """(train, test) of a config: its archive, its subsets (the first N images), and a batch
-    that fits the training set actually read."""
+def load_splits(cfg: dict, training: bool = True) -> tuple[Split, Split]:
+    """(train, test) of a config: its archive and its subsets (the first N images); for
+    training, a batch that fits the training set actually read."""
     data = cfg["Data"]
     train, test = load_cifar10(data["data_path"], data["md5"])
     train, test = subset(train, data["train_subset"]), subset(test, data["test_subset"])
-    if data["batch_size"] > len(train.labels):
+    if training and data["batch_size"] > len(train.labels):
         raise DataError(f"Data.batch_size ({data['batch_size']}) is larger than the training "
                         f"set ({len(train.labels)} images); lower it")
     return train, test

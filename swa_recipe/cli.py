@@ -147,7 +147,7 @@ def eval_main(args: argparse.Namespace) -> int:
     label, weights = pick_weights(state, args.which, args.model_path)
     model = twin.models.build_model(cfg)
     twin.checkpoint.load_weights(model, weights, args.model_path)
-    _, test_loader = twin.data.build_loaders(cfg)
+    _, test_loader = twin.data.build_loaders(cfg, training=False)
     res = twin.trainer.evaluate(model, test_loader)
     n = test_loader.batch_sampler.batches.n
     print(f"{label} of {args.model_path}: test loss {res['loss']:.4f}, "

@@ -11,9 +11,8 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from types import ModuleType
 
 import numpy as np
 
@@ -29,21 +28,69 @@ from .config import run_dir, save_config
 from .logs import RunLog, get_logger
 
 
-class Trainer(Protocol):
-    framework: str
-    rank: int
-    world_size: int
-    swa_n: int
+class Trainer:
+    """What the twins' trainers share; ``swa_paddle.trainer.Trainer`` and
+    ``swa_torch.trainer.Trainer`` add the framework calls.
 
-    def train_epoch(self, epoch: int, logger: logging.Logger | None,
-                    should_stop: Callable[[], bool]) -> dict: ...
-    def evaluate(self, swa: bool = False) -> dict: ...
-    def collect(self) -> None: ...
-    def update_bn(self) -> None: ...
-    def state_dict(self, epoch: int) -> dict: ...
-    def load_state_dict(self, state: dict) -> None: ...
-    def save(self, state: dict, path: str) -> None: ...
-    def load(self, path: str) -> dict: ...
+    A subclass sets ``framework``, ``checkpoint`` and ``dist`` (its twin's modules), builds
+    ``cfg, rank, world_size, model, net, swa_model, optimizer, scheduler, progress,
+    train_loader, test_loader`` in ``__init__``, and implements ``train_epoch``,
+    ``load_state_dict``, ``_make_swalr``, ``_optimizer_state``, ``_evaluate`` and
+    ``_has_batch_norm``.
+    """
+
+    framework: str
+    checkpoint: ModuleType
+    dist: ModuleType
+
+    @property
+    def swa_n(self) -> int:
+        return int(self.swa_model.n_averaged) if self.swa_model is not None else 0
+
+    def _step_swalr(self, epoch: int) -> None:
+        """SWALR is created at the first SWA epoch (torch's anneals from the optimizer's lr at
+        creation, and jumps to swa_lr at once when anneal_epochs is 0), then steps each epoch."""
+        if (self.cfg["Optimizer"]["schedule"] != "swalr"
+                or not schedules.swalr_steps(epoch, self.cfg["SWA"]["swa_start"])):
+            return
+        if self.scheduler is None:
+            self.scheduler = self._make_swalr()
+        self.scheduler.step()
+
+    def evaluate(self, swa: bool = False) -> dict:
+        if not swa:
+            self.dist.broadcast_bn_stats(self.model, self.world_size)
+        model = self.swa_model.module if swa else self.model
+        return self._evaluate(model, self.test_loader, self.world_size)
+
+    def collect(self) -> None:
+        self.swa_model.update_parameters(self.model)
+
+    def update_bn(self) -> None:
+        if self._has_batch_norm(self.model):
+            self.dist.update_bn(self.train_loader, self.swa_model.module, self.world_size)
+
+    def state_dict(self, epoch: int) -> dict:
+        """The original repo's layout, plus config, scheduler, mid-epoch progress and the seed
+        every random draw derives from (data order, augmentation and dropout: no RNG state)."""
+        self.dist.broadcast_bn_stats(self.model, self.world_size)
+        return {
+            "epoch": epoch,
+            "state_dict": self.model.state_dict(),
+            "swa_state_dict": self.swa_model.module.state_dict() if self.swa_n else None,
+            "swa_n": self.swa_n if self.swa_model is not None else None,
+            "optimizer": self._optimizer_state(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "config": self.cfg,
+            "progress": self.progress.state_dict(),
+            "rng": {"seed": self.cfg["Global"]["seed"], "dropout": "step_seed(seed, epoch, it)"},
+        }
+
+    def save(self, state: dict, path: str) -> None:
+        self.checkpoint.save(state, path)
+
+    def load(self, path: str) -> dict:
+        return self.checkpoint.load(path)
 
 
 def step_seed(seed: int, epoch: int, it: int) -> int:

@@ -37,8 +37,8 @@ def make_loader(split: Split, train: bool, cfg: dict, rank: int = 0,
                                        num_workers=data["num_workers"])
 
 
-def build_loaders(cfg: dict, rank: int = 0, world_size: int = 1):
+def build_loaders(cfg: dict, rank: int = 0, world_size: int = 1, training: bool = True):
     """(train, test) loaders; subsets are the first N images, as in the lite config."""
-    train, test = load_splits(cfg)
+    train, test = load_splits(cfg, training)
     return (make_loader(train, True, cfg, rank, world_size),
             make_loader(test, False, cfg, rank, world_size))

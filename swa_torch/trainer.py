@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from swa_recipe import schedules
+from swa_recipe import loop, schedules
 from swa_recipe.logs import IterMeter, summarize
 from swa_recipe.loop import Progress, TrainingDiverged, progress_wanted, step_seed
 
@@ -57,9 +57,11 @@ def evaluate(model: torch.nn.Module, loader: torch.utils.data.DataLoader,
     return summarize(dist.all_reduce_sum(np.array([loss_sum, correct, total]), world_size))
 
 
-class Trainer:
-    """Model, SWA average, optimizer and loaders of one run (see ``swa_recipe.loop.Trainer``)."""
+class Trainer(loop.Trainer):
+    """Model, SWA average, optimizer and loaders of one run; ``swa_recipe.loop.Trainer`` holds
+    what both twins share."""
 
+    checkpoint, dist = checkpoint, dist
     framework = "torch"
 
     def __init__(self, cfg: dict):
@@ -79,23 +81,9 @@ class Trainer:
         self.scheduler: SWALR | None = None  # made at the first SWA epoch (schedule swalr)
         self.progress = Progress()
 
-    @property
-    def swa_n(self) -> int:
-        return int(self.swa_model.n_averaged) if self.swa_model is not None else 0
-
     def _make_swalr(self) -> SWALR:
         swa = self.cfg["SWA"]
         return SWALR(self.optimizer, swa["swa_lr"], swa["anneal_epochs"], swa["anneal_strategy"])
-
-    def _step_swalr(self, epoch: int) -> None:
-        """SWALR is created at the first SWA epoch (torch's anneals from the optimizer's lr at
-        creation, and jumps to swa_lr at once when anneal_epochs is 0), then steps each epoch."""
-        if (self.cfg["Optimizer"]["schedule"] != "swalr"
-                or not schedules.swalr_steps(epoch, self.cfg["SWA"]["swa_start"])):
-            return
-        if self.scheduler is None:
-            self.scheduler = self._make_swalr()
-        self.scheduler.step()
 
     def _lr(self, epoch: int, it: int) -> float:
         if self.scheduler is not None:
@@ -144,35 +132,6 @@ class Trainer:
         first_lr, self.progress = self.progress.first_lr, Progress()
         return {**summarize(totals), "lr": first_lr}
 
-    def evaluate(self, swa: bool = False) -> dict:
-        if not swa:
-            dist.broadcast_bn_stats(self.model, self.world_size)
-        model = self.swa_model.module if swa else self.model
-        return evaluate(model, self.test_loader, self.world_size)
-
-    def collect(self) -> None:
-        self.swa_model.update_parameters(self.model)
-
-    def update_bn(self) -> None:
-        if has_batch_norm(self.model):
-            dist.update_bn(self.train_loader, self.swa_model.module, self.world_size, self.device)
-
-    def state_dict(self, epoch: int) -> dict:
-        """The original repo's layout, plus config, scheduler, mid-epoch progress and the seed
-        every random draw derives from (data order, augmentation and dropout: no RNG state)."""
-        dist.broadcast_bn_stats(self.model, self.world_size)
-        return {
-            "epoch": epoch,
-            "state_dict": self.model.state_dict(),
-            "swa_state_dict": self.swa_model.module.state_dict() if self.swa_n else None,
-            "swa_n": self.swa_n if self.swa_model is not None else None,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
-            "config": self.cfg,
-            "progress": self.progress.state_dict(),
-            "rng": {"seed": self.cfg["Global"]["seed"], "dropout": "step_seed(seed, epoch, it)"},
-        }
-
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["state_dict"])
         self.progress.load_state_dict(state.get("progress"))
@@ -184,8 +143,14 @@ class Trainer:
             self.swa_model.module.load_state_dict(state["swa_state_dict"])
             self.swa_model.n_averaged.fill_(state["swa_n"])
 
-    def save(self, state: dict, path: str) -> None:
-        checkpoint.save(state, path)
+    def update_bn(self) -> None:
+        """As the shared one, moving batches to this rank's device (Paddle's loader places
+        them itself)."""
+        if has_batch_norm(self.model):
+            dist.update_bn(self.train_loader, self.swa_model.module, self.world_size, self.device)
 
-    def load(self, path: str) -> dict:
-        return checkpoint.load(path)
+    def _optimizer_state(self) -> dict:
+        return self.optimizer.state_dict()
+
+    _evaluate = staticmethod(evaluate)
+    _has_batch_norm = staticmethod(has_batch_norm)
