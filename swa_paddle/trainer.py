@@ -101,7 +101,7 @@ class Trainer(loop.Trainer):
             logits = self.net(x)
             loss_sum = F.cross_entropy(logits, y, reduction="sum")
             n = int(y.shape[0])
-            loss_value = float(loss_sum) / n
+            loss_value = float(loss_sum.detach()) / n
             if not math.isfinite(loss_value):
                 raise TrainingDiverged(f"the loss became {loss_value} at epoch {epoch + 1}, "
                                        f"iteration {it + 1}; lower --lr_init (the last good "
