@@ -784,9 +784,9 @@ def train_twins(ctx: Context, cfg: dict, epochs: int, on_epoch: Callable | None 
     load_torch_into_paddle(tt.model, pt.model, ctx.brk)
     pd_iters, th_iters = [], []
     for epoch in range(epochs):
-        with patched(pd_trainer, "IterMeter", recording_meter(pd_iters)):
+        with patched(pt, "meter_class", recording_meter(pd_iters)):
             pd_row = pt.train_epoch(epoch)
-        with patched(th_trainer, "IterMeter", recording_meter(th_iters)):
+        with patched(tt, "meter_class", recording_meter(th_iters)):
             th_row = tt.train_epoch(epoch)
         if schedules.should_collect(cfg, epoch):
             pt.collect()

@@ -10,6 +10,7 @@ from swa_recipe.checkpoint import (
     CheckpointError,
     atomic_save,
     check_shapes,
+    map_tensors,
     plain_layout,
     safe_unpickle,
 )
@@ -19,23 +20,18 @@ def save(state: dict, path: str) -> None:
     atomic_save(lambda tmp: paddle.save(state, tmp), path)
 
 
-def _tensors(obj):
-    """``paddle.save`` stores a tensor as ``(name, ndarray)``; turn those back into tensors."""
-    if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], str) \
-            and isinstance(obj[1], np.ndarray):
-        return paddle.to_tensor(obj[1])
-    if isinstance(obj, dict):
-        return type(obj)((k, _tensors(v)) for k, v in obj.items())
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_tensors(v) for v in obj)
-    return obj
+def _is_saved_tensor(obj) -> bool:
+    """``paddle.save`` stores a tensor as ``(name, ndarray)``."""
+    return (isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], str)
+            and isinstance(obj[1], np.ndarray))
 
 
 def load(path: str) -> dict:
     """What ``paddle.load`` returns for our files, through an unpickler that accepts only
     tensors, arrays and plain containers: loading never runs code hidden in the file."""
     try:
-        return _tensors(safe_unpickle(path))
+        return map_tensors(safe_unpickle(path), _is_saved_tensor,
+                           lambda t: paddle.to_tensor(t[1]))
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     except Exception as exc:  # truncated or not a pickle at all
@@ -57,13 +53,7 @@ def load_weights(model: nn.Layer, state: dict, path: str) -> None:
 
 def to_numpy(obj):
     """Tensors, also inside nested dicts and lists (optimizer state), as numpy arrays."""
-    if isinstance(obj, paddle.Tensor):
-        return obj.numpy()
-    if isinstance(obj, dict):
-        return {k: to_numpy(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(to_numpy(v) for v in obj)
-    return obj
+    return map_tensors(obj, lambda t: isinstance(t, paddle.Tensor), lambda t: t.numpy())
 
 
 def from_numpy(state: dict) -> dict:

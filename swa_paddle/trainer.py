@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 
 import numpy as np
@@ -11,8 +10,8 @@ import paddle
 import paddle.nn.functional as F
 
 from swa_recipe import loop, schedules
-from swa_recipe.logs import IterMeter, summarize
-from swa_recipe.loop import Progress, TrainingDiverged, progress_wanted, step_seed
+from swa_recipe.logs import summarize
+from swa_recipe.loop import Progress, check_finite, step_seed
 
 from . import checkpoint, dist
 from .data import build_loaders
@@ -87,39 +86,23 @@ class Trainer(loop.Trainer):
                     should_stop: Callable[[], bool] = lambda: False) -> dict:
         """Train one epoch, from ``self.progress`` on (a run resumed mid-epoch). On a stop
         request, return after the step in progress with ``interrupted``."""
-        start, seed = self.progress.iteration, self.cfg["Global"]["seed"]
-        if start == 0:
-            self._step_swalr(epoch)
-        self.train_loader.batch_sampler.set_epoch(epoch, start)
-        self.net.train()
-        g = self.cfg["Global"]
-        meter = IterMeter(epoch, g["epochs"], self.iters, g["log_freq"], logger,
-                          progress_wanted() and self.rank == 0, self.progress.totals, start)
-        for it, (x, y) in enumerate(meter.iterate(self.train_loader), start=start):
+        meter, seed = self._begin_epoch(epoch, logger), self.cfg["Global"]["seed"]
+        for it, (x, y) in enumerate(meter.iterate(self.train_loader), start=meter.start):
             paddle.seed(step_seed(seed, epoch, it))
             lr = self._lr(epoch, it)
             logits = self.net(x)
             loss_sum = F.cross_entropy(logits, y, reduction="sum")
             n = int(y.shape[0])
-            loss_value = float(loss_sum.detach()) / n
-            if not math.isfinite(loss_value):
-                raise TrainingDiverged(f"the loss became {loss_value} at epoch {epoch + 1}, "
-                                       f"iteration {it + 1}; lower --lr_init (the last good "
-                                       f"checkpoint is kept)")
+            loss_value = check_finite(float(loss_sum.detach()) / n, epoch, it)
             # Mean over the global batch once DataParallel averages over ranks.
             loss = loss_sum * (self.world_size / self.batches.global_size(it))
             self.optimizer.clear_grad()
             loss.backward()
             self.optimizer.step()
             correct = int((logits.argmax(axis=1) == y).astype("int64").sum())
-            meter.step(it, lr, loss_value, correct, n)
-            first_lr = lr if self.progress.first_lr is None else self.progress.first_lr
-            self.progress = Progress(it + 1, meter.totals(), first_lr)
-            if dist.any_rank(should_stop(), self.world_size) and it + 1 < self.iters:
+            if self._end_step(meter, it, lr, loss_value, correct, n, should_stop):
                 return {"interrupted": True, "iteration": it + 1}
-        totals = dist.all_reduce_sum(np.array(self.progress.totals), self.world_size)
-        first_lr, self.progress = self.progress.first_lr, Progress()
-        return {**summarize(totals), "lr": first_lr}
+        return self._end_epoch()
 
     def load_state_dict(self, state: dict) -> None:
         self.model.set_state_dict(state["state_dict"])

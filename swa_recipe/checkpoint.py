@@ -66,6 +66,17 @@ def check_identity(saved: dict | None, cfg: dict, path: str) -> None:
                                   f"pass a matching checkpoint or -o {section}.{key}={have}")
 
 
+def map_tensors(obj, is_tensor: Callable[[object], bool], fn: Callable):
+    """``fn`` applied to every tensor of a checkpoint, inside nested dicts, lists and tuples."""
+    if is_tensor(obj):
+        return fn(obj)
+    if isinstance(obj, dict):
+        return type(obj)((k, map_tensors(v, is_tensor, fn)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(map_tensors(v, is_tensor, fn) for v in obj)
+    return obj
+
+
 def plain_layout(state: dict) -> dict:
     """A model state dict without an ``AveragedModel``/``DataParallel`` wrapper's ``module.``
     prefix and ``n_averaged``: the layout of the original repo's ``swa_state_dict``."""

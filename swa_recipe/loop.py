@@ -7,10 +7,12 @@ to collect, evaluate and save, and writes every run file, so the two twins canno
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
 
@@ -25,7 +27,7 @@ from .checkpoint import (
     latest_checkpoint,
 )
 from .config import run_dir, save_config
-from .logs import RunLog, get_logger
+from .logs import IterMeter, RunLog, get_logger, summarize
 
 
 class Trainer:
@@ -42,6 +44,34 @@ class Trainer:
     framework: str
     checkpoint: ModuleType
     dist: ModuleType
+    meter_class = IterMeter  # diff/align.py swaps in a meter that records every step
+
+    def _begin_epoch(self, epoch: int, logger: logging.Logger | None) -> IterMeter:
+        """Position loader and SWALR at ``self.progress`` (0, or where a mid-epoch checkpoint
+        stopped); the meter continues that progress's totals."""
+        start = self.progress.iteration
+        if start == 0:
+            self._step_swalr(epoch)
+        self.train_loader.batch_sampler.set_epoch(epoch, start)
+        self.net.train()
+        g = self.cfg["Global"]
+        return self.meter_class(epoch, g["epochs"], self.iters, g["log_freq"], logger,
+                                progress_wanted() and self.rank == 0, self.progress.totals,
+                                start)
+
+    def _end_step(self, meter: IterMeter, it: int, lr: float, loss: float, correct: int,
+                  n: int, should_stop: Callable[[], bool]) -> bool:
+        """Record a finished step; True when every rank should stop here (a signal arrived)."""
+        meter.step(it, lr, loss, correct, n)
+        first_lr = lr if self.progress.first_lr is None else self.progress.first_lr
+        self.progress = Progress(it + 1, meter.totals(), first_lr)
+        return self.dist.any_rank(should_stop(), self.world_size) and it + 1 < self.iters
+
+    def _end_epoch(self) -> dict:
+        """The epoch's loss and accuracy over all ranks, and the lr it started with."""
+        totals = self.dist.all_reduce_sum(np.array(self.progress.totals), self.world_size)
+        first_lr, self.progress = self.progress.first_lr, Progress()
+        return {**summarize(totals), "lr": first_lr}
 
     @property
     def swa_n(self) -> int:
@@ -130,6 +160,13 @@ class Interrupted(Exception):
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the message names the epoch and iteration."""
+
+
+def check_finite(loss: float, epoch: int, it: int) -> float:
+    if not math.isfinite(loss):
+        raise TrainingDiverged(f"the loss became {loss} at epoch {epoch + 1}, iteration "
+                               f"{it + 1}; lower --lr_init (the last good checkpoint is kept)")
+    return loss
 
 
 class StopSignal:

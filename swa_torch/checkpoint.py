@@ -5,7 +5,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from swa_recipe.checkpoint import CheckpointError, atomic_save, check_shapes, plain_layout
+from swa_recipe.checkpoint import (
+    CheckpointError,
+    atomic_save,
+    check_shapes,
+    map_tensors,
+    plain_layout,
+)
 
 
 def save(state: dict, path: str) -> None:
@@ -35,13 +41,8 @@ def load_weights(model: nn.Module, state: dict, path: str) -> None:
 
 def to_numpy(obj):
     """Tensors, also inside nested dicts and lists (optimizer state), as numpy arrays."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu().numpy()
-    if isinstance(obj, dict):
-        return {k: to_numpy(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(to_numpy(v) for v in obj)
-    return obj
+    return map_tensors(obj, lambda t: isinstance(t, torch.Tensor),
+                       lambda t: t.detach().cpu().numpy())
 
 
 def from_numpy(state: dict) -> dict:
