@@ -9,6 +9,8 @@ from paddle import nn
 
 from swa_recipe.arch import layout, model_kwargs, scaled
 
+from . import onednn
+
 
 def make_layers(cfg: list, batch_norm: bool) -> nn.Sequential:
     layers: list[nn.Layer] = []
@@ -17,7 +19,7 @@ def make_layers(cfg: list, batch_norm: bool) -> nn.Sequential:
         if v == "M":
             layers.append(nn.MaxPool2D(kernel_size=2, stride=2))
             continue
-        layers.append(nn.Conv2D(in_channels, v, kernel_size=3, padding=1))
+        layers.append(onednn.Conv2D(in_channels, v, kernel_size=3, padding=1))
         if batch_norm:
             layers.append(nn.BatchNorm2D(v))  # Paddle momentum 0.9 == torch momentum 0.1
         layers.append(nn.ReLU())
@@ -59,4 +61,6 @@ class VGG(nn.Layer):
 
 
 def build_model(cfg: dict) -> VGG:
+    """The config's model; ``Global.onednn`` picks the convolution kernels for the process."""
+    onednn.enable(cfg["Global"]["onednn"])
     return VGG(**model_kwargs(cfg))

@@ -60,6 +60,10 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "log_freq": Field(50, int, "training line every N iterations", check=_positive,
                           rule="> 0"),
         "device": Field("auto", str, "where to train", ("auto", "cpu", "gpu")),
+        "precision": Field("fp32", str, "training forward precision; bf16 (torch autocast) "
+                           "changes numerics", ("fp32", "bf16")),
+        "onednn": Field(True, bool, "oneDNN convolutions on CPU (Paddle: swa_paddle.onednn; "
+                        "torch: torch.backends.mkldnn)"),
     },
     "Arch": {
         "model": Field("VGG16", str, "model name", MODELS),
@@ -240,6 +244,9 @@ def validate(cfg: dict, world_size: int = 1) -> dict:
     if batch > n:
         raise ConfigError(f"Data.batch_size ({batch}) is larger than the training set "
                           f"({n} images); lower it")
+    if g["precision"] == "bf16" and g["framework"] != "torch":
+        raise ConfigError("Global.precision=bf16 is a torch-twin option (Paddle's auto_cast "
+                          "leaves CPU ops in float32); use precision fp32 or framework torch")
     return cfg
 
 

@@ -29,6 +29,8 @@ def tune_cpu_env(environ: dict | None = None) -> dict[str, str]:
     Paddle runs one OpenMP thread when ``OMP_NUM_THREADS`` is unset, and its bundled MKL takes a
     slow generic path on AMD processors unless ``MKL_DEBUG_CPU_TYPE=5``. Measured on a 2-core AMD
     machine, the two made VGG16 training about 4x faster with identical losses.
+    ``FLAGS_enable_pir_api=0`` lets ``swa_paddle.onednn`` run oneDNN convolutions (2.4x faster
+    VGG16 training on a 2-core Intel machine); eager training does not otherwise use the IR.
     """
     env = os.environ if environ is None else environ
     applied = {}
@@ -36,6 +38,8 @@ def tune_cpu_env(environ: dict | None = None) -> dict[str, str]:
         applied["OMP_NUM_THREADS"] = str(usable_cpus())
     if cpu_vendor() == "AuthenticAMD" and "MKL_DEBUG_CPU_TYPE" not in env:
         applied["MKL_DEBUG_CPU_TYPE"] = "5"
+    if "FLAGS_enable_pir_api" not in env:
+        applied["FLAGS_enable_pir_api"] = "0"
     env.update(applied)
     return applied
 

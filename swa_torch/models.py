@@ -54,4 +54,6 @@ class VGG(nn.Module):
 
 
 def build_model(cfg: dict) -> VGG:
+    """The config's model; ``Global.onednn`` picks the convolution kernels for the process."""
+    torch.backends.mkldnn.enabled = cfg["Global"]["onednn"]
     return VGG(**model_kwargs(cfg))

@@ -101,8 +101,9 @@ class Trainer(loop.Trainer):
             x, y = x.to(self.device), y.to(self.device)
             torch.manual_seed(step_seed(seed, epoch, it))
             lr = self._lr(epoch, it)
-            logits = self.net(x)
-            loss_sum = F.cross_entropy(logits, y, reduction="sum")
+            with self._autocast():
+                logits = self.net(x)
+                loss_sum = F.cross_entropy(logits, y, reduction="sum")
             n = int(y.shape[0])
             loss_value = check_finite(float(loss_sum.detach()) / n, epoch, it)
             # Mean over the global batch once DDP averages over ranks.
@@ -114,6 +115,12 @@ class Trainer(loop.Trainer):
             if self._end_step(meter, it, lr, loss_value, correct, n, should_stop):
                 return {"interrupted": True, "iteration": it + 1}
         return self._end_epoch()
+
+    def _autocast(self) -> torch.autocast:
+        """bf16 autocast of the training forward when asked; weights, optimizer, evaluation and
+        the BN update stay float32."""
+        bf16 = self.cfg["Global"]["precision"] == "bf16"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["state_dict"])

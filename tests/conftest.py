@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 import pickle
 import sys
 import tarfile
@@ -14,7 +13,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("OMP_NUM_THREADS", "2")  # before any test imports paddle
+from swa_recipe.runtime import tune_cpu_env  # noqa: E402
+
+tune_cpu_env()  # before any test imports paddle: tests run with the settings users get
 
 SHARED_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar-10-python.tar.gz"
 

@@ -371,3 +371,15 @@ def test_train_cli_config_error_is_one_line():
     assert lines[0].startswith("error: ")
     assert "unknown config section 'Foo'" in lines[0]
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_bf16_is_a_torch_option():
+    assert parse("-o", "Global.precision=bf16", "--framework", "torch")["Global"]["precision"] == \
+        "bf16"
+    assert "torch-twin option" in refused("-o", "Global.precision=bf16")
+    assert "must be one of fp32, bf16" in refused("-o", "Global.precision=fp16")
+
+
+def test_onednn_is_on_by_default_and_can_be_switched_off():
+    assert parse()["Global"]["onednn"] is True
+    assert parse("-o", "Global.onednn=false")["Global"]["onednn"] is False

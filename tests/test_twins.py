@@ -180,3 +180,19 @@ def test_step_without_weight_decay_differs():
     pF.cross_entropy(pd_model(paddle.to_tensor(x)), paddle.to_tensor(y)).backward()
     pd_opt.step()
     assert max_weight_diff(th_model, pd_model) > 1e-5
+
+
+def bf16_epoch(archive, precision: str) -> tuple[float, dict]:
+    from swa_torch.trainer import Trainer
+
+    trainer = Trainer(tiny_config(archive, Global={"framework": "torch", "precision": precision}))
+    trainer.train_epoch(0)
+    return trainer.progress, {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+
+def test_torch_bf16_option_trains_in_bf16_and_keeps_float32_weights(archive):
+    _, fp32 = bf16_epoch(archive, "fp32")
+    _, bf16 = bf16_epoch(archive, "bf16")
+    assert all(v.dtype == torch.float32 for v in bf16.values())
+    diffs = [float((fp32[k] - bf16[k]).abs().max()) for k in fp32 if fp32[k].is_floating_point()]
+    assert 0 < max(diffs) < 0.1  # bf16 changes the numerics (explicit option, off by default)

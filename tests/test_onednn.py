@@ -1,0 +1,161 @@
+"""swa_paddle.onednn: oneDNN convolutions from eager mode equal paddle.nn.Conv2D."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+
+import numpy as np
+import paddle
+import pytest
+import torch
+from paddle.base import core
+
+from conftest import ROOT, tiny_config
+from swa_paddle import models as pd_models
+from swa_paddle import onednn
+from swa_recipe import runtime
+from swa_torch import models as th_models
+
+pytestmark = pytest.mark.skipif(not core.is_compiled_with_mkldnn(), reason="no oneDNN in Paddle")
+
+
+@pytest.fixture
+def fast():
+    assert onednn.enable(True), "tests run with tune_cpu_env, so the fast path must be available"
+    yield
+    onednn.enable(False)
+
+
+def pair(cin: int, cout: int, seed: int = 0, **kw) -> tuple[paddle.nn.Conv2D, onednn.Conv2D]:
+    paddle.seed(seed)
+    ref = paddle.nn.Conv2D(cin, cout, 3, padding=1, **kw)
+    ours = onednn.Conv2D(cin, cout, 3, padding=1, **kw)
+    ours.set_state_dict(ref.state_dict())
+    return ref, ours
+
+
+def forward_backward(layer: paddle.nn.Layer, x: np.ndarray, grad: np.ndarray) -> list[np.ndarray]:
+    xt = paddle.to_tensor(x, stop_gradient=False)
+    y = layer(xt)
+    paddle.autograd.backward([y], [paddle.to_tensor(grad)])
+    out = [y.numpy(), xt.grad.numpy(), layer.weight.grad.numpy()]
+    if layer.bias is not None:
+        out.append(layer.bias.grad.numpy())
+    layer.clear_gradients()
+    return out
+
+
+def relative(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / (np.abs(b).max() + 1e-12))
+
+
+@pytest.mark.parametrize("cin,cout,size,batch,bias", [
+    (3, 8, 32, 4, True), (16, 32, 8, 5, True), (32, 32, 2, 3, True), (8, 16, 4, 2, False)])
+def test_forward_and_gradients_equal_paddle_conv(fast, cin, cout, size, batch, bias):
+    ref, ours = pair(cin, cout, bias_attr=None if bias else False)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, cin, size, size), dtype=np.float32)
+    g = rng.standard_normal((batch, cout, size, size), dtype=np.float32)
+    for a, b in zip(forward_backward(ours, x, g), forward_backward(ref, x, g), strict=True):
+        assert relative(a, b) < 1e-5
+    assert onednn._static_conv.cache_info().currsize > 0  # the oneDNN path ran
+
+
+def test_new_batch_size_and_no_grad(fast):
+    ref, ours = pair(4, 8)
+    for batch in (6, 1, 6):
+        x = paddle.randn([batch, 4, 8, 8])
+        with paddle.no_grad():
+            assert relative(ours(x).numpy(), ref(x).numpy()) < 1e-5
+
+
+def test_deepcopy_uses_its_own_weights(fast):
+    """AveragedModel deep-copies the network: the copy must not run the original's weights."""
+    _, ours = pair(4, 8)
+    twin = copy.deepcopy(ours)
+    twin.weight.set_value(paddle.zeros_like(twin.weight))
+    twin.bias.set_value(paddle.full_like(twin.bias, 3.0))
+    x = paddle.randn([2, 4, 8, 8])
+    np.testing.assert_array_equal(twin(x).numpy(), np.full([2, 8, 8, 8], 3.0, np.float32))
+    assert np.abs(ours(x).numpy() - 3.0).max() > 0.1
+
+
+def test_bias_gradient_is_the_sum_over_images_and_pixels():
+    y = paddle.randn([3, 5, 4, 4])  # stop_gradient: BiasAdd must return None for it
+    b = paddle.randn([5])
+    b.stop_gradient = False
+    g = paddle.randn([3, 5, 4, 4])
+    out = onednn.BiasAdd.apply(y, b)
+    paddle.autograd.backward([out], [g])
+    np.testing.assert_allclose(out.numpy(), y.numpy() + b.numpy()[None, :, None, None])
+    np.testing.assert_allclose(b.grad.numpy(), g.numpy().sum((0, 2, 3)), rtol=1e-5, atol=1e-5)
+
+
+def test_disabled_is_exactly_paddle_conv():
+    assert not onednn.enable(False)
+    ref, ours = pair(4, 8)
+    x = np.random.default_rng(1).standard_normal((2, 4, 8, 8), dtype=np.float32)
+    g = np.ones((2, 8, 8, 8), np.float32)
+    for a, b in zip(forward_backward(ours, x, g), forward_backward(ref, x, g), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_refuses_layouts_it_does_not_run():
+    with pytest.raises(ValueError, match="NCHW"):
+        onednn.Conv2D(4, 8, 3, data_format="NHWC")
+
+
+def test_build_model_follows_the_config():
+    cfg = tiny_config("unused.tar.gz")
+    model = pd_models.build_model(cfg)
+    assert onednn._enabled and isinstance(model.features[0], onednn.Conv2D)
+    cfg["Global"]["onednn"] = False
+    pd_models.build_model(cfg)
+    assert not onednn._enabled
+    try:
+        th_models.build_model(cfg)
+        assert not torch.backends.mkldnn.enabled
+    finally:
+        torch.backends.mkldnn.enabled = True
+
+
+def test_vgg_logits_equal_with_and_without_onednn():
+    cfg = tiny_config("unused.tar.gz")
+    x = paddle.randn([4, 3, 32, 32])
+    logits = []
+    for on in (False, True):
+        cfg["Global"]["onednn"] = on
+        paddle.seed(0)
+        model = pd_models.build_model(cfg)
+        model.eval()
+        with paddle.no_grad():
+            logits.append(model(x).numpy())
+    onednn.enable(False)
+    assert relative(logits[1], logits[0]) < 1e-5
+
+
+def test_pir_process_falls_back_to_paddle_conv():
+    """Without the legacy IR (a user who set FLAGS_enable_pir_api=1) the model still runs."""
+    code = ("from conftest import tiny_config; import paddle;"
+            "from swa_paddle import models, onednn;"
+            "m = models.build_model(tiny_config('unused.tar.gz')); print(onednn._enabled,"
+            " tuple(m(paddle.randn([2, 3, 32, 32])).shape))")
+    env = {**os.environ, "FLAGS_enable_pir_api": "1", "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip().splitlines()[-1] == "False (2, 10)"
+
+
+def test_tune_cpu_env_sets_only_what_is_unset(monkeypatch):
+    monkeypatch.setattr(runtime, "cpu_vendor", lambda: "AuthenticAMD")
+    env: dict[str, str] = {}
+    applied = runtime.tune_cpu_env(env)
+    assert env == applied and applied["FLAGS_enable_pir_api"] == "0"
+    assert applied["MKL_DEBUG_CPU_TYPE"] == "5" and int(applied["OMP_NUM_THREADS"]) >= 1
+    user = {"OMP_NUM_THREADS": "7", "FLAGS_enable_pir_api": "1", "MKL_DEBUG_CPU_TYPE": "4"}
+    assert runtime.tune_cpu_env(dict(user)) == {}
+    monkeypatch.setattr(runtime, "cpu_vendor", lambda: "GenuineIntel")
+    assert "MKL_DEBUG_CPU_TYPE" not in runtime.tune_cpu_env({})
