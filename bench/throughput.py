@@ -6,8 +6,11 @@ machine state. Prints a table and writes JSON (``--json``).
 
 Figures: the bare train step (model + optimizer on tensors already in memory), the real training
 loop (loader, augmentation, logging, per-step seeding) on real CIFAR-10 images, evaluation, the
-cost of one SWA collection and of ``update_bn`` (VGG16BN) as fractions of a training epoch, and
-peak RSS.
+cost of one SWA collection and of ``update_bn`` (VGG16BN) as fractions of a training epoch, peak
+RSS after full-width training, and resident memory after each epoch of the lite run
+(``configs/lite.yaml`` for 6 epochs: training, SWA collection from epoch 2, evaluation).
+Variants of the bare step: the frameworks' own convolutions (``Global.onednn false``), and for
+torch channels_last and bf16 autocast (``Global.precision bf16``).
 """
 
 from __future__ import annotations
@@ -34,16 +37,23 @@ FIGURES = [  # key, label, unit
     ("eval_ips", "evaluation", "img/s"),
     ("collect_fraction", "SWA collection / epoch", "%"),
     ("update_bn_fraction", "update_bn (VGG16BN) / epoch", "x"),
-    ("peak_rss_mb", "peak RSS", "MiB"),
+    ("peak_rss_mb", "peak RSS, full-width training", "MiB"),
+    ("lite_rss_growth_mb", "RSS growth, lite run epochs 3 -> 6", "MiB"),
+    ("native_conv_ips", "bare step, Global.onednn false", "img/s"),
+    ("channels_last_ips", "bare step, channels_last", "img/s"),
+    ("bf16_ips", "bare step, bf16 autocast", "img/s"),
 ]
+TORCH_ONLY = ("channels_last_ips", "bf16_ips")
 CIFAR10_TRAIN = 50000
 
 
-def bench_config(args: argparse.Namespace, framework: str, model: str = "VGG16") -> dict:
+def bench_config(args: argparse.Namespace, framework: str, model: str = "VGG16",
+                 onednn: bool = True) -> dict:
     from swa_recipe.config import default_config, merge, validate
 
     return validate(merge(default_config(), {
-        "Global": {"framework": framework, "epochs": 1, "log_freq": 10**9, "device": "cpu"},
+        "Global": {"framework": framework, "epochs": 1, "log_freq": 10**9, "device": "cpu",
+                   "onednn": onednn},
         "Arch": {"model": model, "width": args.width},
         "SWA": {"swa": True, "swa_start": 1},
         "Data": {"data_path": args.data_path, "batch_size": args.batch,
@@ -58,7 +68,8 @@ def timed(fn, repeat: int = 1) -> float:
     return (time.perf_counter() - t0) / repeat
 
 
-def bare_step_ips(twin, cfg: dict, steps: int, warmup: int, framework: str) -> float:
+def bare_step_ips(twin, cfg: dict, steps: int, warmup: int, framework: str,
+                  channels_last: bool = False, bf16: bool = False) -> float:
     """Forward, loss, backward and SGD step on one batch of random tensors, repeated."""
     import numpy as np
 
@@ -84,9 +95,13 @@ def bare_step_ips(twin, cfg: dict, steps: int, warmup: int, framework: str) -> f
         import torch.nn.functional as F
 
         x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
+        if channels_last:
+            trainer.net.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
 
         def step():
-            loss = F.cross_entropy(trainer.net(x), y)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = F.cross_entropy(trainer.net(x), y)
             trainer.optimizer.zero_grad()
             loss.backward()
             trainer.optimizer.step()
@@ -94,6 +109,30 @@ def bare_step_ips(twin, cfg: dict, steps: int, warmup: int, framework: str) -> f
     trainer.net.train()
     timed(step, warmup)
     return batch / timed(step, steps)
+
+
+def rss_mb() -> float:
+    """Resident memory now (peak RSS only ever grows)."""
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def lite_rss(framework: str, data_path: str | None, epochs: int = 6) -> list[float]:
+    """RSS after each epoch of the lite run (train, collect, evaluate), in a fresh process."""
+    from swa_recipe.cli import import_twin
+    from swa_recipe.config import load_yaml, merge, validate
+
+    cfg = validate(merge(load_yaml(os.path.join(ROOT, "configs", "lite.yaml")), {
+        "Global": {"framework": framework, "device": "cpu", "epochs": epochs},
+        "Data": {"data_path": data_path}}, "bench"))
+    trainer = import_twin(framework).trainer.Trainer(cfg)
+    rss = []
+    for epoch in range(cfg["Global"]["epochs"]):
+        trainer.train_epoch(epoch)
+        trainer.collect()
+        trainer.evaluate()
+        rss.append(rss_mb())
+    return rss
 
 
 def worker(args: argparse.Namespace) -> dict:
@@ -104,11 +143,16 @@ def worker(args: argparse.Namespace) -> dict:
     twin = import_twin(framework)
     cfg = bench_config(args, framework)
     out = {"bare_ips": bare_step_ips(twin, cfg, args.steps, args.warmup, framework)}
+    if framework == "torch":
+        out["channels_last_ips"] = bare_step_ips(twin, cfg, args.steps, args.warmup, framework,
+                                                 channels_last=True)
+        out["bf16_ips"] = bare_step_ips(twin, cfg, args.steps, args.warmup, framework, bf16=True)
 
     trainer = twin.trainer.Trainer(cfg)
     trainer.train_epoch(0)  # warm-up: first-touch allocations, kernel selection
     n_train = trainer.batches.n
     epoch_s = timed(lambda: trainer.train_epoch(1))
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out["loop_ips"] = n_train / epoch_s
     out["loop_efficiency"] = out["loop_ips"] / out["bare_ips"]
     n_test = trainer.test_loader.batch_sampler.batches.n
@@ -123,12 +167,15 @@ def worker(args: argparse.Namespace) -> dict:
     bn_epoch_s = timed(lambda: bn_trainer.train_epoch(1))
     bn_trainer.collect()
     out["update_bn_fraction"] = timed(bn_trainer.update_bn) / bn_epoch_s
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # Last: switching kernels is process-wide.
+    native = bench_config(args, framework, onednn=False)
+    out["native_conv_ips"] = bare_step_ips(twin, native, args.steps, args.warmup, framework)
     return out
 
 
-def run_worker(framework: str, argv: list[str]) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", framework, *argv]
+def run_worker(framework: str, argv: list[str], part: str = "speed") -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", framework, "--part", part,
+           *argv]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode:
@@ -141,10 +188,11 @@ def table(results: dict) -> str:
     head = ["figure", *frameworks] + (["paddle / torch"] if len(frameworks) == 2 else [])
     rows = []
     for key, label, unit in FIGURES:
-        vals = [results[f][key] for f in frameworks]
-        cells = [f"{v:.2f}" if unit in ("x", "%") else f"{v:.0f}" for v in vals]
-        ratio = [f"{vals[0] / vals[1]:.2f}"] if len(vals) == 2 and key.endswith("ips") else (
-            [""] if len(vals) == 2 else [])
+        vals = [results[f].get(key) for f in frameworks]
+        cells = ["n/a" if v is None else f"{v:.2f}" if unit in ("x", "%") else f"{v:.0f}"
+                 for v in vals]
+        paired = len(vals) == 2 and None not in vals and key.endswith("ips")
+        ratio = [f"{vals[0] / vals[1]:.2f}"] if paired else [""] if len(vals) == 2 else []
         rows.append([f"{label} ({unit})", *cells, *ratio])
     widths = [max(len(str(r[i])) for r in [head] + rows) for i in range(len(head))]
 
@@ -167,10 +215,13 @@ def main() -> int:
     parser.add_argument("--data_path", default=None)
     parser.add_argument("--json", default=os.path.join(ROOT, "bench", "results.json"))
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--part", default="speed", help=argparse.SUPPRESS)
     args = parser.parse_args()
     tune_cpu_env()
     if args.worker:
-        print(json.dumps(worker(args)))
+        speed = args.part == "speed"
+        result = worker(args) if speed else {"lite_rss_mb": lite_rss(args.worker, args.data_path)}
+        print(json.dumps(result))
         return 0
     argv = [a for a in sys.argv[1:]]
     frameworks = args.frameworks.split(",")
@@ -180,6 +231,9 @@ def main() -> int:
             runs[framework].append(run_worker(framework, argv))
     results = {f: {k: statistics.median(run[k] for run in runs[f]) for k in runs[f][0]}
                for f in frameworks}
+    for f in frameworks:
+        rss = run_worker(f, argv, "memory")["lite_rss_mb"]
+        results[f].update(lite_rss_mb=rss, lite_rss_growth_mb=rss[-1] - rss[2])
     machine = {"cpu": platform.processor() or platform.machine(), "vendor": cpu_vendor(),
                "cores": os.cpu_count(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
     report = {"machine": machine, "options": {k: v for k, v in vars(args).items()

@@ -5,9 +5,10 @@ and bias gradient run single-threaded: on VGG16 at full width that is about 2.4x
 torch's oneDNN convolution (profile in the README, "Speed"). Paddle selects its oneDNN kernels
 only inside static programs of the legacy IR (``FLAGS_enable_pir_api=0``, which must be in the
 environment before ``import paddle``; ``swa_recipe.runtime.tune_cpu_env`` sets it) with
-``FLAGS_use_mkldnn``. So :class:`Conv2D` runs its bias-free convolution as a small static program
-(``paddle.jit.to_static``) and adds the bias eagerly, with the bias gradient as one GEMM: oneDNN's
-bias reduction is a reference kernel that alone took 40 % of a training step.
+``FLAGS_use_mkldnn``. So :class:`Conv2D` runs its convolution as a small static program
+(``paddle.jit.to_static``). When gradients are recorded the bias is added eagerly, with its
+gradient as one GEMM: oneDNN's bias reduction is a reference kernel that alone took 40 % of a
+training step.
 
 Parameters, initialisation and checkpoints are those of ``paddle.nn.Conv2D``. Where the fast path
 is unavailable (no oneDNN in the build, PIR enabled, not on CPU, not float32) or disabled with
@@ -45,8 +46,9 @@ def enable(on: bool = True) -> bool:
 def _static_conv(stride: tuple, padding: int | tuple, dilation: tuple, groups: int):
     """One static program family per convolution geometry (Paddle caches one per input shape)."""
 
-    def conv(x: paddle.Tensor, weight: paddle.Tensor) -> paddle.Tensor:
-        return F.conv2d(x, weight, None, list(stride), padding, list(dilation), groups)
+    def conv(x: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tensor | None = None
+             ) -> paddle.Tensor:
+        return F.conv2d(x, weight, bias, list(stride), padding, list(dilation), groups)
 
     return paddle.jit.to_static(conv, full_graph=True)
 
@@ -88,5 +90,6 @@ class Conv2D(nn.Conv2D):
             return super().forward(x)
         conv = _static_conv(_key(self._stride), _key(self._padding), _key(self._dilation),
                             self._groups)
-        y = conv(x, self.weight)
-        return y if self.bias is None else BiasAdd.apply(y, self.bias)
+        if self.bias is None or not paddle.is_grad_enabled():
+            return conv(x, self.weight, self.bias)  # no bias gradient: oneDNN adds the bias
+        return BiasAdd.apply(conv(x, self.weight), self.bias)

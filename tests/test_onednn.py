@@ -155,7 +155,13 @@ def test_tune_cpu_env_sets_only_what_is_unset(monkeypatch):
     applied = runtime.tune_cpu_env(env)
     assert env == applied and applied["FLAGS_enable_pir_api"] == "0"
     assert applied["MKL_DEBUG_CPU_TYPE"] == "5" and int(applied["OMP_NUM_THREADS"]) >= 1
-    user = {"OMP_NUM_THREADS": "7", "FLAGS_enable_pir_api": "1", "MKL_DEBUG_CPU_TYPE": "4"}
+    assert applied["MALLOC_ARENA_MAX"] == "2"
+    user = {"OMP_NUM_THREADS": "7", "FLAGS_enable_pir_api": "1", "MKL_DEBUG_CPU_TYPE": "4",
+            "MALLOC_ARENA_MAX": "8"}
     assert runtime.tune_cpu_env(dict(user)) == {}
     monkeypatch.setattr(runtime, "cpu_vendor", lambda: "GenuineIntel")
     assert "MKL_DEBUG_CPU_TYPE" not in runtime.tune_cpu_env({})
+
+
+def test_limit_malloc_arenas_reaches_glibc():
+    assert runtime.limit_malloc_arenas(2) == bool(runtime.ctypes.util.find_library("c"))
