@@ -43,7 +43,6 @@ FIGURES = [  # key, label, unit
     ("channels_last_ips", "bare step, channels_last", "img/s"),
     ("bf16_ips", "bare step, bf16 autocast", "img/s"),
 ]
-TORCH_ONLY = ("channels_last_ips", "bf16_ips")
 CIFAR10_TRAIN = 50000
 
 
@@ -237,7 +236,7 @@ def main() -> int:
     machine = {"cpu": platform.processor() or platform.machine(), "vendor": cpu_vendor(),
                "cores": os.cpu_count(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
     report = {"machine": machine, "options": {k: v for k, v in vars(args).items()
-                                              if k not in ("worker", "json")},
+                                              if k not in ("worker", "part", "json")},
               "results": results, "runs": runs}
     with open(args.json, "w") as fh:
         json.dump(report, fh, indent=2)
