@@ -30,6 +30,10 @@ def main(framework: str, archive: str, out: str) -> None:
     if rank == 0:
         state = twin.checkpoint.to_numpy(model.state_dict())
         np.savez(os.path.join(out, f"{framework}.npz"), **state)
+    if framework == "torch":  # without it, gloo's threads sometimes abort the exit (SIGABRT)
+        import torch.distributed
+
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
