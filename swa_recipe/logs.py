@@ -103,6 +103,13 @@ def summarize(totals) -> dict:
     return {"loss": loss_sum / max(samples, 1), "accuracy": 100.0 * correct / max(samples, 1)}
 
 
+def read_metrics(path: str) -> list[dict]:
+    """Rows of a ``metrics.csv``: ``ep`` an int, other columns floats, empty cells None."""
+    with open(path, newline="") as fh:
+        return [{c: (int(v) if c == "ep" else float(v)) if v not in ("", None) else None
+                 for c, v in row.items()} for row in csv.DictReader(fh)]
+
+
 class RunLog:
     """The original's epoch table (``train_log.txt``), ``metrics.csv`` and the final plot.
 
@@ -116,17 +123,11 @@ class RunLog:
         self.columns = COLUMNS if swa else [c for c in COLUMNS if not c.startswith("swa")]
         self.csv_path = os.path.join(run_dir, "metrics.csv")
         self.table_path = os.path.join(run_dir, "train_log.txt")
-        self.rows: list[dict] = [r for r in self._read_csv() if r["ep"] <= start_epoch]
+        rows = read_metrics(self.csv_path) if os.path.exists(self.csv_path) else []
+        self.rows: list[dict] = [r for r in rows if r["ep"] <= start_epoch]
         self._write_csv()
         with open(self.table_path, "w") as fh:
             fh.writelines(self._format(row) + "\n" for row in self.rows)
-
-    def _read_csv(self) -> list[dict]:
-        if not os.path.exists(self.csv_path):
-            return []
-        with open(self.csv_path, newline="") as fh:
-            return [{c: (int(v) if c == "ep" else float(v)) if v not in ("", None) else None
-                     for c, v in row.items()} for row in csv.DictReader(fh)]
 
     def _write_csv(self) -> None:
         tmp = self.csv_path + ".tmp"

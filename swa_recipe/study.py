@@ -1,0 +1,292 @@
+"""A study: a grid of training runs (model x method x budget x seed x framework) in one folder.
+
+``configs/study/*.yaml`` describes the grid; each run is an ordinary ``train.py`` run in
+``results/<study>/<run>/``. A finished run is skipped, an interrupted one continues with
+``--resume auto``, and one whose checkpoints are gone (a fresh clone holds only the committed
+tables) starts again, so a study can grow run by run over sessions and machines.
+
+Budgets follow the paper: SGD trains for ``budget`` epochs, decaying to 0.01 x lr_init; SWA runs
+for ``swa_budgets`` multiples of it, averaging from ``swa_start = round(swa_start_fraction *
+budget)`` (161 of 200) at ``swa_lr``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import yaml
+
+from .checkpoint import latest_checkpoint
+from .config import FRAMEWORKS, MODELS, ConfigError, parse_override
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GRID_KEYS = ("model", "method", "budget", "seed", "framework")
+METHODS = ("sgd", "swa")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One cell of the grid; ``epochs`` is the budget (SGD) or a multiple of it (SWA)."""
+
+    model: str
+    method: str
+    epochs: int
+    seed: int
+    framework: str
+    swa_start: int | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.model.lower()}-{self.method}{self.epochs}-s{self.seed}-{self.framework}"
+
+    def overrides(self) -> list[str]:
+        """``-o`` overrides that make this run out of the study's base config."""
+        out = [f"Arch.model={self.model}", f"Global.epochs={self.epochs}",
+               f"Global.seed={self.seed}", f"Global.framework={self.framework}",
+               f"SWA.swa={'true' if self.method == 'swa' else 'false'}"]
+        if self.swa_start is not None:
+            out.append(f"SWA.swa_start={self.swa_start}")
+        return out
+
+
+@dataclass
+class Study:
+    name: str
+    config: str | None
+    overrides: list[str]
+    runs: list[Run]
+
+
+def _list(spec: dict, key: str, path: str) -> list:
+    value = spec.get(key)
+    values = value if isinstance(value, list) else [value]
+    if value is None or not values:
+        raise ConfigError(f"{path}: grid.{key} must be a value or a non-empty list")
+    return values
+
+
+def _check(values: list, allowed: tuple, what: str, path: str) -> None:
+    bad = [v for v in values if v not in allowed]
+    if bad:
+        raise ConfigError(f"{path}: unknown {what} {bad[0]!r}; valid: {', '.join(allowed)}")
+
+
+def _positive_ints(values: list, what: str, path: str) -> None:
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+        raise ConfigError(f"{path}: grid.{what} must be positive integers, got {values!r}")
+
+
+def expand(spec: dict, path: str) -> list[Run]:
+    """The grid's runs, seed-major: every method and twin of seed 1 before seed 2, so that a
+    study cut short still holds complete comparisons."""
+    grid = spec.get("grid")
+    if not isinstance(grid, dict):
+        raise ConfigError(f"{path}: a study needs a 'grid' mapping ({', '.join(GRID_KEYS)})")
+    unknown = set(grid) - set(GRID_KEYS) - {"swa_budgets"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown grid key {sorted(unknown)[0]!r}; valid: "
+                          f"{', '.join(GRID_KEYS)}, swa_budgets")
+    models, methods = _list(grid, "model", path), _list(grid, "method", path)
+    budgets, seeds = _list(grid, "budget", path), _list(grid, "seed", path)
+    frameworks = _list(grid, "framework", path)
+    multiples = grid.get("swa_budgets", [1.0])
+    _check(models, MODELS, "model", path)
+    _check(methods, METHODS, "method", path)
+    _check(frameworks, FRAMEWORKS, "framework", path)
+    _positive_ints(budgets, "budget", path)
+    _positive_ints(seeds, "seed", path)
+    fraction = spec.get("swa_start_fraction", 0.805)
+    if not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        raise ConfigError(f"{path}: swa_start_fraction must be in (0, 1], got {fraction!r}")
+    if not all(isinstance(m, (int, float)) and m >= 1 for m in multiples):
+        raise ConfigError(f"{path}: grid.swa_budgets must be multiples >= 1, got {multiples!r}")
+    runs = []
+    for seed, model, budget, framework, method in itertools.product(
+            seeds, models, budgets, frameworks, methods):
+        if method == "sgd":
+            runs.append(Run(model, method, budget, seed, framework))
+            continue
+        start = max(1, round(fraction * budget))
+        runs += [Run(model, method, round(m * budget), seed, framework, start)
+                 for m in multiples]
+    return runs
+
+
+def load_study(path: str) -> Study:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            spec = yaml.safe_load(fh)
+    except OSError as exc:
+        raise ConfigError(f"study file {path} cannot be read ({exc.strerror or exc}); pass "
+                          f"one of configs/study/*.yaml") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"study file {path} is not valid YAML ({type(exc).__name__})") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        raise ConfigError(f"{path}: a study is a mapping with a 'name' and a 'grid'")
+    overrides = [f"{k}={_yaml_text(v)}" for k, v in (spec.get("overrides") or {}).items()]
+    for text in overrides:
+        parse_override(text)  # refuse an unknown key or bad value before any run starts
+    return Study(spec["name"], spec.get("config"), overrides, expand(spec, path))
+
+
+def _yaml_text(value) -> str:
+    """A YAML value as ``-o`` text (``true``/``null``, not Python's ``True``/``None``)."""
+    return yaml.safe_dump(value, default_flow_style=True).removesuffix("\n...\n").strip()
+
+
+def read_epochs(run_dir: str) -> list[dict]:
+    """Rows of a run's ``metrics.csv`` (empty when absent)."""
+    from .logs import read_metrics
+
+    path = os.path.join(run_dir, "metrics.csv")
+    return read_metrics(path) if os.path.exists(path) else []
+
+
+def status(run: Run, run_dir: str) -> str:
+    """``done``, ``resume`` (a checkpoint to continue from), ``restart`` (outputs without a
+    checkpoint) or ``todo``."""
+    rows = read_epochs(run_dir)
+    if rows and rows[-1]["ep"] >= run.epochs:
+        return "done"
+    if latest_checkpoint(run_dir, run.framework):
+        return "resume"
+    return "restart" if os.path.isdir(run_dir) and os.listdir(run_dir) else "todo"
+
+
+def epoch_seconds(out: str, runs: list[Run]) -> dict[tuple[str, str], float]:
+    """Median measured epoch time per (model, framework) from the study's own metrics."""
+    times: dict[tuple[str, str], list[float]] = {}
+    for run in runs:
+        for row in read_epochs(os.path.join(out, run.name)):
+            if row.get("time"):
+                times.setdefault((run.model, run.framework), []).append(row["time"])
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def remaining_epochs(run: Run, run_dir: str, state: str) -> int:
+    if state == "done":
+        return 0
+    rows = read_epochs(run_dir) if state == "resume" else []
+    return run.epochs - (rows[-1]["ep"] if rows else 0)
+
+
+def plan(study: Study, out: str, epoch_time: float | None = None) -> tuple[str, float | None]:
+    """The grid as a table with each run's state and estimated time left, and the total."""
+    measured = epoch_seconds(out, study.runs)
+    fallback = epoch_time or (statistics.median(measured.values()) if measured else None)
+    lines, total = [f"{'run':32} {'state':8} {'epochs':>6} {'left (h)':>9}"], 0.0
+    for run in study.runs:
+        run_dir = os.path.join(out, run.name)
+        state = status(run, run_dir)
+        left = remaining_epochs(run, run_dir, state)
+        per = epoch_time or measured.get((run.model, run.framework), fallback)
+        hours = None if per is None else left * per / 3600
+        total = None if hours is None or total is None else total + hours
+        lines.append(f"{run.name:32} {state:8} {run.epochs:6d} "
+                     f"{'?' if hours is None else f'{hours:.2f}':>9}")
+    return "\n".join(lines), total
+
+
+def train_command(study: Study, run: Run, run_dir: str, state: str, extra: list[str]) -> list:
+    cmd = [sys.executable, os.path.join(ROOT, "train.py")]
+    if study.config:
+        cmd += ["--config", os.path.join(ROOT, study.config)]
+    for text in study.overrides + run.overrides() + [f"Global.dir={run_dir}"] + extra:
+        cmd += ["-o", text]
+    if state == "resume":
+        cmd += ["-o", "Global.resume=auto"]
+    return cmd
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def execute(study: Study, run: Run, out: str, extra: list[str]) -> int:
+    """Run (or continue) one run as a ``train.py`` process; its exit code."""
+    run_dir = os.path.join(out, run.name)
+    state = status(run, run_dir)
+    if state == "restart":  # committed tables of a run cut off elsewhere: start it afresh
+        shutil.rmtree(run_dir)
+    os.makedirs(run_dir, exist_ok=True)
+    cmd = train_command(study, run, run_dir, state, extra)
+    with open(os.path.join(run_dir, "command.txt"), "a", encoding="utf-8") as fh:
+        fh.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} commit {git_commit()} ({state})\n"
+                 f"{' '.join(cmd)}\n")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)  # train.log has its output
+    try:
+        return proc.wait()
+    finally:  # the runner stopped (SIGINT/SIGTERM): the run checkpoints mid-epoch and exits
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait()
+
+
+def select(runs: list[Run], only: list[str]) -> list[Run]:
+    """Runs matching every ``key=value`` of ``--only`` (e.g. framework=paddle seed=1)."""
+    for text in only:
+        key, _, value = text.partition("=")
+        if key not in GRID_KEYS:
+            raise ConfigError(f"--only {text}: key must be one of {', '.join(GRID_KEYS)}")
+        runs = [r for r in runs if str(getattr(r, "epochs" if key == "budget" else key))
+                .lower() == value.lower()]
+    return runs
+
+
+def study_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Run a grid of training runs (configs/study/)")
+    parser.add_argument("study", help="configs/study/NAME.yaml")
+    parser.add_argument("--out", default=None, help="results folder (default results/<name>)")
+    parser.add_argument("--data_path", default=None, help="CIFAR archive or folder")
+    parser.add_argument("-o", "--override", action="append", default=[], metavar="S.KEY=VALUE",
+                        help="extra override for every run (e.g. Data.num_workers=2)")
+    parser.add_argument("--only", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="run only matching cells, e.g. --only framework=torch seed=2")
+    parser.add_argument("--max_runs", type=int, default=None, help="stop after N runs")
+    parser.add_argument("--dry_run", action="store_true", help="print the grid and estimate")
+    parser.add_argument("--epoch_time", type=float, default=None,
+                        help="seconds per epoch for the estimate (default: measured ones)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
+    return parser
+
+
+def study_main(args: argparse.Namespace) -> int:
+    study = load_study(args.study)
+    out = args.out or os.path.join("results", study.name)
+    extra = list(args.override) + ([f"Data.data_path={args.data_path}"] if args.data_path else [])
+    for text in extra:
+        parse_override(text)
+    study.runs = select(study.runs, args.only)
+    table, hours = plan(study, out, args.epoch_time)
+    print(table)
+    left = f"{hours:.1f} h" if hours is not None else "unknown (no epoch measured; --epoch_time)"
+    print(f"{len(study.runs)} runs; time left: {left}")
+    if args.dry_run:
+        return 0
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    started = 0
+    for run in study.runs:
+        if status(run, os.path.join(out, run.name)) == "done":
+            continue
+        if args.max_runs is not None and started >= args.max_runs:
+            break
+        started += 1
+        print(f"{time.strftime('%H:%M:%S')} {run.name}: start", flush=True)
+        code = execute(study, run, out, extra)
+        if code:
+            return code
+        print(f"{time.strftime('%H:%M:%S')} {run.name}: done", flush=True)
+    return 0
