@@ -255,5 +255,5 @@ def summarize_main(args: argparse.Namespace) -> int:
     with open(os.path.join(args.study_dir, "README.md"), "w", encoding="utf-8") as fh:
         fh.write(text)
     plot(runs, os.path.join(args.study_dir, "study.png"))
-    print(text)
+    print(text, end="")
     return 0

@@ -1,0 +1,197 @@
+"""tools/study.py (grid, skip, resume, restart) and tools/summarize.py (tables, plot)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT
+from swa_recipe.config import ConfigError, default_config
+from swa_recipe.logs import COLUMNS
+from swa_recipe.study import Run, expand, load_study, status
+from swa_recipe.summary import read_study, report
+
+ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
+
+
+def write_run(root: Path, name: str, method: str, seed: int, framework: str, epochs: int,
+              accs: list[float], swa_accs: list[float | None] | None = None) -> Path:
+    """A run folder as train.py leaves it: config.yaml and metrics.csv (one row per epoch)."""
+    run = root / name
+    run.mkdir(parents=True)
+    cfg = default_config()
+    cfg["Global"].update(epochs=epochs, seed=seed, framework=framework)
+    cfg["SWA"]["swa"] = method == "swa"
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    cols = COLUMNS if method == "swa" else [c for c in COLUMNS if not c.startswith("swa")]
+    with open(run / "metrics.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=cols)
+        writer.writeheader()
+        for i, acc in enumerate(accs):
+            row = {"ep": i + 1, "lr": 0.05, "tr_loss": 1.0, "tr_acc": 50.0, "te_loss": 1.0,
+                   "te_acc": acc, "time": 60.0}
+            if method == "swa":
+                swa = (swa_accs or [])[i] if i < len(swa_accs or []) else None
+                row.update(swa_te_loss="" if swa is None else 1.0,
+                           swa_te_acc="" if swa is None else swa)
+            writer.writerow(row)
+    return run
+
+
+@pytest.fixture()
+def study_dir(tmp_path) -> Path:
+    """Two seeds of SGD and SWA in Paddle, one of each in torch, and an incomplete torch run."""
+    out = tmp_path / "cpu"
+    write_run(out, "vgg16-sgd3-s1-paddle", "sgd", 1, "paddle", 3, [40, 60, 80])
+    write_run(out, "vgg16-sgd3-s2-paddle", "sgd", 2, "paddle", 3, [40, 60, 82])
+    write_run(out, "vgg16-swa3-s1-paddle", "swa", 1, "paddle", 3, [40, 60, 79], [None, 78, 83])
+    write_run(out, "vgg16-swa3-s2-paddle", "swa", 2, "paddle", 3, [40, 60, 80], [None, 80, 84])
+    write_run(out, "vgg16-sgd3-s1-torch", "sgd", 1, "torch", 3, [40, 60, 81])
+    write_run(out, "vgg16-swa3-s1-torch", "swa", 1, "torch", 3, [40, 60, 80], [None, 80, 82.5])
+    write_run(out, "vgg16-sgd3-s2-torch", "sgd", 2, "torch", 3, [40, 55])  # cut off at 2 of 3
+    return out
+
+
+def table_row(text: str, *starts: str) -> str:
+    found = [ln for ln in text.splitlines() if ln.startswith("| " + " | ".join(starts) + " |")]
+    assert len(found) == 1, (starts, text)
+    return found[0]
+
+
+def test_summary_tables(study_dir):
+    text = report(str(study_dir), read_study(str(study_dir)))
+    assert "6 of 7 runs complete" in text
+    # mean ± sample std over seeds of the final accuracy (SWA: the average's)
+    accuracy = text.split("## Final test accuracy")[1].split("##")[0]
+    assert table_row(accuracy, "VGG16", "paddle") == ("| VGG16 | paddle | 81.00 ± 1.41 (n=2) | "
+                                                  "83.50 ± 0.71 (n=2) |")
+    # the incomplete torch seed is left out of the mean and counted
+    assert table_row(accuracy, "VGG16", "torch") == ("| VGG16 | torch | 81.00 (n=1), 1 incomplete "
+                                                 "| 82.50 (n=1) |")
+    gains = text.split("## SWA − SGD")[1].split("##")[0]
+    assert "s1: +3.00, s2: +2.00 | +2.50 ± 0.71 (n=2) | 1.41 | 0.71" in gains
+    assert "s1: +1.50 | +1.50 (n=1)" in gains
+    twins = text.split("## Paddle − torch")[1].split("##")[0]
+    assert "| VGG16 | SGD 3 ep | s1: -1.00 | -1.00 (n=1) | 1.41 / — |" in twins
+    assert "| VGG16 | SWA 3 ep | s1: +0.50 | +0.50 (n=1) | 0.71 / — |" in twins
+    assert "| vgg16-sgd3-s2-torch | incomplete (epoch 2/3) | 55.00 | 55.00 |" in text
+    assert "| vgg16-swa3-s1-paddle | complete | 83.00 | 83.00 |" in text
+
+
+def test_summarize_cli_writes_readme_and_plot(study_dir):
+    proc = subprocess.run([sys.executable, "tools/summarize.py", str(study_dir)], cwd=ROOT,
+                          env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (study_dir / "README.md").read_text() == proc.stdout
+    assert (study_dir / "study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("setup, needle", [
+    (lambda p: None, "is not a study folder"),
+    (lambda p: p.mkdir(), "holds no run with metrics.csv"),
+    (lambda p: (p.mkdir(), (p / "r").mkdir(), (p / "r" / "metrics.csv").write_text("ep\n1\n"),
+                (p / "r" / "config.yaml").write_text("[1, 2]")), "unreadable"),
+])
+def test_summarize_refuses_in_one_line(setup, needle, tmp_path):
+    target = tmp_path / "study"
+    setup(target)
+    proc = subprocess.run([sys.executable, "tools/summarize.py", str(target)], cwd=ROOT,
+                          env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("error:") and needle in proc.stderr
+
+
+def test_grid_compresses_the_paper_schedule():
+    runs = expand({"grid": {"model": "VGG16", "method": ["sgd", "swa"], "budget": 200,
+                            "swa_budgets": [1.0, 1.25, 1.5], "seed": [1, 2],
+                            "framework": ["paddle", "torch"]}}, "t.yaml")
+    assert len(runs) == 16 and runs[0] == Run("VGG16", "sgd", 200, 1, "paddle")
+    assert {r.seed for r in runs[:8]} == {1}  # seed-major: seed 1 complete first
+    swa = [r for r in runs if r.method == "swa"]
+    assert {r.epochs for r in swa} == {200, 250, 300} and {r.swa_start for r in swa} == {161}
+    cpu = load_study(str(ROOT / "configs" / "study" / "cpu.yaml"))
+    swa25 = [r for r in cpu.runs if r.method == "swa"][0]
+    assert (swa25.epochs, swa25.swa_start, swa25.name) == (25, 20, "vgg16-swa25-s1-paddle")
+    assert "Arch.width=0.25" in cpu.overrides
+
+
+@pytest.mark.parametrize("grid, needle", [
+    ({"model": "VGG17", "method": "sgd", "budget": 2, "seed": 1, "framework": "paddle"},
+     "unknown model 'VGG17'"),
+    ({"model": "VGG16", "method": "adam", "budget": 2, "seed": 1, "framework": "paddle"},
+     "unknown method"),
+    ({"model": "VGG16", "method": "sgd", "budget": 0, "seed": 1, "framework": "paddle"},
+     "grid.budget must be positive integers"),
+    ({"model": "VGG16", "method": "sgd", "seed": 1, "framework": "paddle"}, "grid.budget"),
+    ({"model": "VGG16", "method": "sgd", "budget": 2, "seed": 1, "framework": "jax"},
+     "unknown framework"),
+])
+def test_bad_grids_are_refused(grid, needle):
+    with pytest.raises(ConfigError, match=needle):
+        expand({"grid": grid}, "t.yaml")
+
+
+def test_status_of_run_folders(tmp_path):
+    run = Run("VGG16", "sgd", 3, 1, "paddle")
+    assert status(run, str(tmp_path / "absent")) == "todo"
+    write_run(tmp_path, "cut", "sgd", 1, "paddle", 3, [40])
+    assert status(run, str(tmp_path / "cut")) == "restart"  # committed tables, no checkpoint
+    (tmp_path / "cut" / "checkpoint-1.pdparams").write_bytes(b"x")
+    assert status(run, str(tmp_path / "cut")) == "resume"
+    write_run(tmp_path, "done", "sgd", 1, "paddle", 3, [40, 50, 60])
+    assert status(run, str(tmp_path / "done")) == "done"
+
+
+def runner(study: Path, out: Path, archive: Path, *extra: str) -> list[str]:
+    return [sys.executable, "tools/study.py", str(study), "--out", str(out), "--data_path",
+            str(archive), *extra]
+
+
+def test_study_runs_interrupts_resumes_and_skips(lite_archive, tmp_path):
+    """Two lite runs: SIGTERM to the runner stops the first mid-way with a checkpoint; the next
+    call resumes it and runs the second; a third call finds both done and starts nothing."""
+    study = tmp_path / "lite.yaml"
+    study.write_text(yaml.safe_dump({
+        "name": "lite", "config": "configs/lite.yaml",
+        "grid": {"model": "VGG16", "method": ["sgd", "swa"], "budget": 2, "seed": 1,
+                 "framework": "paddle"},
+        "overrides": {"Global.log_freq": 1, "Global.save_freq": 1}}))
+    out = tmp_path / "out"
+    sgd, swa = out / "vgg16-sgd2-s1-paddle", out / "vgg16-swa2-s1-paddle"
+
+    proc = subprocess.Popen(runner(study, out, lite_archive), cwd=ROOT, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log, deadline = sgd / "train.log", time.time() + 300
+    while time.time() < deadline and not (log.exists() and "iter 3/8" in log.read_text()):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err[-2000:]
+    assert status(Run("VGG16", "sgd", 2, 1, "paddle"), str(sgd)) == "resume"
+    assert not swa.exists()
+
+    first = subprocess.run(runner(study, out, lite_archive), cwd=ROOT, env=ENV,
+                           capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "(resume)" in (sgd / "command.txt").read_text()
+    for run in (sgd, swa):
+        rows = list(csv.DictReader(open(run / "metrics.csv")))
+        assert [r["ep"] for r in rows] == ["1", "2"]
+    saved = yaml.safe_load((swa / "config.yaml").read_text())
+    assert (saved["SWA"]["swa"], saved["SWA"]["swa_start"], saved["Global"]["epochs"]) == (
+        True, 2, 2)
+    assert rows[-1]["swa_te_acc"] != ""
+
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    again = subprocess.run(runner(study, out, lite_archive), cwd=ROOT, env=ENV,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and again.stdout.count(" done ") == 2, again.stdout
+    assert before == {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
