@@ -21,16 +21,60 @@ from paddle import nn
 from swa_recipe.bn import AllReduce, BatchStats
 from swa_recipe.schedules import anneal
 
+__all__ = ["AveragedModel", "SWALR", "get_ema_avg_fn", "get_ema_multi_avg_fn", "get_swa_avg_fn",
+           "get_swa_multi_avg_fn", "update_bn"]
+
 AvgFn = Callable[[paddle.Tensor, paddle.Tensor, int], paddle.Tensor]
+MultiAvgFn = Callable[[list, list, int], None]
+
+
+def _check_decay(decay: float) -> None:
+    if not 0.0 <= decay <= 1.0:
+        raise ValueError(f"Invalid decay value {decay} provided. Please provide a value in "
+                         f"[0,1] range.")
 
 
 def get_ema_avg_fn(decay: float = 0.999) -> AvgFn:
     """Exponential moving average, for ``AveragedModel(model, avg_fn=get_ema_avg_fn(0.99))``."""
+    _check_decay(decay)
 
     def ema_update(averaged: paddle.Tensor, current: paddle.Tensor, num_averaged: int):
         return decay * averaged + (1 - decay) * current
 
     return ema_update
+
+
+def get_swa_avg_fn() -> AvgFn:
+    """The equal-weight running mean, one tensor at a time (torch's ``get_swa_avg_fn``)."""
+
+    def swa_update(averaged: paddle.Tensor, current: paddle.Tensor, num_averaged: int):
+        return averaged + (current - averaged) / (num_averaged + 1)
+
+    return swa_update
+
+
+def get_ema_multi_avg_fn(decay: float = 0.999) -> MultiAvgFn:
+    """EMA over lists of tensors, in place: torch's ``lerp(averaged, current, 1 - decay)``.
+
+    For ``AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.999), use_buffers=True)``,
+    the PaddleClas ``EMA`` block's average (BatchNorm statistics included)."""
+    _check_decay(decay)
+
+    def ema_update(averaged: list, current: list, num_averaged: int) -> None:
+        for a, c in zip(averaged, current, strict=True):
+            a.set_value(a + (1 - decay) * (c - a))
+
+    return ema_update
+
+
+def get_swa_multi_avg_fn() -> MultiAvgFn:
+    """The equal-weight running mean over lists of tensors, in place."""
+
+    def swa_update(averaged: list, current: list, num_averaged: int) -> None:
+        for a, c in zip(averaged, current, strict=True):
+            a.set_value(a + (c - a) / (num_averaged + 1))
+
+    return swa_update
 
 
 def _bn_stats(layer: nn.Layer) -> list[str]:
@@ -49,16 +93,20 @@ def averaged_tensors(model: nn.Layer, use_buffers: bool) -> list[paddle.Tensor]:
 class AveragedModel(nn.Layer):
     """Keeps an average of a model's parameters, as ``torch.optim.swa_utils.AveragedModel``.
 
-    The equal-weight average by default (SWA); ``avg_fn(averaged, current, num_averaged)`` for
-    another one. ``n_averaged`` is a persistable buffer, so it travels in ``state_dict``.
-    BatchNorm statistics are not averaged unless ``use_buffers``: run :func:`update_bn` instead.
+    The equal-weight average by default (SWA); ``avg_fn(averaged, current, num_averaged)``
+    (one tensor, returns the new average) or ``multi_avg_fn(averaged_list, current_list,
+    num_averaged)`` (all tensors, in place; e.g. :func:`get_ema_multi_avg_fn`) for another one.
+    ``n_averaged`` is a persistable buffer, so it travels in ``state_dict``. BatchNorm
+    statistics are not averaged unless ``use_buffers``: run :func:`update_bn` instead.
     """
 
-    def __init__(self, model: nn.Layer, avg_fn: AvgFn | None = None, use_buffers: bool = False):
+    def __init__(self, model: nn.Layer, avg_fn: AvgFn | None = None,
+                 multi_avg_fn: MultiAvgFn | None = None, use_buffers: bool = False):
         super().__init__()
         self.module = copy.deepcopy(model)
         self.register_buffer("n_averaged", paddle.to_tensor(0, dtype="int64"), persistable=True)
         self.avg_fn = avg_fn
+        self.multi_avg_fn = multi_avg_fn
         self.use_buffers = use_buffers
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
@@ -67,16 +115,16 @@ class AveragedModel(nn.Layer):
     @paddle.no_grad()
     def update_parameters(self, model: nn.Layer) -> None:
         n = int(self.n_averaged)
-        pairs = zip(averaged_tensors(self.module, self.use_buffers),
-                    averaged_tensors(model, self.use_buffers), strict=True)
-        for averaged, current in pairs:
-            current = current.detach()
-            if n == 0:
-                averaged.set_value(current)
-            elif self.avg_fn is None:
-                averaged.set_value(averaged + (current - averaged) / (n + 1))
-            else:
-                averaged.set_value(self.avg_fn(averaged, current, n))
+        averaged = averaged_tensors(self.module, self.use_buffers)
+        current = [t.detach() for t in averaged_tensors(model, self.use_buffers)]
+        if n == 0:
+            for a, c in zip(averaged, current, strict=True):
+                a.set_value(c)
+        elif self.multi_avg_fn is not None or self.avg_fn is None:
+            (self.multi_avg_fn or get_swa_multi_avg_fn())(averaged, current, n)
+        else:
+            for a, c in zip(averaged, current, strict=True):
+                a.set_value(self.avg_fn(a, c, n))
         self.n_averaged.set_value(paddle.to_tensor(n + 1, dtype="int64"))
 
 

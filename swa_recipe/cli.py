@@ -19,7 +19,13 @@ from .cifar import DataError
 from .config import ConfigError, add_config_args, resolve, run_dir
 from .logs import get_logger
 from .loop import Interrupted, TrainingDiverged
-from .runtime import launched_rank, launched_world_size, tune_cpu_env
+from .runtime import (
+    import_banner_hidden,
+    launched_rank,
+    launched_world_size,
+    quiet_console,
+    tune_cpu_env,
+)
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError, TrainingDiverged)
 
@@ -27,11 +33,16 @@ USER_ERRORS = (ConfigError, DataError, CheckpointError, TrainingDiverged)
 def import_twin(framework: str) -> SimpleNamespace:
     """The twin's modules by role, imported only now (after ``tune_cpu_env``)."""
     names = ("models", "data", "checkpoint", "trainer")
-    return SimpleNamespace(**{n: importlib.import_module(f"swa_{framework}.{n}") for n in names})
+    with import_banner_hidden():
+        modules = {n: importlib.import_module(f"swa_{framework}.{n}") for n in names}
+    return SimpleNamespace(**modules)
 
 
 def run(main: Callable[[], int | None], debug: bool) -> int:
-    """Run ``main``; a user error becomes one line on stderr and exit 2 (traceback: --debug)."""
+    """Run ``main``; a user error becomes one line on stderr and exit 2 (traceback: --debug).
+    Paddle's start-up noise is hidden unless --debug."""
+    if not debug:
+        quiet_console()
     try:
         return main() or 0
     except Interrupted as exc:

@@ -22,6 +22,7 @@ from .runtime import launched_world_size
 MODELS = ("VGG16", "VGG16BN", "VGG19", "VGG19BN")
 FRAMEWORKS = ("paddle", "torch")
 SCHEDULES = ("original", "cyclic", "swalr")
+AVERAGES = ("swa", "ema")
 
 
 class ConfigError(ValueError):
@@ -90,6 +91,10 @@ SCHEMA: dict[str, dict[str, Field]] = {
                                check=_non_negative, rule=">= 0"),
         "anneal_strategy": Field("cos", str, "SWALR anneal shape (schedule swalr)",
                                  ("cos", "linear")),
+        "avg": Field("swa", str, "swa: equal-weight average of the collected epochs; ema: "
+                     "exponential moving average of every step from swa_start", AVERAGES),
+        "ema_decay": Field(0.9999, float, "EMA decay per step (SWA.avg ema)",
+                           check=lambda v: 0 <= v < 1, rule="in [0, 1)"),
     },
     "Data": {
         "dataset": Field("CIFAR10", str, "dataset name", ("CIFAR10",)),
@@ -241,6 +246,9 @@ def validate(cfg: dict, world_size: int = 1) -> dict:
     if cfg["Optimizer"]["schedule"] != "original" and not swa["swa"]:
         raise ConfigError(f"Optimizer.schedule={cfg['Optimizer']['schedule']} needs SWA; "
                           f"pass --swa or use schedule original")
+    if swa["avg"] == "ema" and not swa["swa"]:
+        raise ConfigError("SWA.avg=ema needs averaging on; pass --swa (SWA.swa_start is the "
+                          "first epoch of the moving average)")
     if batch > n:
         raise ConfigError(f"Data.batch_size ({batch}) is larger than the training set "
                           f"({n} images); lower it")

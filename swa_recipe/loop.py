@@ -52,6 +52,7 @@ class Trainer:
         start = self.progress.iteration
         if start == 0:
             self._step_swalr(epoch)
+        self.averaging_steps = schedules.averages_steps(self.cfg, epoch)
         self.train_loader.batch_sampler.set_epoch(epoch, start)
         self.net.train()
         g = self.cfg["Global"]
@@ -62,6 +63,8 @@ class Trainer:
     def _end_step(self, meter: IterMeter, it: int, lr: float, loss: float, correct: int,
                   n: int, should_stop: Callable[[], bool]) -> bool:
         """Record a finished step; True when every rank should stop here (a signal arrived)."""
+        if self.averaging_steps:
+            self.swa_model.update_parameters(self.model)
         meter.step(it, lr, loss, correct, n)
         first_lr = lr if self.progress.first_lr is None else self.progress.first_lr
         self.progress = Progress(it + 1, meter.totals(), first_lr)
@@ -94,7 +97,9 @@ class Trainer:
         return self._evaluate(model, self.test_loader, self.world_size)
 
     def collect(self) -> None:
-        self.swa_model.update_parameters(self.model)
+        """SWA averages the epoch's final weights; EMA has averaged every step already."""
+        if self.cfg["SWA"]["avg"] == "swa":
+            self.swa_model.update_parameters(self.model)
 
     def update_bn(self) -> None:
         if self._has_batch_norm(self.model):
@@ -288,7 +293,8 @@ def _epochs(trainer: Trainer, cfg: dict, out: str, start_epoch: int, log: RunLog
         if schedules.should_collect(cfg, epoch):
             trainer.collect()
             if evaluating:
-                trainer.update_bn()
+                if cfg["SWA"]["avg"] == "swa":  # EMA averages the BN statistics with the weights
+                    trainer.update_bn()
                 swa_res = trainer.evaluate(swa=True)
             else:
                 swa_res = {"loss": None, "accuracy": None}

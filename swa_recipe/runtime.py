@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import io
+import logging
 import os
+import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 def usable_cpus() -> int:
@@ -72,3 +78,43 @@ def launched_rank(environ: dict | None = None) -> int:
     """This process's rank under ``paddle.distributed.launch`` or ``torchrun`` (0 without)."""
     env = os.environ if environ is None else environ
     return int(env.get("PADDLE_TRAINER_ID") or env.get("RANK") or 0)
+
+
+# What ``paddle/base/__init__.py`` prints to sys.stderr at import when OMP_NUM_THREADS > 1.
+IMPORT_BANNER = ("WARNING: OMP_NUM_THREADS set to", "PLEASE USE OMP_NUM_THREADS WISELY.")
+_quiet = False
+
+
+def quiet_console(environ: dict | None = None) -> None:
+    """Hide Paddle's start-up noise so that the first lines a user sees are the project's.
+
+    ``GLOG_minloglevel=1`` (read when Paddle's core loads; a user's own setting wins) drops the
+    glog INFO lines (``I1122 ... pir_interpreter.cc``, ``oneDNN v3.6.2``); the ``No ccache
+    found`` warning comes from ``paddle.utils.cpp_extension``; matplotlib's INFO records
+    (``generated new fontManager``) reach the root-logger handler Paddle installs; and
+    :func:`import_banner_hidden` drops the OMP_NUM_THREADS banner. ``--debug`` skips all this.
+    """
+    global _quiet
+    env = os.environ if environ is None else environ
+    env.setdefault("GLOG_minloglevel", "1")
+    warnings.filterwarnings("ignore", message="No ccache found", category=UserWarning)
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    _quiet = True
+
+
+@contextmanager
+def import_banner_hidden() -> Iterator[None]:
+    """After :func:`quiet_console`: drop the OMP_NUM_THREADS banner that importing Paddle
+    prints to ``sys.stderr`` (there is no switch for it); every other line passes through."""
+    if not _quiet:
+        yield
+        return
+    real, captured = sys.stderr, io.StringIO()
+    sys.stderr = captured
+    try:
+        yield
+    finally:
+        sys.stderr = real
+        for line in captured.getvalue().splitlines(keepends=True):
+            if not line.startswith(IMPORT_BANNER):
+                real.write(line)

@@ -94,6 +94,12 @@ def should_collect(cfg: dict, epoch: int) -> bool:
             and (epoch + 1 - swa["swa_start"]) % swa["swa_c_epochs"] == 0)
 
 
+def averages_steps(cfg: dict, epoch: int) -> bool:
+    """EMA (``SWA.avg ema``) updates the average after every step of this epoch."""
+    swa = cfg["SWA"]
+    return swa["swa"] and swa["avg"] == "ema" and epoch + 1 >= swa["swa_start"]
+
+
 def should_eval(cfg: dict, epoch: int) -> bool:
     g = cfg["Global"]
     return epoch == 0 or epoch % g["eval_freq"] == g["eval_freq"] - 1 or epoch == g["epochs"] - 1

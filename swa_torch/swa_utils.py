@@ -8,11 +8,20 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import SWALR, AveragedModel, get_ema_avg_fn, update_bn
+from torch.optim.swa_utils import (
+    SWALR,
+    AveragedModel,
+    get_ema_avg_fn,
+    get_ema_multi_avg_fn,
+    get_swa_avg_fn,
+    get_swa_multi_avg_fn,
+    update_bn,
+)
 
 from swa_recipe.bn import AllReduce, BatchStats
 
-__all__ = ["AveragedModel", "SWALR", "get_ema_avg_fn", "update_bn", "update_bn_all_reduce"]
+__all__ = ["AveragedModel", "SWALR", "get_ema_avg_fn", "get_ema_multi_avg_fn", "get_swa_avg_fn",
+           "get_swa_multi_avg_fn", "update_bn", "update_bn_all_reduce"]
 
 
 def _first(batch: Any) -> torch.Tensor:

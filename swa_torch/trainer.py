@@ -15,9 +15,10 @@ from swa_recipe.logs import summarize
 from swa_recipe.loop import Progress, check_finite, step_seed
 
 from . import checkpoint, dist
+from .averaging import build_average
 from .data import build_loaders
 from .models import build_model
-from .swa_utils import SWALR, AveragedModel
+from .swa_utils import SWALR
 
 
 def set_device(device: str) -> str:
@@ -73,7 +74,7 @@ class Trainer(loop.Trainer):
         self.train_loader, self.test_loader = build_loaders(cfg, self.rank, self.world_size)
         self.batches = self.train_loader.batch_sampler.batches
         self.iters = len(self.batches)
-        self.swa_model = AveragedModel(self.model) if cfg["SWA"]["swa"] else None
+        self.swa_model = build_average(self.model, cfg["SWA"]) if cfg["SWA"]["swa"] else None
         opt = cfg["Optimizer"]
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=opt["lr_init"],
                                          momentum=opt["momentum"], weight_decay=opt["wd"])

@@ -271,3 +271,51 @@ def test_momentum_running_update_does_not_match(bn_pair):
     mean, var = max_bn_diff(th_model, pd_model)
     print(f"momentum update vs update_bn: mean {mean:.3e}, var {var:.3e}")
     assert max(mean, var) > 1e-3
+
+
+def test_ema_multi_avg_fn_with_buffers_matches_torch():
+    """The EMA of ``SWA.avg ema``: all weights and BN statistics, in place, as torch's."""
+    th_model, pd_model = torch_vgg(), paddle_vgg()
+    copy_to_paddle(th_model, pd_model)
+    th_avg = torch_swa.AveragedModel(th_model, multi_avg_fn=torch_swa.get_ema_multi_avg_fn(0.8),
+                                     use_buffers=True)
+    pd_avg = pd_swa.AveragedModel(pd_model, multi_avg_fn=pd_swa.get_ema_multi_avg_fn(0.8),
+                                  use_buffers=True)
+    for state in snapshots(th_model, 4):
+        th_model.load_state_dict(state)
+        copy_to_paddle(th_model, pd_model)
+        th_avg.update_parameters(th_model)
+        pd_avg.update_parameters(pd_model)
+    th_state = th_ckpt.to_numpy(th_avg.module.state_dict())
+    pd_state = paddle_as_torch(pd_avg.module)
+    keys = [k for k in th_state if not k.endswith("num_batches_tracked")]
+    assert "features.1.running_var" in keys and set(keys) <= set(pd_state)
+    diff = max(float(np.abs(th_state[k] - pd_state[k]).max()) for k in keys)
+    print(f"EMA multi_avg_fn (weights and BN statistics) max abs diff: {diff:.3e}")
+    assert diff <= 1e-6
+    assert int(pd_avg.n_averaged) == 4
+    # not the equal-weight average
+    th_eq, _, _ = average_both(count=4)
+    eq_state = th_ckpt.to_numpy(th_eq.module.state_dict())
+    assert np.abs(eq_state["features.0.weight"] - pd_state["features.0.weight"]).max() > 1e-3
+
+
+def test_swa_multi_avg_fn_is_the_default_average():
+    th_avg, _, _ = average_both()
+    pd_multi_model = paddle_vgg()
+    copy_to_paddle(torch_vgg(), pd_multi_model)
+    pd_multi = pd_swa.AveragedModel(pd_multi_model, multi_avg_fn=pd_swa.get_swa_multi_avg_fn())
+    th_model = torch_vgg()
+    for state in snapshots(th_model, 5):
+        th_model.load_state_dict(state)
+        copy_to_paddle(th_model, pd_multi_model)
+        pd_multi.update_parameters(pd_multi_model)
+    assert max_param_diff(th_avg.module, pd_multi.module) <= 1e-7
+
+
+@pytest.mark.parametrize("decay", [-0.1, 1.5])
+def test_ema_decay_outside_unit_interval_is_refused(decay):
+    with pytest.raises(ValueError, match="decay"):
+        pd_swa.get_ema_multi_avg_fn(decay)
+    with pytest.raises(ValueError, match="decay"):
+        torch_swa.get_ema_multi_avg_fn(decay)
