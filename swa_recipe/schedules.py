@@ -29,6 +29,12 @@ def original_lr(epoch: int, lr_init: float, epochs: int, swa: bool, swa_start: i
     return lr_init * factor
 
 
+def keras_constant_lr(epoch: int, lr_init: float, swa_start: int, swa_lr: float) -> float:
+    """keras-swa's ``constant`` schedule: the original one with the 0-based start epoch
+    (``swa_start - 1``, so ``swa_start >= 2``) as the budget; ``swa_lr`` from there on."""
+    return original_lr(epoch, lr_init, swa_start - 1, True, swa_start - 1, swa_lr)
+
+
 def anneal(t: float, strategy: str) -> float:
     """SWALR's anneal factor in [0, 1] at progress ``t``."""
     t = max(0.0, min(1.0, t))
