@@ -5,8 +5,7 @@
 
 import sys
 
-from swa_recipe.cli import eval_main, eval_parser, run
+from swa_recipe.console import evaluate
 
 if __name__ == "__main__":
-    args = eval_parser().parse_args()
-    sys.exit(run(lambda: eval_main(args), args.debug))
+    sys.exit(evaluate())

@@ -5,8 +5,7 @@
 
 import sys
 
-from swa_recipe.cli import run, train_main, train_parser
+from swa_recipe.console import train
 
 if __name__ == "__main__":
-    args = train_parser().parse_args()
-    sys.exit(run(lambda: train_main(args), args.debug))
+    sys.exit(train())

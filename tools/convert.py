@@ -9,8 +9,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from swa_recipe.cli import convert_main, convert_parser, run  # noqa: E402
+from swa_recipe.console import convert  # noqa: E402
 
 if __name__ == "__main__":
-    args = convert_parser().parse_args()
-    sys.exit(run(lambda: convert_main(args), args.debug))
+    sys.exit(convert())
