@@ -74,12 +74,22 @@ def test_unknown_step_refused(align):
         align.parse_args(["--steps", "forward,nope"])
 
 
+def test_ema_step_passes(align, lite_archive, tmp_path, capsys):
+    """``SWA.avg ema``: the twins' EMA of the same snapshots, and of the same training steps."""
+    code = align.main(["--steps", "ema", "--data_path", str(lite_archive), "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "trainers with SWA.avg ema" in out and "all steps passed" in out
+    info = ReprodDiffHelper().load_info(str(tmp_path / "ema_paddle.npy"))
+    assert int(info["trainer/n_averaged"][0]) == 5  # the 5 steps of epoch 2 (640 images, batch 128)
+
+
 VALUE = re.compile(r"^\[[^]]*\] root INFO: (?:\t*)(\S.*?): $|mean diff: check passed: \w+, "
                    r"value: (\S+)$")
 
 
-@pytest.mark.parametrize("step", ["forward", "loss", "data", "lr", "backward", "swa", "metric",
-                                  "train"])
+@pytest.mark.parametrize("step", ["forward", "loss", "data", "lr", "backward", "swa", "ema",
+                                  "metric", "train"])
 def test_committed_results_are_consistent(step):
     """The committed logs are the committed arrays' diffs, as the official tooling computes."""
     pd_path, th_path = DIFF / f"{step}_paddle.npy", DIFF / f"{step}_torch.npy"
