@@ -166,3 +166,18 @@ def test_no_epoch_reached_swa_start_keeps_the_network(loader):
 def test_bad_arguments_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SWA(**{"swa_start": 2, **kwargs})
+
+
+def test_example_script_runs(lite_archive, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    out = tmp_path / "swa.pdparams"
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "swa_hapi_cifar10.py"),
+                           "--data_path", str(lite_archive), "--epochs", "2", "--swa_start", "1",
+                           "--out", str(out)], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "average of 2 epochs" in proc.stdout and out.is_file()
