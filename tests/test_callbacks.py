@@ -181,3 +181,20 @@ def test_example_script_runs(lite_archive, tmp_path):
                           timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "average of 2 epochs" in proc.stdout and out.is_file()
+
+
+def test_readme_example_runs(tmp_path):
+    """The README's callback example runs as printed."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    code = next(b for b in blocks if "from swa_paddle.callbacks import SWA" in b)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("5 epochs averaged") and (tmp_path / "swa.pdparams").is_file()
