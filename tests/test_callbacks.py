@@ -4,12 +4,17 @@
 from __future__ import annotations
 
 import copy
+import os
+import re
+import subprocess
+import sys
 
 import numpy as np
 import paddle
 import paddle.nn.functional as F
 import pytest
 
+from conftest import ROOT
 from swa_paddle import models
 from swa_paddle.callbacks import SWA
 from swa_paddle.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
@@ -169,11 +174,6 @@ def test_bad_arguments_are_refused(kwargs, match):
 
 
 def test_example_script_runs(lite_archive, tmp_path):
-    import subprocess
-    import sys
-
-    from conftest import ROOT
-
     out = tmp_path / "swa.pdparams"
     proc = subprocess.run([sys.executable, str(ROOT / "examples" / "swa_hapi_cifar10.py"),
                            "--data_path", str(lite_archive), "--epochs", "2", "--swa_start", "1",
@@ -185,13 +185,6 @@ def test_example_script_runs(lite_archive, tmp_path):
 
 def test_readme_example_runs(tmp_path):
     """The README's callback example runs as printed."""
-    import os
-    import re
-    import subprocess
-    import sys
-
-    from conftest import ROOT
-
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
     code = next(b for b in blocks if "from swa_paddle.callbacks import SWA" in b)
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
