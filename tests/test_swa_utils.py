@@ -65,12 +65,14 @@ def snapshots(base: torch.nn.Module, count: int = 5, scale: float = 0.1):
         yield state
 
 
-def average_both(avg_fn_pair=(None, None), count: int = 5):
-    """Feed the same ``count`` snapshots to torch's and Paddle's ``AveragedModel``."""
+def average_both(avg_fn_pair=(None, None), count: int = 5, th_kwargs: dict | None = None,
+                 pd_kwargs: dict | None = None):
+    """Feed the same ``count`` snapshots to torch's and Paddle's ``AveragedModel`` (built with
+    ``avg_fn`` and the other keyword arguments given)."""
     th_model, pd_model = torch_vgg(), paddle_vgg()
     copy_to_paddle(th_model, pd_model)
-    th_avg = torch_swa.AveragedModel(th_model, avg_fn=avg_fn_pair[0])
-    pd_avg = pd_swa.AveragedModel(pd_model, avg_fn=avg_fn_pair[1])
+    th_avg = torch_swa.AveragedModel(th_model, avg_fn=avg_fn_pair[0], **(th_kwargs or {}))
+    pd_avg = pd_swa.AveragedModel(pd_model, avg_fn=avg_fn_pair[1], **(pd_kwargs or {}))
     initial_mean = {n: m._mean.numpy().copy() for n, m in pd_avg.named_sublayers()
                     if isinstance(m, paddle.nn.BatchNorm2D)}
     for state in snapshots(th_model, count):
@@ -275,17 +277,10 @@ def test_momentum_running_update_does_not_match(bn_pair):
 
 def test_ema_multi_avg_fn_with_buffers_matches_torch():
     """The EMA of ``SWA.avg ema``: all weights and BN statistics, in place, as torch's."""
-    th_model, pd_model = torch_vgg(), paddle_vgg()
-    copy_to_paddle(th_model, pd_model)
-    th_avg = torch_swa.AveragedModel(th_model, multi_avg_fn=torch_swa.get_ema_multi_avg_fn(0.8),
-                                     use_buffers=True)
-    pd_avg = pd_swa.AveragedModel(pd_model, multi_avg_fn=pd_swa.get_ema_multi_avg_fn(0.8),
-                                  use_buffers=True)
-    for state in snapshots(th_model, 4):
-        th_model.load_state_dict(state)
-        copy_to_paddle(th_model, pd_model)
-        th_avg.update_parameters(th_model)
-        pd_avg.update_parameters(pd_model)
+    th_avg, pd_avg, _ = average_both(
+        count=4, th_kwargs={"multi_avg_fn": torch_swa.get_ema_multi_avg_fn(0.8),
+                            "use_buffers": True},
+        pd_kwargs={"multi_avg_fn": pd_swa.get_ema_multi_avg_fn(0.8), "use_buffers": True})
     th_state = th_ckpt.to_numpy(th_avg.module.state_dict())
     pd_state = paddle_as_torch(pd_avg.module)
     keys = [k for k in th_state if not k.endswith("num_batches_tracked")]
@@ -301,15 +296,7 @@ def test_ema_multi_avg_fn_with_buffers_matches_torch():
 
 
 def test_swa_multi_avg_fn_is_the_default_average():
-    th_avg, _, _ = average_both()
-    pd_multi_model = paddle_vgg()
-    copy_to_paddle(torch_vgg(), pd_multi_model)
-    pd_multi = pd_swa.AveragedModel(pd_multi_model, multi_avg_fn=pd_swa.get_swa_multi_avg_fn())
-    th_model = torch_vgg()
-    for state in snapshots(th_model, 5):
-        th_model.load_state_dict(state)
-        copy_to_paddle(th_model, pd_multi_model)
-        pd_multi.update_parameters(pd_multi_model)
+    th_avg, pd_multi, _ = average_both(pd_kwargs={"multi_avg_fn": pd_swa.get_swa_multi_avg_fn()})
     assert max_param_diff(th_avg.module, pd_multi.module) <= 1e-7
 
 
