@@ -1,0 +1,18 @@
+"""Classify images with an exported model: Paddle Inference (oneDNN on CPU, or the GPU), or a
+torch ``.pt2``.
+
+``python deploy/inference_python/infer.py --model_dir DIR (--img_path IMG | --index N ...)
+[--batch_size B] [--benchmark]``
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+
+from swa_recipe.cli import run  # noqa: E402
+from swa_recipe.inference import infer_main, infer_parser  # noqa: E402
+
+if __name__ == "__main__":
+    args = infer_parser().parse_args()
+    sys.exit(run(lambda: infer_main(args), args.debug))

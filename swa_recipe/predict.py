@@ -1,0 +1,154 @@
+"""Framework-free parts of prediction: reading images, class names, top-k, exported files.
+
+``predict.py`` (the dynamic model), ``tools/export_model.py`` and
+``deploy/inference_python/infer.py`` (the exported program) share them, so the three print the
+same thing for the same image.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .checkpoint import CheckpointError
+from .cifar import DataError, load_cifar10, normalize
+from .config import ConfigError, default_config, load_yaml, validate
+
+CLASS_NAMES = {
+    "CIFAR10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                "truck"),
+}
+IMAGE_SIZE = 32
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+# What tools/export_model.py writes into --save_dir; the framework is known by its files.
+PREFIX = "inference"
+EXPORTED = {"paddle": (f"{PREFIX}.pdiparams",), "torch": (f"{PREFIX}.pt2",)}
+CONFIG_FILE = "config.yaml"
+
+
+@dataclass
+class Inputs:
+    """A batch to classify: uint8 N x 3 x 32 x 32 images, their names, true labels if known."""
+
+    names: list[str]
+    images: np.ndarray
+    labels: list[int] | None = None
+
+
+def class_names(cfg: dict) -> list[str]:
+    """Names of the config's classes; ``class i`` for a dataset without a name table."""
+    n = cfg["Arch"]["num_classes"]
+    names = CLASS_NAMES.get(cfg["Data"]["dataset"])
+    if names is None or len(names) != n:
+        return [f"class {i}" for i in range(n)]
+    return list(names)
+
+
+def export_config(cfg: dict) -> dict:
+    """The config a model is built with for export: framework convolutions.
+
+    ``swa_paddle.onednn.Conv2D`` runs each convolution as a small static program of its own;
+    an exported program must hold ordinary operators that any Paddle Inference build runs.
+    """
+    out = copy.deepcopy(cfg)
+    out["Global"]["onednn"] = False
+    return out
+
+
+def read_image(path: str) -> np.ndarray:
+    """An image file as uint8 3 x 32 x 32 RGB; another size is resized (bilinear, no crop)."""
+    from PIL import Image
+
+    if not os.path.isfile(path):
+        raise DataError(f"image {path} not found; pass an existing PNG or JPEG file to "
+                        f"--img_path")
+    try:
+        with Image.open(path) as img:
+            rgb = img.convert("RGB")
+            if rgb.size != (IMAGE_SIZE, IMAGE_SIZE):
+                rgb = rgb.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
+            array = np.asarray(rgb, dtype=np.uint8)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"{path} cannot be read as an image ({exc.__class__.__name__}); it is "
+                        f"truncated or not a PNG/JPEG file") from None
+    return array.transpose(2, 0, 1)
+
+
+def image_files(path: str) -> list[str]:
+    """``path`` itself, or the images of a folder in name order."""
+    if not os.path.isdir(path):
+        return [path]
+    files = sorted(os.path.join(path, f) for f in os.listdir(path)
+                   if f.lower().endswith(IMAGE_SUFFIXES))
+    if not files:
+        raise DataError(f"{path} holds no image ({', '.join(IMAGE_SUFFIXES)}); pass an image "
+                        f"file or a folder of images to --img_path")
+    return files
+
+
+def read_images(path: str) -> Inputs:
+    files = image_files(path)
+    return Inputs(files, np.stack([read_image(f) for f in files]))
+
+
+def test_images(cfg: dict, indices: list[int]) -> Inputs:
+    """CIFAR test images by index, from the config's archive, with their true labels."""
+    _, test = load_cifar10(cfg["Data"]["data_path"], cfg["Data"]["md5"])
+    bad = [i for i in indices if not 0 <= i < len(test.labels)]
+    if bad:
+        raise DataError(f"--index {bad[0]} is outside the test set (0..{len(test.labels) - 1})")
+    return Inputs([f"test image {i}" for i in indices], test.images[indices],
+                  test.labels[indices].tolist())
+
+
+def preprocess(images: np.ndarray) -> np.ndarray:
+    """The test preprocessing of training (``swa_recipe.cifar.normalize``), float32 NCHW."""
+    return np.ascontiguousarray(normalize(images))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def top_k(logits: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
+    """Per row, the ``k`` most probable (class, probability), most probable first."""
+    probs = softmax(logits)
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return [[(int(c), float(p[c])) for c in row] for row, p in zip(order, probs, strict=True)]
+
+
+def format_top_k(inputs: Inputs, logits: np.ndarray, names: list[str], k: int) -> list[str]:
+    """One line per image: ``NAME: cat (3) 0.8123, dog (5) 0.1000 [true: cat]``."""
+    lines = []
+    for i, row in enumerate(top_k(logits, k)):
+        classes = ", ".join(f"{names[c]} ({c}) {p:.4f}" for c, p in row)
+        true = f" [true: {names[inputs.labels[i]]}]" if inputs.labels is not None else ""
+        lines.append(f"{inputs.names[i]}: {classes}{true}")
+    return lines
+
+
+def exported_framework(model_dir: str) -> str:
+    """Which twin exported ``model_dir`` (by its files); refuse a folder without a model."""
+    for framework, files in EXPORTED.items():
+        if all(os.path.isfile(os.path.join(model_dir, f)) for f in files):
+            return framework
+    raise CheckpointError(f"{model_dir} holds no exported model ({PREFIX}.pdmodel or .json "
+                          f"with {PREFIX}.pdiparams, or {PREFIX}.pt2); create one with "
+                          f"tools/export_model.py --model_path CKPT --save_dir {model_dir}")
+
+
+def exported_config(model_dir: str) -> dict:
+    """The config saved beside an exported model (defaults when absent: 10 classes)."""
+    path = os.path.join(model_dir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        return default_config()
+    try:
+        return validate(load_yaml(path))
+    except ConfigError as exc:
+        raise CheckpointError(f"{path} is not a config this project wrote ({exc}); export the "
+                              f"model again") from None
