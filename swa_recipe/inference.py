@@ -192,3 +192,34 @@ def print_benchmark(predictor: Predict, export: ModuleType, cfg: dict, framework
                      ("dynamic model", lambda x: export.run_model(model, x))):
         latency, batch = timed(fn, one, runs[0]), timed(fn, full, runs[1])
         print(f"{name:28} {latency * 1e3:15.2f} ms {128 / batch:18.1f} img/s")
+
+
+def check_export(framework: str, cfg: dict, weights: dict | None, images: np.ndarray,
+                 save_dir: str) -> dict:
+    """Export ``weights`` (random ones with BatchNorm statistics of ``images`` when None) and
+    compare the exported program's logits with the dynamic model's on ``images``."""
+    tune_cpu_env()
+    twin = import_twin(framework)
+    export = importlib.import_module(f"swa_{framework}.export")
+    x = preprocess(images)
+    if weights is None:
+        weights = random_weights(framework, cfg, x)
+    exportable = twin.models.build_model(export_config(cfg))  # before: it switches oneDNN off
+    twin.checkpoint.load_weights(exportable, weights, "the weights")
+    files = export.export(exportable, save_dir)
+    model = twin.models.build_model(cfg)
+    twin.checkpoint.load_weights(model, weights, "the weights")
+    dynamic = export.run_model(model, x)
+    exported = export.Predictor(save_dir, "cpu")(x)
+    return {"files": files, "n": len(x), "max_abs_diff": float(np.abs(dynamic - exported).max()),
+            "top1_same": int((dynamic.argmax(1) == exported.argmax(1)).sum())}
+
+
+def random_weights(framework: str, cfg: dict, x: np.ndarray) -> dict:
+    """A fresh model's weights, BatchNorm statistics recomputed on ``x`` (``update_bn``) so that
+    BN layers do more than the identity."""
+    twin = import_twin(framework)
+    model = twin.models.build_model(cfg)
+    batch = twin.checkpoint.from_numpy({"x": x})["x"]
+    importlib.import_module(f"swa_{framework}.dist").update_bn([(batch,)], model, 1)
+    return model.state_dict()
