@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
 import paddle
 from paddle import inference, nn
+from paddle.base.proto import framework_pb2
 
 from swa_recipe.checkpoint import CheckpointError
 from swa_recipe.config import ConfigError
@@ -54,6 +56,24 @@ def model_file(model_dir: str) -> str:
     return max(found, key=os.path.getmtime)
 
 
+def check_program(path: str) -> None:
+    """Refuse a program file that is not one: Paddle Inference crashes (SIGSEGV) on some."""
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    try:
+        if path.endswith(".json"):
+            valid = isinstance(json.loads(raw), dict)
+        else:
+            program = framework_pb2.ProgramDesc()
+            program.ParseFromString(raw)
+            valid = len(program.blocks) > 0
+    except Exception:  # protobuf's DecodeError, json's JSONDecodeError, UnicodeDecodeError
+        valid = False
+    if not valid:
+        raise CheckpointError(f"{path} is not a Paddle program (truncated or another file); "
+                              f"export the model again with tools/export_model.py")
+
+
 def inference_device(device: str) -> str:
     """``auto`` is the GPU when Paddle was built with CUDA; ``gpu`` requires such a build."""
     cuda = paddle.is_compiled_with_cuda()
@@ -69,6 +89,7 @@ class Predictor:
     def __init__(self, model_dir: str, device: str = "auto"):
         self.device = inference_device(device)
         program = model_file(model_dir)
+        check_program(program)
         config = inference.Config(program, os.path.join(model_dir, PREFIX + ".pdiparams"))
         config.disable_glog_info()
         if self.device == "gpu":

@@ -73,6 +73,7 @@ def load_model(args: argparse.Namespace, for_export: bool = False):
     saved = state.get("config")
     cfg = resolve(args, base=saved)
     check_identity(saved, cfg, args.model_path)
+    cfg["Global"]["framework"] = framework  # a plain state dict's config has the default
     twin.trainer.set_device(cfg["Global"]["device"])
     label, weights = pick_weights(state, args.which, args.model_path)
     model = twin.models.build_model(export_config(cfg) if for_export else cfg)
