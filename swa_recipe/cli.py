@@ -105,15 +105,24 @@ def train_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def eval_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Evaluate a checkpoint on the CIFAR-10 test set")
+def checkpoint_parser(description: str) -> argparse.ArgumentParser:
+    """``--model_path`` and ``--which`` (eval.py, predict.py, tools/export_model.py)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--model_path", required=True, help="checkpoint-N.pdparams/.pt or a "
                         "plain state dict")
     parser.add_argument("--which", choices=("auto", "swa", "sgd"), default="auto",
                         help="weights of a training checkpoint (auto: SWA when present)")
+    return parser
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add_config_args(parser)
     parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
     return parser
+
+
+def eval_parser() -> argparse.ArgumentParser:
+    return add_common_args(checkpoint_parser("Evaluate a checkpoint on the CIFAR-10 test set"))
 
 
 def _framework(args: argparse.Namespace) -> str:
@@ -141,7 +150,9 @@ def pick_weights(state: dict, which: str, path: str) -> tuple[str, dict]:
     return "SWA weights", swa
 
 
-def eval_main(args: argparse.Namespace) -> int:
+def load_checkpoint(args: argparse.Namespace) -> tuple[SimpleNamespace, dict, str, dict]:
+    """(twin, config, label, weights) of ``--model_path``: a training checkpoint (its config,
+    ``-o`` on top, must match) or a plain state dict (the model from the flags)."""
     if not os.path.isfile(args.model_path):
         raise CheckpointError(f"{args.model_path} not found; pass an existing checkpoint to "
                               f"--model_path")
@@ -155,7 +166,13 @@ def eval_main(args: argparse.Namespace) -> int:
     saved = state.get("config")
     cfg = resolve(args, base=saved)
     check_identity(saved, cfg, args.model_path)
+    cfg["Global"]["framework"] = framework  # a plain state dict's config has the default
     label, weights = pick_weights(state, args.which, args.model_path)
+    return twin, cfg, label, weights
+
+
+def eval_main(args: argparse.Namespace) -> int:
+    twin, cfg, label, weights = load_checkpoint(args)
     model = twin.models.build_model(cfg)
     twin.checkpoint.load_weights(model, weights, args.model_path)
     _, test_loader = twin.data.build_loaders(cfg, training=False)

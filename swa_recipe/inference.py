@@ -15,9 +15,14 @@ from types import ModuleType
 
 import numpy as np
 
-from .checkpoint import CheckpointError, check_identity
-from .cli import _framework, ensure_writable, import_twin, pick_weights
-from .config import add_config_args, resolve, save_config
+from .cli import (
+    add_common_args,
+    checkpoint_parser,
+    ensure_writable,
+    import_twin,
+    load_checkpoint,
+)
+from .config import save_config
 from .predict import (
     CONFIG_FILE,
     Inputs,
@@ -59,41 +64,12 @@ def print_predictions(inputs: Inputs, logits: np.ndarray, cfg: dict, k: int) -> 
 
 
 def load_model(args: argparse.Namespace, for_export: bool = False):
-    """(twin, config, label, model) of a training checkpoint or plain state dict, checked
-    as ``eval.py`` checks it; built with framework convolutions when ``for_export``."""
-    if not os.path.isfile(args.model_path):
-        raise CheckpointError(f"{args.model_path} not found; pass an existing checkpoint to "
-                              f"--model_path")
-    framework = _framework(args)
-    tune_cpu_env()
-    twin = import_twin(framework)
-    state = twin.checkpoint.load(args.model_path)
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{args.model_path} holds no state dict; it is not a checkpoint")
-    saved = state.get("config")
-    cfg = resolve(args, base=saved)
-    check_identity(saved, cfg, args.model_path)
-    cfg["Global"]["framework"] = framework  # a plain state dict's config has the default
-    twin.trainer.set_device(cfg["Global"]["device"])
-    label, weights = pick_weights(state, args.which, args.model_path)
+    """(twin, config, label, model) of ``--model_path``, checked as ``eval.py`` checks it;
+    built with framework convolutions when ``for_export``."""
+    twin, cfg, label, weights = load_checkpoint(args)
     model = twin.models.build_model(export_config(cfg) if for_export else cfg)
     twin.checkpoint.load_weights(model, weights, args.model_path)
     return twin, cfg, label, model
-
-
-def checkpoint_parser(description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--model_path", required=True, help="checkpoint-N.pdparams/.pt or a "
-                        "plain state dict")
-    parser.add_argument("--which", choices=("auto", "swa", "sgd"), default="auto",
-                        help="weights of a training checkpoint (auto: SWA when present)")
-    return parser
-
-
-def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    add_config_args(parser)
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
-    return parser
 
 
 def predict_parser() -> argparse.ArgumentParser:
