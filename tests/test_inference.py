@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, make_batches, tiny_config, write_archive
+from swa_recipe.checkpoint import CheckpointError
 from swa_recipe.cifar import load_cifar10
 from swa_recipe.cli import run
 from swa_recipe.inference import (
@@ -88,6 +89,12 @@ def test_exported_logits_equal_dynamic(framework, model, archive100, tmp_path):
     if framework == "paddle":
         program = (tmp_path / "inference.pdmodel").read_bytes()  # legacy IR in this process
         assert b"conv2d" in program and b"run_program" not in program
+        from swa_paddle.export import Predictor
+
+        params = tmp_path / "inference.pdiparams"
+        params.write_bytes(params.read_bytes()[:1000])
+        with pytest.raises(CheckpointError, match="cannot be loaded by Paddle Inference"):
+            Predictor(str(tmp_path), "cpu")
     else:
         assert res["files"] == ["inference.pt2"]
 
