@@ -5,9 +5,7 @@
 
 import sys
 
-from swa_recipe.cli import run
-from swa_recipe.inference import predict_main, predict_parser
+from swa_recipe.console import predict
 
 if __name__ == "__main__":
-    args = predict_parser().parse_args()
-    sys.exit(run(lambda: predict_main(args), args.debug))
+    sys.exit(predict())

@@ -1,5 +1,7 @@
 """Console entry points of the installed package (``swa-train``, ``swa-eval``,
-``swa-convert``); ``train.py``, ``eval.py`` and ``tools/convert.py`` call the same functions."""
+``swa-convert``, ``swa-predict``, ``swa-export``, ``swa-infer``); ``train.py``, ``eval.py``,
+``tools/convert.py``, ``predict.py``, ``tools/export_model.py`` and
+``deploy/inference_python/infer.py`` call the same functions."""
 
 from __future__ import annotations
 
@@ -11,6 +13,14 @@ from .cli import (
     run,
     train_main,
     train_parser,
+)
+from .inference import (
+    export_main,
+    export_parser,
+    infer_main,
+    infer_parser,
+    predict_main,
+    predict_parser,
 )
 
 
@@ -27,3 +37,18 @@ def evaluate(argv: list[str] | None = None) -> int:
 def convert(argv: list[str] | None = None) -> int:
     args = convert_parser().parse_args(argv)
     return run(lambda: convert_main(args), args.debug)
+
+
+def predict(argv: list[str] | None = None) -> int:
+    args = predict_parser().parse_args(argv)
+    return run(lambda: predict_main(args), args.debug)
+
+
+def export(argv: list[str] | None = None) -> int:
+    args = export_parser().parse_args(argv)
+    return run(lambda: export_main(args), args.debug)
+
+
+def infer(argv: list[str] | None = None) -> int:
+    args = infer_parser().parse_args(argv)
+    return run(lambda: infer_main(args), args.debug)

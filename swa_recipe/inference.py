@@ -35,9 +35,15 @@ from .predict import (
     read_images,
     test_images,
 )
-from .runtime import tune_cpu_env
+from .runtime import import_banner_hidden, tune_cpu_env
 
 Predict = Callable[[np.ndarray], np.ndarray]
+
+
+def import_module(framework: str, name: str) -> ModuleType:
+    """``swa_{framework}.{name}``, imported as ``cli.import_twin`` imports (banner hidden)."""
+    with import_banner_hidden():
+        return importlib.import_module(f"swa_{framework}.{name}")
 
 
 def add_input_args(parser: argparse.ArgumentParser) -> None:
@@ -81,7 +87,7 @@ def predict_parser() -> argparse.ArgumentParser:
 def predict_main(args: argparse.Namespace) -> int:
     twin, cfg, label, model = load_model(args)
     inputs = read_inputs(args, cfg)
-    export = importlib.import_module(f"swa_{cfg['Global']['framework']}.export")
+    export = import_module(cfg["Global"]["framework"], "export")
     logits = batched(lambda x: export.run_model(model, x), preprocess(inputs.images),
                      cfg["Data"]["batch_size"])
     print(f"{label} of {args.model_path} ({cfg['Arch']['model']}, {cfg['Global']['framework']})")
@@ -100,7 +106,7 @@ def export_parser() -> argparse.ArgumentParser:
 def export_main(args: argparse.Namespace) -> int:
     twin, cfg, label, model = load_model(args, for_export=True)
     ensure_writable(args.save_dir)
-    export = importlib.import_module(f"swa_{cfg['Global']['framework']}.export")
+    export = import_module(cfg["Global"]["framework"], "export")
     files = export.export(model, args.save_dir)
     save_config(cfg, os.path.join(args.save_dir, CONFIG_FILE))
     print(f"exported the {label} of {args.model_path} ({cfg['Arch']['model']}) to "
@@ -130,7 +136,7 @@ def infer_main(args: argparse.Namespace) -> int:
     if args.data_path:
         cfg["Data"]["data_path"] = args.data_path
     tune_cpu_env()
-    export = importlib.import_module(f"swa_{framework}.export")
+    export = import_module(framework, "export")
     predictor = export.Predictor(args.model_dir, args.device)
     inputs = read_inputs(args, cfg)
     logits = batched(predictor, preprocess(inputs.images), args.batch_size)
@@ -177,7 +183,7 @@ def check_export(framework: str, cfg: dict, weights: dict | None, images: np.nda
     compare the exported program's logits with the dynamic model's on ``images``."""
     tune_cpu_env()
     twin = import_twin(framework)
-    export = importlib.import_module(f"swa_{framework}.export")
+    export = import_module(framework, "export")
     x = preprocess(images)
     if weights is None:
         weights = random_weights(framework, cfg, x)
@@ -198,5 +204,5 @@ def random_weights(framework: str, cfg: dict, x: np.ndarray) -> dict:
     twin = import_twin(framework)
     model = twin.models.build_model(cfg)
     batch = twin.checkpoint.from_numpy({"x": x})["x"]
-    importlib.import_module(f"swa_{framework}.dist").update_bn([(batch,)], model, 1)
+    import_module(framework, "dist").update_bn([(batch,)], model, 1)
     return model.state_dict()

@@ -8,9 +8,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from swa_recipe.cli import run  # noqa: E402
-from swa_recipe.inference import export_main, export_parser  # noqa: E402
+from swa_recipe.console import export  # noqa: E402
 
 if __name__ == "__main__":
-    args = export_parser().parse_args()
-    sys.exit(run(lambda: export_main(args), args.debug))
+    sys.exit(export())

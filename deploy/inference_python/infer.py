@@ -10,9 +10,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
-from swa_recipe.cli import run  # noqa: E402
-from swa_recipe.inference import infer_main, infer_parser  # noqa: E402
+from swa_recipe.console import infer  # noqa: E402
 
 if __name__ == "__main__":
-    args = infer_parser().parse_args()
-    sys.exit(run(lambda: infer_main(args), args.debug))
+    sys.exit(infer())
