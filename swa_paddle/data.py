@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import paddle
 
+from swa_recipe.arch import normalization
 from swa_recipe.cifar import CIFARDataset, EpochBatches, Split, load_splits
 
 
@@ -32,7 +33,8 @@ def make_loader(split: Split, train: bool, cfg: dict, rank: int = 0,
     seed, data = cfg["Global"]["seed"], cfg["Data"]
     batches = EpochBatches(len(split.labels), data["batch_size"], seed, shuffle=train,
                            rank=rank, world_size=world_size)
-    return paddle.io.DataLoader(CIFAR10(split, train, seed), batch_sampler=BatchSampler(batches),
+    return paddle.io.DataLoader(CIFAR10(split, train, seed, *normalization(cfg)),
+                                batch_sampler=BatchSampler(batches),
                                 num_workers=data["num_workers"], return_list=True)
 
 

@@ -1,6 +1,11 @@
-"""VGG layouts of the original repo (timgaripov/swa, ``models/vgg.py``), shared by both twins."""
+"""The original repo's model zoo (timgaripov/swa, ``models/``), framework-free: names, layouts,
+depth rules, constructor arguments and input normalisation, shared by both twins."""
 
 from __future__ import annotations
+
+import numpy as np
+
+from .cifar import MEAN, STD
 
 LAYOUTS = {
     16: [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
@@ -8,8 +13,30 @@ LAYOUTS = {
          512, 512, 512, 512, "M"],
 }
 # name -> (depth, batch_norm)
-MODELS = {"VGG16": (16, False), "VGG16BN": (16, True), "VGG19": (19, False),
-          "VGG19BN": (19, True)}
+VGG_MODELS = {"VGG16": (16, False), "VGG16BN": (16, True), "VGG19": (19, False),
+              "VGG19BN": (19, True)}
+# name -> depth (``models/preresnet.py``: Bottleneck blocks from depth 44 on, so both)
+PRERESNET_MODELS = {"PreResNet110": 110, "PreResNet164": 164}
+# name -> (depth, widen factor) (``models/wide_resnet.py``)
+WIDE_RESNET_MODELS = {"WideResNet28x10": (28, 10)}
+MODELS = (*VGG_MODELS, *PRERESNET_MODELS, *WIDE_RESNET_MODELS)
+
+# The original's ``transforms.Normalize``: ImageNet statistics for VGG (``cifar.MEAN``/``STD``),
+# CIFAR's for PreResNet and WideResNet.
+CIFAR_MEAN = np.array([0.4914, 0.4822, 0.4465], dtype=np.float32).reshape(3, 1, 1)
+CIFAR_STD = np.array([0.2023, 0.1994, 0.2010], dtype=np.float32).reshape(3, 1, 1)
+NORMALIZATION = {"vgg": (MEAN, STD), "preresnet": (CIFAR_MEAN, CIFAR_STD),
+                 "wide_resnet": (CIFAR_MEAN, CIFAR_STD)}
+# Dropout when ``Arch.dropout`` is null: VGG's classifier 0.5, WideResNet's ``dropout_rate`` 0.
+DEFAULT_DROPOUT = {"vgg": 0.5, "wide_resnet": 0.0}
+
+
+def family(model: str) -> str:
+    if model in VGG_MODELS:
+        return "vgg"
+    if model in PRERESNET_MODELS:
+        return "preresnet"
+    return "wide_resnet"
 
 
 def scaled(channels: int, width: float) -> int:
@@ -21,9 +48,58 @@ def layout(depth: int, width: float) -> list:
     return [v if v == "M" else scaled(v, width) for v in LAYOUTS[depth]]
 
 
-def model_kwargs(cfg: dict) -> dict:
-    """Constructor arguments of ``VGG`` for a config, the same in both twins."""
+def preresnet_blocks(depth: int) -> tuple[str, int]:
+    """(block, blocks per stage) by the original's rule: Bottleneck (9n+2) from depth 44 on,
+    BasicBlock (6n+2) below."""
+    if depth >= 44:
+        if (depth - 2) % 9:
+            raise ValueError(f"a PreResNet of depth {depth} >= 44 has Bottleneck blocks and "
+                             f"needs depth 9n+2 (e.g. 47, 110, 164)")
+        return "bottleneck", (depth - 2) // 9
+    if depth < 8 or (depth - 2) % 6:
+        raise ValueError(f"a PreResNet of depth {depth} < 44 has BasicBlocks and needs depth "
+                         f"6n+2 (e.g. 8, 20, 32)")
+    return "basic", (depth - 2) // 6
+
+
+def wide_resnet_blocks(depth: int) -> int:
+    """Blocks per stage of a WideResNet (depth 6n+4)."""
+    if depth < 10 or (depth - 4) % 6:
+        raise ValueError(f"a WideResNet needs depth 6n+4 (e.g. 10, 16, 28), got {depth}")
+    return (depth - 4) // 6
+
+
+def check_arch(arch: dict) -> None:
+    """Raise ValueError for a depth or dropout the model cannot take."""
+    kind, depth = family(arch["model"]), arch["depth"]
+    if depth is not None:
+        if kind == "vgg":
+            raise ValueError(f"{arch['model']} has a fixed depth; Arch.depth applies to "
+                             f"PreResNet and WideResNet (leave it null)")
+        if kind == "preresnet":
+            preresnet_blocks(depth)
+        else:
+            wide_resnet_blocks(depth)
+    if kind == "preresnet" and arch["dropout"]:
+        raise ValueError(f"{arch['model']} has no dropout; leave Arch.dropout null or 0")
+
+
+def model_kwargs(cfg: dict) -> tuple[str, dict]:
+    """(family, constructor arguments) of a config's model, the same in both twins."""
     arch = cfg["Arch"]
-    depth, batch_norm = MODELS[arch["model"]]
-    return {"num_classes": arch["num_classes"], "depth": depth, "batch_norm": batch_norm,
-            "width": arch["width"], "dropout": arch["dropout"]}
+    name, kind = arch["model"], family(arch["model"])
+    common = {"num_classes": arch["num_classes"], "width": arch["width"]}
+    dropout = arch["dropout"] if arch["dropout"] is not None else DEFAULT_DROPOUT.get(kind)
+    if kind == "vgg":
+        depth, batch_norm = VGG_MODELS[name]
+        return kind, {**common, "depth": depth, "batch_norm": batch_norm, "dropout": dropout}
+    if kind == "preresnet":
+        return kind, {**common, "depth": arch["depth"] or PRERESNET_MODELS[name]}
+    depth, widen = WIDE_RESNET_MODELS[name]
+    return kind, {**common, "depth": arch["depth"] or depth, "widen_factor": widen,
+                  "dropout": dropout}
+
+
+def normalization(cfg: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std), float32 C x 1 x 1, of the config's model's input normalisation."""
+    return NORMALIZATION[family(cfg["Arch"]["model"])]

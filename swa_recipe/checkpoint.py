@@ -9,8 +9,8 @@ import re
 from collections.abc import Callable
 
 # What a checkpoint must agree on with the run that loads it.
-IDENTITY_KEYS = (("Arch", "model"), ("Arch", "width"), ("Arch", "num_classes"),
-                 ("Data", "dataset"))
+IDENTITY_KEYS = (("Arch", "model"), ("Arch", "width"), ("Arch", "depth"),
+                 ("Arch", "num_classes"), ("Data", "dataset"))
 EXTENSIONS = {"paddle": ".pdparams", "torch": ".pt"}
 
 

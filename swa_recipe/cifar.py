@@ -24,7 +24,7 @@ ARCHIVE_NAME = "cifar-10-python.tar.gz"
 FOLDER_NAME = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILES = ("test_batch",)
-# The original repo's VGG normalisation (ImageNet statistics).
+# The original repo's VGG normalisation (ImageNet statistics; ``arch.normalization`` per model).
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32).reshape(3, 1, 1)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32).reshape(3, 1, 1)
 PAD = 4
@@ -208,8 +208,8 @@ def augment_params(n: int, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarra
     return offsets, flips
 
 
-def normalize(image: np.ndarray) -> np.ndarray:
-    return (image.astype(np.float32) / np.float32(255.0) - MEAN) / STD
+def normalize(image: np.ndarray, mean: np.ndarray = MEAN, std: np.ndarray = STD) -> np.ndarray:
+    return (image.astype(np.float32) / np.float32(255.0) - mean) / std
 
 
 def augment(image: np.ndarray, offset: np.ndarray, flip: bool) -> np.ndarray:
@@ -227,8 +227,10 @@ class CIFARDataset:
     exactly as the main process would.
     """
 
-    def __init__(self, split: Split, train: bool, seed: int):
+    def __init__(self, split: Split, train: bool, seed: int, mean: np.ndarray = MEAN,
+                 std: np.ndarray = STD):
         self.split, self.train, self.seed = split, train, seed
+        self.mean, self.std = mean, std
         self._params_epoch: int | None = None
         self._params: tuple[np.ndarray, np.ndarray] | None = None
 
@@ -247,7 +249,7 @@ class CIFARDataset:
         if self.train:
             offsets, flips = self._epoch_params(epoch)
             image = augment(image, offsets[index], bool(flips[index]))
-        return normalize(image), self.split.labels[index]
+        return normalize(image, self.mean, self.std), self.split.labels[index]
 
 
 class EpochBatches:

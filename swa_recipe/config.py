@@ -17,9 +17,9 @@ from typing import Any
 
 import yaml
 
+from .arch import MODELS, check_arch
 from .runtime import launched_world_size
 
-MODELS = ("VGG16", "VGG16BN", "VGG19", "VGG19BN")
 FRAMEWORKS = ("paddle", "torch")
 SCHEDULES = ("original", "cyclic", "swalr")
 AVERAGES = ("swa", "ema")
@@ -69,8 +69,11 @@ SCHEMA: dict[str, dict[str, Field]] = {
     "Arch": {
         "model": Field("VGG16", str, "model name", MODELS),
         "width": Field(1.0, float, "channel width multiplier", check=_positive, rule="> 0"),
-        "dropout": Field(0.5, float, "dropout probability of the classifier",
-                         check=lambda v: 0 <= v < 1, rule="in [0, 1)"),
+        "depth": Field(None, int, "depth of a PreResNet/WideResNet (tests: small); null = "
+                       "the model's", check=_positive, rule="> 0", nullable=True),
+        "dropout": Field(None, float, "dropout probability; null = the model's (VGG 0.5, "
+                         "WideResNet 0)", check=lambda v: 0 <= v < 1, rule="in [0, 1)",
+                         nullable=True),
         "num_classes": Field(10, int, "number of classes", check=_positive, rule="> 0"),
     },
     "Optimizer": {
@@ -233,6 +236,10 @@ CIFAR10_TRAIN_SIZE = 50000
 def validate(cfg: dict, world_size: int = 1) -> dict:
     """Checks across keys (and against the number of processes), after each key on its own."""
     g, swa, data = cfg["Global"], cfg["SWA"], cfg["Data"]
+    try:
+        check_arch(cfg["Arch"])
+    except ValueError as exc:
+        raise ConfigError(f"Arch.model={cfg['Arch']['model']}: {exc}") from None
     batch, n = data["batch_size"], data["train_subset"] or CIFAR10_TRAIN_SIZE
     if batch % world_size:
         raise ConfigError(f"Data.batch_size ({batch}) is the global batch and must divide "

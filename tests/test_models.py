@@ -14,7 +14,7 @@ import torch.nn.functional as tF
 from conftest import tiny_config
 from swa_paddle import checkpoint as pd_ckpt
 from swa_paddle import models as pd_models
-from swa_recipe.arch import MODELS
+from swa_recipe.arch import VGG_MODELS
 from swa_recipe.checkpoint import CheckpointError
 from swa_recipe.convert import BN_NAMES, convert_file, convert_state_dict
 from swa_torch import checkpoint as th_ckpt
@@ -25,13 +25,13 @@ VGG16_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 
 
 def torch_vgg(name: str = "VGG16", width: float = TINY, seed: int = 0, **kw) -> torch.nn.Module:
-    depth, bn = MODELS[name]
+    depth, bn = VGG_MODELS[name]
     torch.manual_seed(seed)
     return th_models.VGG(depth=depth, batch_norm=bn, width=width, **kw)
 
 
 def paddle_vgg(name: str = "VGG16", width: float = TINY, seed: int = 0, **kw) -> paddle.nn.Layer:
-    depth, bn = MODELS[name]
+    depth, bn = VGG_MODELS[name]
     paddle.seed(seed)
     return pd_models.VGG(depth=depth, batch_norm=bn, width=width, **kw)
 
@@ -59,7 +59,7 @@ def test_vgg16_torch_keys_are_the_original_ones():
     assert keys == expected
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", sorted(VGG_MODELS))
 def test_paddle_keys_equal_torch_keys_after_mapping(name):
     th_keys = [k for k in torch_vgg(name).state_dict() if not k.endswith("num_batches_tracked")]
     inverse = {v: k for k, v in BN_NAMES.items()}
@@ -70,16 +70,16 @@ def test_paddle_keys_equal_torch_keys_after_mapping(name):
     assert pd_keys == th_keys
     n_bn = sum(k.endswith("running_mean") for k in th_keys)
     n_conv = len(layout_convs(name))
-    assert n_bn == (n_conv if MODELS[name][1] else 0)
+    assert n_bn == (n_conv if VGG_MODELS[name][1] else 0)
 
 
 def layout_convs(name: str) -> list[int]:
     from swa_recipe.arch import LAYOUTS
 
-    return [v for v in LAYOUTS[MODELS[name][0]] if v != "M"]
+    return [v for v in LAYOUTS[VGG_MODELS[name][0]] if v != "M"]
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", sorted(VGG_MODELS))
 def test_shapes_agree_after_conversion(name):
     th = torch_numpy(torch_vgg(name))
     pd = paddle_numpy(paddle_vgg(name))
@@ -141,7 +141,7 @@ def test_paddle_init_is_seeded():
 def compare_logits(name: str, width: float, seed: int = 0) -> tuple[float, float]:
     th_model = torch_vgg(name, width, seed=seed)
     pd_model = paddle_vgg(name, width)
-    if MODELS[name][1]:  # non-trivial BN statistics and affine parameters
+    if VGG_MODELS[name][1]:  # non-trivial BN statistics and affine parameters
         gen = torch.Generator().manual_seed(9)
         with torch.no_grad():
             for m in th_model.modules():

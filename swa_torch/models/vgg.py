@@ -1,13 +1,13 @@
-"""VGG16/VGG16BN/VGG19/VGG19BN with the original repo's parameter names and initialisation."""
+"""VGG16/VGG16BN/VGG19/VGG19BN (the original repo's ``models/vgg.py``): names and initialisation."""
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import nn
 
-from swa_recipe.arch import layout, model_kwargs, scaled
+from swa_recipe.arch import layout, scaled
+
+from .init import he_normal
 
 
 def make_layers(cfg: list, batch_norm: bool) -> nn.Sequential:
@@ -44,16 +44,9 @@ class VGG(nn.Module):
         """Conv: N(0, sqrt(2 / (k*k*out))), bias 0; Linear: torch's default U(+-1/sqrt(fan_in))."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / n))
-                nn.init.zeros_(m.bias)
+                he_normal(m)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)
         return self.classifier(torch.flatten(x, 1))
 
-
-def build_model(cfg: dict) -> VGG:
-    """The config's model; ``Global.onednn`` picks the convolution kernels for the process."""
-    torch.backends.mkldnn.enabled = cfg["Global"]["onednn"]
-    return VGG(**model_kwargs(cfg))

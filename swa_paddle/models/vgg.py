@@ -1,15 +1,14 @@
-"""VGG16/VGG16BN/VGG19/VGG19BN with the original repo's parameter names and initialisation."""
+"""VGG16/VGG16BN/VGG19/VGG19BN (the original repo's ``models/vgg.py``): names and initialisation."""
 
 from __future__ import annotations
-
-import math
 
 import paddle
 from paddle import nn
 
-from swa_recipe.arch import layout, model_kwargs, scaled
+from swa_recipe.arch import layout, scaled
 
-from . import onednn
+from .. import onednn
+from .init import he_normal, torch_default
 
 
 def make_layers(cfg: list, batch_norm: bool) -> nn.Sequential:
@@ -46,21 +45,11 @@ class VGG(nn.Layer):
         """Conv: N(0, sqrt(2 / (k*k*out))), bias 0; Linear: torch's default U(+-1/sqrt(fan_in))."""
         for m in self.sublayers():
             if isinstance(m, nn.Conv2D):
-                k = m.weight.shape
-                std = math.sqrt(2.0 / (k[2] * k[3] * k[0]))
-                m.weight.set_value(paddle.normal(0.0, std, m.weight.shape))
-                m.bias.set_value(paddle.zeros(m.bias.shape))
+                he_normal(m)
             elif isinstance(m, nn.Linear):
-                bound = 1.0 / math.sqrt(m.weight.shape[0])  # Paddle weight is [in, out]
-                m.weight.set_value(paddle.uniform(m.weight.shape, min=-bound, max=bound))
-                m.bias.set_value(paddle.uniform(m.bias.shape, min=-bound, max=bound))
+                torch_default(m)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         x = self.features(x)
         return self.classifier(paddle.flatten(x, 1))
 
-
-def build_model(cfg: dict) -> VGG:
-    """The config's model; ``Global.onednn`` picks the convolution kernels for the process."""
-    onednn.enable(cfg["Global"]["onednn"])
-    return VGG(**model_kwargs(cfg))

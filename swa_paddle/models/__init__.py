@@ -1,0 +1,23 @@
+"""The original repo's model zoo in Paddle: VGG16/19(BN), PreResNet110/164, WideResNet28x10."""
+
+from __future__ import annotations
+
+from paddle import nn
+
+from swa_recipe.arch import model_kwargs
+
+from .. import onednn
+from .preresnet import PreResNet
+from .vgg import VGG, make_layers
+from .wide_resnet import WideResNet
+
+__all__ = ["VGG", "PreResNet", "WideResNet", "build_model", "make_layers"]
+
+FAMILIES = {"vgg": VGG, "preresnet": PreResNet, "wide_resnet": WideResNet}
+
+
+def build_model(cfg: dict) -> nn.Layer:
+    """The config's model; ``Global.onednn`` picks the convolution kernels for the process."""
+    onednn.enable(cfg["Global"]["onednn"])
+    kind, kwargs = model_kwargs(cfg)
+    return FAMILIES[kind](**kwargs)
