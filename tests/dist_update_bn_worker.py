@@ -1,9 +1,9 @@
 """Run under a launcher by tests/test_distributed.py: distributed ``update_bn`` of one twin.
 
-``python -m paddle.distributed.launch --nproc_per_node 2 THIS_FILE paddle ARCHIVE OUT``
-(or ``torchrun ... torch ...``): VGG16BN at 1/16 width with weights from ``OUT/init.npz``, BN
-statistics recomputed over this rank's shard of every training batch; rank 0 writes them to
-``OUT/<framework>.npz``.
+``python -m paddle.distributed.launch --nproc_per_node 2 THIS_FILE paddle ARCHIVE OUT MODEL DEPTH``
+(or ``torchrun ... torch ...``): MODEL (DEPTH or null) at 1/16 width with weights from
+``OUT/init.npz``, BN statistics recomputed over this rank's shard of every training batch;
+rank 0 writes them to ``OUT/<framework>.npz``.
 """
 
 import os
@@ -17,11 +17,12 @@ from conftest import tiny_config  # noqa: E402
 from swa_recipe.cli import import_twin  # noqa: E402
 
 
-def main(framework: str, archive: str, out: str) -> None:
+def main(framework: str, archive: str, out: str, name: str, depth: str) -> None:
     twin = import_twin(framework)
     dist = __import__(f"swa_{framework}.dist", fromlist=["dist"])
     rank, world = dist.init_distributed()
-    cfg = tiny_config(archive, Arch={"model": "VGG16BN"}, Data={"batch_size": 20})
+    arch = {"model": name, "depth": None if depth == "null" else int(depth)}
+    cfg = tiny_config(archive, Arch=arch, Data={"batch_size": 20})
     model = twin.models.build_model(cfg)
     init = dict(np.load(os.path.join(out, "init.npz")))
     twin.checkpoint.load_weights(model, twin.checkpoint.from_numpy(init), "init.npz")
@@ -37,4 +38,4 @@ def main(framework: str, archive: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:6])

@@ -16,9 +16,9 @@ from conftest import ROOT, tiny_config
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
 
 
-def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True,
-                          text=True, timeout=600)
+def cli(*args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env={**ENV, **(env or {})},
+                          capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
