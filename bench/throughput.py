@@ -6,9 +6,11 @@ machine state. Prints a table and writes JSON (``--json``).
 
 Figures: the bare train step (model + optimizer on tensors already in memory), the real training
 loop (loader, augmentation, logging, per-step seeding) on real CIFAR-10 images, evaluation, the
-cost of one SWA collection and of ``update_bn`` (VGG16BN) as fractions of a training epoch, peak
+cost of one SWA collection and of ``update_bn`` (on the model, or its BN variant for VGG16/19) as
+fractions of a training epoch, peak
 RSS after full-width training, and resident memory after each epoch of the lite run
 (``configs/lite.yaml`` for 6 epochs: training, SWA collection from epoch 2, evaluation).
+Any model of the zoo: ``--model PreResNet164``, and ``-o Section.key=value`` as for train.py.
 Variants of the bare step: the frameworks' own convolutions (``Global.onednn false``), and for
 torch channels_last and bf16 autocast (``Global.precision bf16``).
 """
@@ -36,7 +38,7 @@ FIGURES = [  # key, label, unit
     ("loop_efficiency", "loop / bare", "x"),
     ("eval_ips", "evaluation", "img/s"),
     ("collect_fraction", "SWA collection / epoch", "%"),
-    ("update_bn_fraction", "update_bn (VGG16BN) / epoch", "x"),
+    ("update_bn_fraction", "update_bn / epoch", "x"),
     ("peak_rss_mb", "peak RSS, full-width training", "MiB"),
     ("lite_rss_growth_mb", "RSS growth, lite run epochs 3 -> 6", "MiB"),
     ("native_conv_ips", "bare step, Global.onednn false", "img/s"),
@@ -46,18 +48,35 @@ FIGURES = [  # key, label, unit
 CIFAR10_TRAIN = 50000
 
 
-def bench_config(args: argparse.Namespace, framework: str, model: str = "VGG16",
+def overrides(args: argparse.Namespace) -> dict:
+    """``-o Section.key=value`` options as a config update."""
+    from swa_recipe.config import parse_override
+
+    update: dict[str, dict] = {}
+    for text in args.override:
+        section, key, value = parse_override(text)
+        update.setdefault(section, {})[key] = value
+    return update
+
+
+def bench_config(args: argparse.Namespace, framework: str, model: str | None = None,
                  onednn: bool = True) -> dict:
     from swa_recipe.config import default_config, merge, validate
 
-    return validate(merge(default_config(), {
+    cfg = merge(default_config(), {
         "Global": {"framework": framework, "epochs": 1, "log_freq": 10**9, "device": "cpu",
                    "onednn": onednn},
-        "Arch": {"model": model, "width": args.width},
+        "Arch": {"model": model or args.model, "width": args.width},
         "SWA": {"swa": True, "swa_start": 1},
         "Data": {"data_path": args.data_path, "batch_size": args.batch,
                  "train_subset": args.loop_images, "test_subset": args.eval_images},
-    }, "bench"))
+    }, "bench")
+    return validate(merge(cfg, overrides(args), "-o"))
+
+
+def bn_model(model: str) -> str:
+    """The model ``update_bn`` is timed on: VGG16/VGG19 have no BatchNorm, their BN variants do."""
+    return f"{model}BN" if model in ("VGG16", "VGG19") else model
 
 
 def timed(fn, repeat: int = 1) -> float:
@@ -116,14 +135,16 @@ def rss_mb() -> float:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def lite_rss(framework: str, data_path: str | None, epochs: int = 6) -> list[float]:
+def lite_rss(args: argparse.Namespace, epochs: int = 6) -> list[float]:
     """RSS after each epoch of the lite run (train, collect, evaluate), in a fresh process."""
     from swa_recipe.cli import import_twin
     from swa_recipe.config import load_yaml, merge, validate
 
-    cfg = validate(merge(load_yaml(os.path.join(ROOT, "configs", "lite.yaml")), {
+    framework = args.worker
+    cfg = merge(load_yaml(os.path.join(ROOT, "configs", "lite.yaml")), {
         "Global": {"framework": framework, "device": "cpu", "epochs": epochs},
-        "Data": {"data_path": data_path}}, "bench"))
+        "Arch": {"model": args.model}, "Data": {"data_path": args.data_path}}, "bench")
+    cfg = validate(merge(cfg, overrides(args), "-o"))
     trainer = import_twin(framework).trainer.Trainer(cfg)
     rss = []
     for epoch in range(cfg["Global"]["epochs"]):
@@ -160,7 +181,7 @@ def worker(args: argparse.Namespace) -> dict:
     trainer.collect()
     out["collect_fraction"] = 100 * timed(trainer.collect, 5) / full_epoch_s
 
-    bn_cfg = bench_config(args, framework, "VGG16BN")
+    bn_cfg = bench_config(args, framework, bn_model(args.model))
     bn_trainer = twin.trainer.Trainer(bn_cfg)
     bn_trainer.train_epoch(0)
     bn_epoch_s = timed(lambda: bn_trainer.train_epoch(1))
@@ -204,6 +225,9 @@ def table(results: dict) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--frameworks", default="paddle,torch")
+    parser.add_argument("--model", default="VGG16", help="any model of the zoo")
+    parser.add_argument("-o", "--override", action="append", default=[], metavar="S.KEY=VALUE",
+                        help="config override, as for train.py (e.g. -o Arch.depth=20)")
     parser.add_argument("--width", type=float, default=1.0)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=5, help="timed bare steps")
@@ -219,7 +243,7 @@ def main() -> int:
     tune_cpu_env()
     if args.worker:
         speed = args.part == "speed"
-        result = worker(args) if speed else {"lite_rss_mb": lite_rss(args.worker, args.data_path)}
+        result = worker(args) if speed else {"lite_rss_mb": lite_rss(args)}
         print(json.dumps(result))
         return 0
     argv = [a for a in sys.argv[1:]]
@@ -240,7 +264,8 @@ def main() -> int:
               "results": results, "runs": runs}
     with open(args.json, "w") as fh:
         json.dump(report, fh, indent=2)
-    print(f"{machine['vendor']} {machine['cores']} cores, width {args.width}, batch {args.batch}")
+    print(f"{machine['vendor']} {machine['cores']} cores, {args.model}, width {args.width}, "
+          f"batch {args.batch}")
     print(table(results))
     return 0
 
