@@ -1,4 +1,4 @@
-"""CIFAR-10 loaders for Paddle: ``paddle.io.DataLoader`` over the shared index order."""
+"""CIFAR-10/100 loaders for Paddle: ``paddle.io.DataLoader`` over the shared index order."""
 
 from __future__ import annotations
 

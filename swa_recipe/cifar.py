@@ -1,4 +1,5 @@
-"""CIFAR-10 from the official python archive, and the seeded numpy augmentation both twins share.
+"""CIFAR-10 and CIFAR-100 from the official python archives (``datasets.DATASETS`` says where
+each keeps what), and the seeded numpy augmentation both twins share.
 
 Everything random here is a pure function of ``(seed, epoch, sample index)``: the shuffled order,
 the crop offsets and the flips. Any number of loader workers, in either framework, therefore
@@ -18,12 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
-ARCHIVE_NAME = "cifar-10-python.tar.gz"
-FOLDER_NAME = "cifar-10-batches-py"
-TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
-TEST_FILES = ("test_batch",)
+from .datasets import CIFAR10, DATASETS, Layout
+
+CIFAR10_URL, CIFAR10_MD5 = CIFAR10.url, CIFAR10.md5
+ARCHIVE_NAME, FOLDER_NAME = CIFAR10.archive, CIFAR10.folder
+TRAIN_FILES, TEST_FILES = CIFAR10.train_members, CIFAR10.test_members
 # The original repo's VGG normalisation (ImageNet statistics; ``arch.normalization`` per model).
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32).reshape(3, 1, 1)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32).reshape(3, 1, 1)
@@ -40,9 +40,9 @@ class Split:
     labels: np.ndarray  # int64, N
 
 
-def default_data_path() -> Path:
+def default_data_path(layout: Layout = CIFAR10) -> Path:
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(cache) / "swa_paddle" / ARCHIVE_NAME
+    return Path(cache) / "swa_paddle" / layout.archive
 
 
 def file_md5(path: Path) -> str:
@@ -53,7 +53,7 @@ def file_md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def download(url: str, dest: Path, md5: str | None) -> None:
+def download(url: str, dest: Path, md5: str | None, layout: Layout = CIFAR10) -> None:
     """Fetch ``url`` to ``dest`` through a ``.part`` file, so a broken download is never used."""
     from tqdm import tqdm
 
@@ -68,8 +68,8 @@ def download(url: str, dest: Path, md5: str | None) -> None:
                     bar.update(len(chunk))
     except OSError as exc:
         part.unlink(missing_ok=True)
-        raise DataError(f"could not download CIFAR-10 from {url} ({exc}); download "
-                        f"{ARCHIVE_NAME} by hand and pass --data_path") from None
+        raise DataError(f"could not download {layout.title} from {url} ({exc}); download "
+                        f"{layout.archive} by hand and pass --data_path") from None
     if md5 and file_md5(part) != md5:
         part.unlink(missing_ok=True)
         raise DataError(f"downloaded {url} but its MD5 is not {md5}; retry, or pass a "
@@ -77,54 +77,57 @@ def download(url: str, dest: Path, md5: str | None) -> None:
     os.replace(part, dest)
 
 
-def expected_md5(data_path: str | None, md5: str | None) -> str | None:
+def expected_md5(data_path: str | None, md5: str | None, layout: Layout = CIFAR10
+                 ) -> str | None:
     """``auto``: the official MD5 for the cached download, none for a file the user points at
     (gzip's CRC and the pickle checks still catch a damaged one)."""
     if md5 == "auto":
-        return CIFAR10_MD5 if data_path is None else None
+        return layout.md5 if data_path is None else None
     return md5
 
 
-def locate(data_path: str | None, md5: str | None = "auto") -> Path:
+def locate(data_path: str | None, md5: str | None = "auto", layout: Layout = CIFAR10) -> Path:
     """Return the archive or extracted folder to read; download the archive if none is given."""
     if data_path is None:
-        path = default_data_path()
+        path = default_data_path(layout)
         if not path.exists():
-            download(CIFAR10_URL, path, expected_md5(None, md5))
+            download(layout.url, path, expected_md5(None, md5, layout), layout)
         return path
     path = Path(data_path).expanduser()
     if path.is_dir():
-        if (path / FOLDER_NAME).is_dir():
-            return path / FOLDER_NAME
-        if (path / ARCHIVE_NAME).is_file():
-            return path / ARCHIVE_NAME
+        if (path / layout.folder).is_dir():
+            return path / layout.folder
+        if (path / layout.archive).is_file():
+            return path / layout.archive
         return path
     if not path.exists():
-        raise DataError(f"CIFAR-10 not found at {path}; pass --data_path pointing at "
-                        f"{ARCHIVE_NAME} or its extracted {FOLDER_NAME} folder")
+        raise DataError(f"{layout.title} not found at {path}; pass --data_path pointing at "
+                        f"{layout.archive} or its extracted {layout.folder} folder")
     return path
 
 
-def _unpickle(raw: bytes, name: str, origin: Path) -> dict:
+def _unpickle(raw: bytes, name: str, origin: Path, layout: Layout = CIFAR10) -> dict:
     try:
         batch = pickle.loads(raw, encoding="bytes")
     except Exception:
         raise DataError(f"{name} in {origin} is not a readable CIFAR batch (truncated or "
                         f"corrupt); replace the dataset") from None
-    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
-        raise DataError(f"{name} in {origin} has no data/labels; it is not a CIFAR-10 batch")
+    if not isinstance(batch, dict) or b"data" not in batch or layout.label_key not in batch:
+        raise DataError(f"{name} in {origin} has no data/{layout.label_key.decode()}; it is not "
+                        f"a {layout.title} batch")
     return batch
 
 
-def _read_folder(folder: Path, names: tuple[str, ...]) -> list[dict]:
+def _read_folder(folder: Path, names: tuple[str, ...], layout: Layout = CIFAR10) -> list[dict]:
     missing = [n for n in names if not (folder / n).is_file()]
     if missing:
-        raise DataError(f"{folder} lacks {', '.join(missing)}; re-extract {ARCHIVE_NAME} "
+        raise DataError(f"{folder} lacks {', '.join(missing)}; re-extract {layout.archive} "
                         f"there or pass the archive itself with --data_path")
-    return [_unpickle((folder / n).read_bytes(), n, folder) for n in names]
+    return [_unpickle((folder / n).read_bytes(), n, folder, layout) for n in names]
 
 
-def _read_archive(archive: Path, names: tuple[str, ...], md5: str | None) -> list[dict]:
+def _read_archive(archive: Path, names: tuple[str, ...], md5: str | None,
+                  layout: Layout = CIFAR10) -> list[dict]:
     if md5 and (found := file_md5(archive)) != md5:
         raise DataError(f"{archive} has MD5 {found}, expected {md5}; replace the file, or for "
                         f"a trusted local copy pass -o Data.md5=null")
@@ -137,19 +140,20 @@ def _read_archive(archive: Path, names: tuple[str, ...], md5: str | None) -> lis
                     raw[base] = tar.extractfile(member).read()
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
         raise DataError(f"{archive} is truncated or corrupt ({exc.__class__.__name__}); "
-                        f"delete it and download {ARCHIVE_NAME} again") from None
+                        f"delete it and download {layout.archive} again") from None
     missing = [n for n in names if n not in raw]
     if missing:
         raise DataError(f"{archive} lacks {', '.join(missing)}; it is not a complete "
-                        f"{ARCHIVE_NAME}")
-    return [_unpickle(raw[n], n, archive) for n in names]
+                        f"{layout.archive}")
+    return [_unpickle(raw[n], n, archive, layout) for n in names]
 
 
-def _to_split(batches: list[dict], names: tuple[str, ...]) -> Split:
+def _to_split(batches: list[dict], names: tuple[str, ...], label_key: bytes = b"labels"
+              ) -> Split:
     images, labels = [], []
     for batch, name in zip(batches, names, strict=True):
         data = np.asarray(batch[b"data"], dtype=np.uint8)
-        label = np.asarray(batch[b"labels"], dtype=np.int64)
+        label = np.asarray(batch[label_key], dtype=np.int64)
         if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(label):
             raise DataError(f"{name} holds data of shape {data.shape} and {len(label)} labels, "
                             f"not N x 3072 images with N labels; the dataset is corrupt")
@@ -158,15 +162,25 @@ def _to_split(batches: list[dict], names: tuple[str, ...]) -> Split:
     return Split(np.concatenate(images).reshape(-1, 3, 32, 32), np.concatenate(labels))
 
 
-def load_cifar10(data_path: str | None, md5: str | None = "auto") -> tuple[Split, Split]:
-    """Read (train, test) from the official archive or its extracted folder."""
-    path = locate(data_path, md5)
-    names = TRAIN_FILES + TEST_FILES
+def load_cifar(layout: Layout, data_path: str | None, md5: str | None = "auto"
+               ) -> tuple[Split, Split]:
+    """Read (train, test) of ``layout``'s dataset from its official archive or extracted
+    folder."""
+    path = locate(data_path, md5, layout)
+    train_names, test_names = layout.train_members, layout.test_members
+    names = train_names + test_names
     if path.is_dir():
-        batches = _read_folder(path, names)
+        batches = _read_folder(path, names, layout)
     else:
-        batches = _read_archive(path, names, expected_md5(data_path, md5))
-    return _to_split(batches[:5], TRAIN_FILES), _to_split(batches[5:], TEST_FILES)
+        batches = _read_archive(path, names, expected_md5(data_path, md5, layout), layout)
+    n = len(train_names)
+    return (_to_split(batches[:n], train_names, layout.label_key),
+            _to_split(batches[n:], test_names, layout.label_key))
+
+
+def load_cifar10(data_path: str | None, md5: str | None = "auto") -> tuple[Split, Split]:
+    """CIFAR-10's (train, test)."""
+    return load_cifar(CIFAR10, data_path, md5)
 
 
 def subset(split: Split, n: int | None) -> Split:
@@ -179,7 +193,7 @@ def load_splits(cfg: dict, training: bool = True) -> tuple[Split, Split]:
     """(train, test) of a config: its archive and its subsets (the first N images); for
     training, a batch that fits the training set actually read."""
     data = cfg["Data"]
-    train, test = load_cifar10(data["data_path"], data["md5"])
+    train, test = load_cifar(DATASETS[data["dataset"]], data["data_path"], data["md5"])
     train, test = subset(train, data["train_subset"]), subset(test, data["test_subset"])
     if training and data["batch_size"] > len(train.labels):
         raise DataError(f"Data.batch_size ({data['batch_size']}) is larger than the training "

@@ -56,7 +56,7 @@ def run(main: Callable[[], int | None], debug: bool) -> int:
 
 
 def train_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="SGD/SWA training of VGG on CIFAR-10 "
+    parser = argparse.ArgumentParser(description="SGD/SWA training on CIFAR-10/100 "
                                      "(Paddle; --framework torch for the PyTorch twin)")
     add_config_args(parser)
     parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
@@ -122,7 +122,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def eval_parser() -> argparse.ArgumentParser:
-    return add_common_args(checkpoint_parser("Evaluate a checkpoint on the CIFAR-10 test set"))
+    return add_common_args(checkpoint_parser("Evaluate a checkpoint on its CIFAR test set"))
 
 
 def _framework(args: argparse.Namespace) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from .arch import MODELS, check_arch
+from .datasets import DATASETS
 from .runtime import launched_world_size
 
 FRAMEWORKS = ("paddle", "torch")
@@ -74,7 +75,8 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "dropout": Field(None, float, "dropout probability; null = the model's (VGG 0.5, "
                          "WideResNet 0)", check=lambda v: 0 <= v < 1, rule="in [0, 1)",
                          nullable=True),
-        "num_classes": Field(10, int, "number of classes", check=_positive, rule="> 0"),
+        "num_classes": Field(None, int, "number of classes; null = the dataset's",
+                             check=_positive, rule="> 0", nullable=True),
     },
     "Optimizer": {
         "lr_init": Field(0.05, float, "initial learning rate", check=_positive, rule="> 0"),
@@ -100,8 +102,8 @@ SCHEMA: dict[str, dict[str, Field]] = {
                            check=lambda v: 0 <= v < 1, rule="in [0, 1)"),
     },
     "Data": {
-        "dataset": Field("CIFAR10", str, "dataset name", ("CIFAR10",)),
-        "data_path": Field(None, str, "CIFAR-10 archive or folder (default: user cache)",
+        "dataset": Field("CIFAR10", str, "dataset name", tuple(DATASETS)),
+        "data_path": Field(None, str, "the dataset's archive or folder (default: user cache)",
                            nullable=True),
         "md5": Field("auto", str, "archive MD5: auto (official for the download, none for a "
                      "given data_path), a hex digest, or null (no check)", nullable=True,
@@ -230,7 +232,15 @@ def parse_value(section: str, key: str, raw: str) -> Any:
         return raw
 
 
-CIFAR10_TRAIN_SIZE = 50000
+def _num_classes(cfg: dict) -> None:
+    """Fill ``Arch.num_classes`` from the dataset; refuse one that disagrees with it."""
+    arch, dataset = cfg["Arch"], cfg["Data"]["dataset"]
+    classes = DATASETS[dataset].classes
+    if arch["num_classes"] is None:
+        arch["num_classes"] = classes
+    elif arch["num_classes"] != classes:
+        raise ConfigError(f"Arch.num_classes is {arch['num_classes']} but {dataset} has "
+                          f"{classes} classes; leave Arch.num_classes unset (or {classes})")
 
 
 def validate(cfg: dict, world_size: int = 1) -> dict:
@@ -240,7 +250,8 @@ def validate(cfg: dict, world_size: int = 1) -> dict:
         check_arch(cfg["Arch"])
     except ValueError as exc:
         raise ConfigError(f"Arch.model={cfg['Arch']['model']}: {exc}") from None
-    batch, n = data["batch_size"], data["train_subset"] or CIFAR10_TRAIN_SIZE
+    _num_classes(cfg)
+    batch, n = data["batch_size"], data["train_subset"] or DATASETS[data["dataset"]].train_count
     if batch % world_size:
         raise ConfigError(f"Data.batch_size ({batch}) is the global batch and must divide "
                           f"evenly over {world_size} processes; use a multiple of {world_size}")

@@ -1,4 +1,5 @@
-"""Shared fixtures: small synthetic CIFAR-10 archives in the official python layout."""
+"""Shared fixtures: small synthetic CIFAR-10 and CIFAR-100 archives in the official python
+layouts."""
 
 from __future__ import annotations
 
@@ -20,17 +21,23 @@ tune_cpu_env()  # before any test imports paddle: tests run with the settings us
 SHARED_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar-10-python.tar.gz"
 
 
+def labelled_images(rng: np.random.Generator, n: int, classes: int) -> tuple[list, np.ndarray]:
+    """Labels and N x 3072 uint8 images that carry a weak class signal, so tiny models learn."""
+    labels = rng.integers(0, classes, n)
+    images = rng.integers(0, 256, (n, 3, 32, 32)).astype(np.int16)
+    images[:, labels % 3] = 0  # class-dependent channels
+    shift = (labels * 200 // classes)[:, None, None, None]
+    return labels.tolist(), np.clip(images + shift, 0, 255).astype(np.uint8).reshape(n, -1)
+
+
 def make_batches(n_train: int = 100, n_test: int = 50, seed: int = 0) -> dict[str, dict]:
-    """Official-format batches (byte keys) whose images carry a weak class signal."""
+    """Official-format CIFAR-10 batches (byte keys)."""
     rng = np.random.default_rng(seed)
 
     def batch(n: int, label: str) -> dict:
-        labels = rng.integers(0, 10, n)
-        images = rng.integers(0, 256, (n, 3, 32, 32)).astype(np.int16)
-        images[:, labels % 3] = 0  # class-dependent channel, so tiny models can learn
-        images = np.clip(images + (labels * 20)[:, None, None, None], 0, 255).astype(np.uint8)
-        return {b"batch_label": label.encode(), b"labels": labels.tolist(),
-                b"data": images.reshape(n, -1), b"filenames": [b"img%d.png" % i for i in range(n)]}
+        labels, data = labelled_images(rng, n, 10)
+        return {b"batch_label": label.encode(), b"labels": labels, b"data": data,
+                b"filenames": [b"img%d.png" % i for i in range(n)]}
 
     per = n_train // 5
     out = {f"data_batch_{i}": batch(per, f"training batch {i} of 5") for i in range(1, 6)}
@@ -38,18 +45,37 @@ def make_batches(n_train: int = 100, n_test: int = 50, seed: int = 0) -> dict[st
     return out
 
 
-def write_archive(path: Path, batches: dict[str, dict]) -> Path:
+def make_cifar100(n_train: int = 100, n_test: int = 50, seed: int = 0) -> dict[str, dict]:
+    """Official-format CIFAR-100 members: ``train`` and ``test`` with fine (100) and coarse (20)
+    labels, and ``meta`` with the class names."""
+    rng = np.random.default_rng(seed)
+
+    def split(n: int, label: str) -> dict:
+        fine, data = labelled_images(rng, n, 100)
+        return {b"filenames": [b"img%d.png" % i for i in range(n)], b"batch_label": label.encode(),
+                b"fine_labels": fine, b"coarse_labels": [f // 5 for f in fine], b"data": data}
+
+    meta = {b"fine_label_names": [b"class%d" % i for i in range(100)],
+            b"coarse_label_names": [b"super%d" % i for i in range(20)]}
+    return {"train": split(n_train, "training batch 1 of 1"),
+            "test": split(n_test, "testing batch 1 of 1"), "meta": meta}
+
+
+CIFAR10_FOLDER, CIFAR100_FOLDER = "cifar-10-batches-py", "cifar-100-python"
+
+
+def write_archive(path: Path, batches: dict[str, dict], folder: str = CIFAR10_FOLDER) -> Path:
     with tarfile.open(path, "w:gz") as tar:
         for name, content in batches.items():
             raw = pickle.dumps(content, protocol=2)
-            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info = tarfile.TarInfo(f"{folder}/{name}")
             info.size = len(raw)
             tar.addfile(info, io.BytesIO(raw))
     return path
 
 
-def write_folder(root: Path, batches: dict[str, dict]) -> Path:
-    folder = root / "cifar-10-batches-py"
+def write_folder(root: Path, batches: dict[str, dict], name: str = CIFAR10_FOLDER) -> Path:
+    folder = root / name
     folder.mkdir(parents=True)
     for name, content in batches.items():
         (folder / name).write_bytes(pickle.dumps(content, protocol=2))
@@ -61,6 +87,13 @@ def archive(tmp_path_factory) -> Path:
     """A 100-train / 50-test synthetic ``cifar-10-python.tar.gz``."""
     return write_archive(tmp_path_factory.mktemp("cifar") / "cifar-10-python.tar.gz",
                          make_batches())
+
+
+@pytest.fixture(scope="session")
+def cifar100_archive(tmp_path_factory) -> Path:
+    """A 100-train / 50-test synthetic ``cifar-100-python.tar.gz``."""
+    return write_archive(tmp_path_factory.mktemp("cifar100") / "cifar-100-python.tar.gz",
+                         make_cifar100(), CIFAR100_FOLDER)
 
 
 @pytest.fixture(scope="session")
