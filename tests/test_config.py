@@ -389,3 +389,32 @@ def test_bf16_is_a_torch_option():
 def test_onednn_is_on_by_default_and_can_be_switched_off():
     assert parse()["Global"]["onednn"] is True
     assert parse("-o", "Global.onednn=false")["Global"]["onednn"] is False
+
+
+# The original README's recipes (timgaripov/swa): lr, wd, SGD budget, swa_start, SWA lr on
+# CIFAR-10 / CIFAR-100.
+PAPER_RECIPES = {
+    "VGG16": (0.05, 5e-4, 200, 161, 0.01, 0.01),
+    "PreResNet110": (0.1, 3e-4, 150, 126, 0.01, 0.05),
+    "PreResNet164": (0.1, 3e-4, 150, 126, 0.01, 0.05),
+    "WideResNet28x10": (0.1, 5e-4, 200, 161, 0.05, 0.05),
+}
+
+
+@pytest.mark.parametrize("dataset", ["CIFAR10", "CIFAR100"])
+@pytest.mark.parametrize("model", list(PAPER_RECIPES))
+def test_a_config_for_every_row_of_the_papers_table(model, dataset):
+    lr, wd, budget, start, swa_lr10, swa_lr100 = PAPER_RECIPES[model]
+    for method in ("sgd", "swa"):
+        cfg = parse("--config", str(CONFIGS / f"{model.lower()}_{method}_{dataset.lower()}.yaml"))
+        assert (cfg["Arch"]["model"], cfg["Data"]["dataset"]) == (model, dataset)
+        assert cfg["Arch"]["num_classes"] == (10 if dataset == "CIFAR10" else 100)
+        assert cfg["Arch"]["width"] == 1.0 and cfg["Data"]["batch_size"] == 128
+        opt = cfg["Optimizer"]
+        assert (opt["lr_init"], opt["wd"], opt["momentum"], opt["schedule"]) == (
+            lr, wd, 0.9, "original")
+        assert cfg["Global"]["epochs"] == budget
+        assert cfg["SWA"]["swa"] is (method == "swa")
+        if method == "swa":
+            assert cfg["SWA"]["swa_start"] == start
+            assert cfg["SWA"]["swa_lr"] == (swa_lr10 if dataset == "CIFAR10" else swa_lr100)
