@@ -7,7 +7,6 @@ before Paddle is imported (see ``runtime.tune_cpu_env``).
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import signal
 import sys
@@ -17,25 +16,18 @@ from types import SimpleNamespace
 from .checkpoint import CheckpointError, check_identity, framework_of
 from .cifar import DataError
 from .config import ConfigError, add_config_args, resolve, run_dir
+from .convert import convert_file
 from .logs import get_logger
 from .loop import Interrupted, TrainingDiverged
 from .runtime import (
-    import_banner_hidden,
     launched_rank,
     launched_world_size,
     quiet_console,
     tune_cpu_env,
 )
+from .twins import import_twin
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError, TrainingDiverged)
-
-
-def import_twin(framework: str) -> SimpleNamespace:
-    """The twin's modules by role, imported only now (after ``tune_cpu_env``)."""
-    names = ("models", "data", "checkpoint", "trainer")
-    with import_banner_hidden():
-        modules = {n: importlib.import_module(f"swa_{framework}.{n}") for n in names}
-    return SimpleNamespace(**modules)
 
 
 def run(main: Callable[[], int | None], debug: bool) -> int:
@@ -194,8 +186,6 @@ def convert_parser() -> argparse.ArgumentParser:
 
 
 def convert_main(args: argparse.Namespace) -> int:
-    from .convert import convert_file
-
     if not os.path.isfile(args.src):
         raise CheckpointError(f"{args.src} not found; pass an existing checkpoint")
     tune_cpu_env()

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from .checkpoint import CheckpointError, check_shapes, framework_of
+from .twins import import_twin
+
 BN_NAMES = {"running_mean": "_mean", "running_var": "_variance"}
 DIRECTIONS = ("torch2paddle", "paddle2torch")
 
@@ -58,9 +61,6 @@ def convert_checkpoint(state: dict, direction: str, to_numpy, target: str) -> di
 def convert_file(src: str, dst: str, cfg: dict) -> dict:
     """Convert checkpoint ``src`` (.pt/.pdparams) into ``dst`` (the other kind), after checking
     every converted weight set against the target model built from ``cfg``."""
-    from .checkpoint import CheckpointError, check_shapes, framework_of
-    from .cli import import_twin
-
     src_fw, dst_fw = framework_of(src), framework_of(dst)
     if src_fw is None or dst_fw is None or src_fw == dst_fw:
         raise CheckpointError(f"convert {src} -> {dst}: one must end in .pt and the other in "

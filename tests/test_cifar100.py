@@ -97,7 +97,7 @@ def c100_run(request, cifar100_archive, tmp_path_factory):
 def test_training_eval_and_conversion_with_100_classes(c100_run, cifar100_archive, tmp_path):
     framework, out = c100_run
     ckpt = out / f"checkpoint-2{EXT[framework]}"
-    from swa_recipe.cli import import_twin
+    from swa_recipe.twins import import_twin
 
     state = import_twin(framework).checkpoint.load(str(ckpt))
     assert state["config"]["Arch"]["num_classes"] == 100
