@@ -1,0 +1,118 @@
+"""Step ``backward``: gradients of the first backward against each other and a float64
+reference, and the losses of 10 optimizer iterations."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import paddle
+import paddle.nn.functional as pF
+import torch
+import torch.nn.functional as tF
+
+import swa_paddle.trainer as pd_trainer
+import swa_torch.trainer as th_trainer
+from swa_recipe.convert import convert_state_dict
+
+from .context import T_BACKWARD, T_F64_RATIO, T_GRAD_LOCATE, Context, make_cfg
+from .report import check, diff_stats, record
+from .twins import Probe, apply_break, fake_data, fake_full_loaders, load_torch_into_paddle
+
+
+def float64_grads(model: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> dict:
+    """Parameter gradients of a float64 copy of the torch model: the exact reference both
+    float32 twins are measured against."""
+    ref = copy.deepcopy(model).double()
+    loss = tF.cross_entropy(ref(torch.from_numpy(x).double()), torch.from_numpy(y),
+                            reduction="sum") * (1.0 / len(y))
+    loss.backward()
+    return {k: p.grad.numpy().copy() for k, p in ref.named_parameters()}
+
+
+def rel_err(a: np.ndarray, ref: np.ndarray) -> float:
+    """mean |a - ref| / mean |ref|: a difference relative to the gradient's scale."""
+    scale = float(np.abs(ref).mean()) or 1.0
+    return float(np.abs(a.astype(np.float64) - ref).mean()) / scale
+
+
+def step_backward(ctx: Context) -> None:
+    x, y = fake_data(ctx)
+    cfg = make_cfg(Arch={"model": "VGG16", "width": ctx.backward_width, "dropout": 0.0})
+    with fake_full_loaders():
+        tt = th_trainer.Trainer(cfg)
+        pt = pd_trainer.Trainer(cfg)
+    apply_break(pt.model, ctx.brk)
+    load_torch_into_paddle(tt.model, pt.model, ctx.brk)
+    for m in tt.model.modules():  # out-of-place ReLU so that tensor hooks see each output
+        if isinstance(m, torch.nn.ReLU):
+            m.inplace = False
+    tt.model.train()
+    pt.model.train()
+    g64 = float64_grads(tt.model, x, y)
+    px, py = paddle.to_tensor(x), paddle.to_tensor(y)
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+    pd_vals, th_vals = {}, {}
+    probe = Probe(tt.model, pt.model, grads=True)
+    for it in range(10):
+        # the body of Trainer.train_epoch (one process), on the fake batch
+        pt._lr(0, it)
+        pd_loss = pF.cross_entropy(pt.model(px), py, reduction="sum") * (1.0 / len(y))
+        pt.optimizer.clear_grad()
+        pd_loss.backward()
+        tt._lr(0, it)
+        th_loss = tF.cross_entropy(tt.model(tx), ty, reduction="sum") * (1.0 / len(y))
+        tt.optimizer.zero_grad()
+        th_loss.backward()
+        if it == 0:
+            probe.remove()
+            pd_grads = convert_state_dict(
+                {k: p.grad.numpy() for k, p in pt.model.named_parameters()}, "paddle2torch")
+            th_grads = {k: p.grad.numpy().copy() for k, p in tt.model.named_parameters()}
+        pt.optimizer.step()
+        tt.optimizer.step()
+        pd_vals[f"loss_iter_{it}"] = pd_loss.numpy().reshape(1)
+        th_vals[f"loss_iter_{it}"] = th_loss.detach().numpy().reshape(1)
+    names = list(th_grads)
+    for name in names:
+        scale = float(np.abs(th_grads[name]).mean()) or 1.0
+        th_vals[f"grad/{name}"], pd_vals[f"grad/{name}"] = th_grads[name], pd_grads[name]
+        th_vals[f"grad_rel/{name}"] = th_grads[name] / scale
+        pd_vals[f"grad_rel/{name}"] = pd_grads[name] / scale
+    loss_keys = [f"loss_iter_{i}" for i in range(10)]
+    g_loss = (f"VGG16 (width {ctx.backward_width:g}, dropout 0): loss of each of 10 "
+              f"Momentum+wd iterations (lr 0.05, momentum 0.9, wd 5e-4)")
+    g_abs = "parameter gradients after the first backward, absolute, mean abs(dg)"
+    g_rel = "the same relative to each gradient's scale, mean abs(dg) / mean abs(g)"
+    twin_rel = {n: rel_err(pd_grads[n], th_grads[n]) for n in names}
+    err_th = {n: rel_err(th_grads[n], g64[n]) for n in names}
+    err_pd = {n: rel_err(pd_grads[n], g64[n]) for n in names}
+    notes = {}
+    loss0 = diff_stats(pd_vals["loss_iter_0"], th_vals["loss_iter_0"])[0]
+    if loss0 > T_BACKWARD:
+        where = "the first forward already differs: " + probe.first_output_divergence(T_BACKWARD)
+        notes[g_loss] = notes[g_abs] = where
+    elif max(err_pd.values()) > T_F64_RATIO * max(err_th.values()) or max(
+            diff_stats(pd_grads[n], th_grads[n])[0] for n in names) > T_BACKWARD:
+        notes[g_abs] = probe.first_grad_divergence(T_GRAD_LOCATE)
+    above = sorted((n for n in names if twin_rel[n] > T_BACKWARD), key=twin_rel.get)
+    notes[g_rel] = (f"{len(above)} of {len(names)} parameters above 1e-6 (worst {above[-1]} "
+                    f"{twin_rel[above[-1]]:.3g}); torch's own float32 error vs float64 is up to "
+                    f"{max(err_th.values()):.3g}: see the next row and README"
+                    if above else "all parameters within 1e-6")
+    record(ctx, "backward", pd_vals, th_vals, [
+        (g_loss, loss_keys, T_BACKWARD),
+        (g_abs, [f"grad/{n}" for n in names], T_BACKWARD),
+        (g_rel, [f"grad_rel/{n}" for n in names], T_BACKWARD, False),
+    ], notes)
+    w_pd, w_th = max(err_pd, key=err_pd.get), max(err_th, key=err_th.get)
+    value = err_pd[w_pd] / err_th[w_th] if err_th[w_th] > 0 else math.inf
+    check(ctx, "backward", f"gradients vs a float64 reference: Paddle's worst relative error "
+          f"({w_pd} {err_pd[w_pd]:.3g}) / torch's worst ({w_th} {err_th[w_th]:.3g})",
+          value, f"<= {T_F64_RATIO:g}", value <= T_F64_RATIO, notes.get(g_abs, ""))
+    ctx.cache["backward_profile"] = {"twin_rel": twin_rel, "err_torch": err_th,
+                                     "err_paddle": err_pd, "layers": probe.layer_diffs("grad")}
+    for row in ctx.rows[-4:]:
+        if row.note:
+            ctx.note("backward", f"{row.compared}: {row.note}")
