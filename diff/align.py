@@ -27,7 +27,7 @@ CPU_ENV = tune_cpu_env()  # before paddle (reprod_log imports paddle too)
 
 import paddle  # noqa: E402
 from alignment import backward, data, ema, forward, long, loss, lr, metric, swa, train  # noqa: E402, E501
-from alignment.context import BREAKS, Context  # noqa: E402
+from alignment.context import BREAKS, MODELS, Context  # noqa: E402
 from alignment.report import fmt, summary, verdict  # noqa: E402
 from alignment.twins import cached_archive  # noqa: E402
 
@@ -43,6 +43,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"comma-separated subset of {','.join(STEPS)}")
     parser.add_argument("--data_path", default=None,
                         help="CIFAR-10 archive or folder (default: the project's cache/download)")
+    parser.add_argument("--model", default="VGG16",
+                        help=f"models of the forward, backward and swa steps: comma-separated "
+                        f"from {','.join(MODELS)}, or all")
     parser.add_argument("--out", default=str(DIFF_DIR), help="where the .npy/.log files go")
     parser.add_argument("--break", dest="brk", default="none", choices=BREAKS,
                         help="build a deliberately broken Paddle twin (demonstrates localisation)")
@@ -62,6 +65,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="first N training images in long mode (default: all 50,000)")
     args = parser.parse_args(argv)
     args.steps = [s.strip() for s in args.steps.split(",") if s.strip()]
+    args.model = MODELS if args.model == "all" else tuple(
+        m.strip() for m in args.model.split(",") if m.strip())
+    if not args.model or set(args.model) - set(MODELS):
+        parser.error(f"--model takes names from {', '.join(MODELS)} or all, got "
+                     f"{', '.join(args.model) or 'nothing'}")
     unknown = [s for s in args.steps if s not in STEPS]
     if unknown:
         parser.error(f"unknown step(s) {', '.join(unknown)}; choose from {', '.join(STEPS)}")
@@ -75,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     paddle.set_device("cpu")
     ctx = Context(out=out, data_path=args.data_path, brk=args.brk, train_lr=args.train_lr,
                   backward_width=args.backward_width,
-                  control=args.control)
+                  control=args.control, models=args.model)
     if CPU_ENV:
         print("CPU settings applied: " + " ".join(f"{k}={v}" for k, v in CPU_ENV.items()))
     if args.brk != "none":

@@ -25,6 +25,13 @@ T_TRAIN_LOSS, T_TRAIN_ACC = 1e-3, 0.3
 T_F64_RATIO = 2.0  # Paddle's worst gradient error vs float64: at most twice torch's worst
 T_GRAD_LOCATE = 1e-5  # relative output-gradient diff that localisation counts as divergence
 
+# ``--model``: what the forward, backward and swa steps cover. VGG16 runs the original steps
+# (full-width forward, VGG16BN for BatchNorm, backward at ``--backward_width``); the residual
+# models run at full depth and a CPU-size width.
+MODEL_WIDTHS = {"VGG16": None, "PreResNet110": 0.25, "PreResNet164": 0.25,
+                "WideResNet28x10": 0.1}
+MODELS = tuple(MODEL_WIDTHS)
+
 
 @dataclass
 class Context:
@@ -35,6 +42,7 @@ class Context:
     train_lr: float = 0.01
     backward_width: float = 0.125
     control: bool = False
+    models: tuple[str, ...] = ("VGG16",)
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     cache: dict = field(default_factory=dict)
@@ -50,3 +58,14 @@ def make_cfg(**sections: dict) -> dict:
     for section, values in sections.items():
         base.setdefault(section, {}).update(values)
     return validate(merge(default_config(), base, "diff/align.py"))
+
+
+def residual_cfg(model: str, **sections: dict) -> dict:
+    """A residual model of ``--model`` at its CPU-size width, dropout 0."""
+    arch = {"model": model, "width": MODEL_WIDTHS[model], "dropout": 0.0}
+    return make_cfg(Arch=arch, **sections)
+
+
+def file_tag(step: str, model: str) -> str:
+    """``forward`` for VGG16 (the original steps' files), ``forward_preresnet164`` else."""
+    return step if model == "VGG16" else f"{step}_{model.lower()}"

@@ -6,10 +6,18 @@ from __future__ import annotations
 import numpy as np
 import paddle
 import torch
+from torch.optim.swa_utils import update_bn
 
-from .context import T_FORWARD, Context, make_cfg
+from .context import T_FORWARD, Context, file_tag, make_cfg, residual_cfg
 from .report import diff_stats, record
-from .twins import Probe, fake_data, paddle_state_as_torch, torch_state, twin_models
+from .twins import (
+    Probe,
+    fake_data,
+    load_torch_into_paddle,
+    paddle_state_as_torch,
+    torch_state,
+    twin_models,
+)
 
 
 def eval_twins(ctx: Context):
@@ -31,6 +39,86 @@ def eval_twins(ctx: Context):
 
 
 def step_forward(ctx: Context) -> None:
+    for model in ctx.models:
+        if model == "VGG16":
+            vgg16_forward(ctx)
+        else:
+            residual_forward(ctx, model)
+
+
+def fake_inputs(x: np.ndarray) -> list[np.ndarray]:
+    """Three different batches from the fake one: itself, mirrored, rescaled."""
+    return [x, np.ascontiguousarray(x[:, :, :, ::-1]), 0.5 * x + 0.25]
+
+
+def train_passes(th_model: torch.nn.Module, pd_model: paddle.nn.Layer, inputs: list) -> None:
+    """Train-mode forwards without gradients: each updates the BN running statistics."""
+    th_model.train()
+    pd_model.train()
+    for xi in inputs:
+        with torch.no_grad():
+            th_model(torch.from_numpy(xi))
+        with paddle.no_grad():
+            pd_model(paddle.to_tensor(xi))
+
+
+def running_means(th_model, pd_model) -> tuple[list[str], dict, dict]:
+    """(BN layers, torch's running means, Paddle's) keyed ``bn_running_mean/LAYER``."""
+    th_state, pd_state = torch_state(th_model), paddle_state_as_torch(pd_model)
+    layers = [k[:-len(".running_mean")] for k in th_state if k.endswith(".running_mean")]
+    th_vals = {f"bn_running_mean/{k}": th_state[f"{k}.running_mean"] for k in layers}
+    pd_vals = {f"bn_running_mean/{k}": pd_state[f"{k}.running_mean"] for k in layers}
+    return layers, th_vals, pd_vals
+
+
+def first_mean_divergence(layers: list[str], pd_vals: dict, th_vals: dict, pd_model) -> str:
+    for layer in layers:
+        key = f"bn_running_mean/{layer}"
+        mean, _ = diff_stats(pd_vals[key], th_vals[key])
+        if mean > T_FORWARD:
+            return (f"first layer whose running mean diverges: {layer} (BatchNorm2D), mean abs "
+                    f"diff {mean:.3g}; Paddle momentum {pd_bn_momentum(pd_model):g} (torch 0.1 "
+                    f"== Paddle 0.9)")
+    return ""
+
+
+def residual_forward(ctx: Context, model: str) -> None:
+    """A residual model at its CPU-size width: BN statistics of real activations (torch's
+    ``update_bn`` on the fake batches, converted), eval-mode logits with every layer's output
+    probed; then three train-mode passes and the running means (WideResNet's last BN has
+    torch momentum 0.9, Paddle 0.1)."""
+    x, _ = fake_data(ctx)
+    cfg = residual_cfg(model)
+    th_model, pd_model = twin_models(cfg, ctx.brk, ctx.seed)
+    inputs = fake_inputs(x)
+    update_bn([torch.from_numpy(xi) for xi in inputs], th_model)
+    load_torch_into_paddle(th_model, pd_model, ctx.brk)
+    th_model.eval()
+    pd_model.eval()
+    probe = Probe(th_model, pd_model, grads=False)
+    with torch.no_grad():
+        th_vals = {"logits": th_model(torch.from_numpy(x)).numpy()}
+    with paddle.no_grad():
+        pd_vals = {"logits": pd_model(paddle.to_tensor(x)).numpy()}
+    probe.remove()
+    train_passes(th_model, pd_model, inputs)
+    layers, th_means, pd_means = running_means(th_model, pd_model)
+    th_vals.update(th_means)
+    pd_vals.update(pd_means)
+    label = f"{model} (width {cfg['Arch']['width']:g})"
+    g_logits, g_means = f"{label} logits", f"{label} BN running means"
+    notes = {g_means: first_mean_divergence(layers, pd_means, th_means, pd_model)}
+    if diff_stats(pd_vals["logits"], th_vals["logits"])[0] > T_FORWARD:
+        notes[g_logits] = probe.first_output_divergence(T_FORWARD)
+    record(ctx, "forward", pd_vals, th_vals, [
+        (g_logits, ["logits"], T_FORWARD), (g_means, list(th_means), T_FORWARD)],
+        notes, tag=file_tag("forward", model))
+    for row in ctx.rows[-2:]:
+        if row.note:
+            ctx.note("forward", f"{row.compared}: {row.note}")
+
+
+def vgg16_forward(ctx: Context) -> None:
     x, _ = fake_data(ctx)
     _, _, th_logits, pd_logits, probe = eval_twins(ctx)
     pd_vals = {"logits": pd_logits.numpy()}
@@ -38,36 +126,18 @@ def step_forward(ctx: Context) -> None:
 
     th_bn, pd_bn = twin_models(make_cfg(Arch={"model": "VGG16BN", "dropout": 0.0}), ctx.brk,
                                ctx.seed)
-    th_bn.train()
-    pd_bn.train()
-    inputs = [x, np.ascontiguousarray(x[:, :, :, ::-1]), 0.5 * x + 0.25]
-    for xi in inputs:
-        with torch.no_grad():
-            th_bn(torch.from_numpy(xi))
-        with paddle.no_grad():
-            pd_bn(paddle.to_tensor(xi))
-    th_state, pd_state = torch_state(th_bn), paddle_state_as_torch(pd_bn)
-    bn_layers = [k[:-len(".running_mean")] for k in th_state if k.endswith(".running_mean")]
-    for layer in bn_layers:
-        th_vals[f"bn_running_mean/{layer}"] = th_state[f"{layer}.running_mean"]
-        pd_vals[f"bn_running_mean/{layer}"] = pd_state[f"{layer}.running_mean"]
-
-    notes = {}
-    logits_keys = ["logits"]
+    inputs = fake_inputs(x)
+    train_passes(th_bn, pd_bn, inputs)  # VGG16BN: the running statistics (momentum)
+    bn_layers, th_means, pd_means = running_means(th_bn, pd_bn)
+    th_vals.update(th_means)
+    pd_vals.update(pd_means)
+    notes = {"VGG16BN BN running means": first_mean_divergence(bn_layers, pd_means, th_means,
+                                                               pd_bn)}
     if diff_stats(pd_vals["logits"], th_vals["logits"])[0] > T_FORWARD:
         notes["VGG16 logits"] = probe.first_output_divergence(T_FORWARD)
-    # VGG16BN: three train-mode passes update the BatchNorm running statistics (momentum)
-    mean_keys = [f"bn_running_mean/{layer}" for layer in bn_layers]
-    for layer, key in zip(bn_layers, mean_keys, strict=True):
-        mean, _ = diff_stats(pd_vals[key], th_vals[key])
-        if mean > T_FORWARD:
-            notes["VGG16BN BN running means"] = (
-                f"first layer whose running mean diverges: {layer} (BatchNorm2D), mean abs diff "
-                f"{mean:.3g}; Paddle momentum {pd_bn_momentum(pd_bn):g} (torch 0.1 == Paddle 0.9)")
-            break
     record(ctx, "forward", pd_vals, th_vals, [
-        ("VGG16 logits", logits_keys, T_FORWARD),
-        ("VGG16BN BN running means", mean_keys, T_FORWARD),
+        ("VGG16 logits", ["logits"], T_FORWARD),
+        ("VGG16BN BN running means", list(th_means), T_FORWARD),
     ], notes)
     for row in ctx.rows[-2:]:
         if row.note:
@@ -75,6 +145,7 @@ def step_forward(ctx: Context) -> None:
 
     # Not compared with a threshold: Paddle on CPU stores the *biased* batch variance in its
     # running variance, torch the unbiased one (the reason swa_paddle.update_bn exists).
+    th_state, pd_state = torch_state(th_bn), paddle_state_as_torch(pd_bn)
     ratios = []
     for layer in bn_layers:
         n = _bn_count(th_bn, layer, inputs[0].shape[0])
@@ -87,7 +158,6 @@ def step_forward(ctx: Context) -> None:
              f"after rescaling Paddle's biased batch variances by n/(n-1): max abs diff "
              f"{max(r[3] for r in ratios):.3g}. Paddle stores the biased variance on CPU, torch "
              f"the unbiased one; see README")
-    ctx.cache["bn_var_note"] = ratios
 
 
 def pd_bn_momentum(model: paddle.nn.Layer) -> float:

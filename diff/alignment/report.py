@@ -58,8 +58,9 @@ def _reprod_root_logger() -> Iterator[None]:
 
 
 def record(ctx: Context, step: str, pd_vals: dict, th_vals: dict, groups: list[tuple],
-           notes: dict | None = None) -> list[Row]:
-    """Write ``step_paddle.npy`` / ``step_torch.npy`` (ReprodLogger) and ``step_diff.log``
+           notes: dict | None = None, tag: str | None = None) -> list[Row]:
+    """Write ``tag_paddle.npy`` / ``tag_torch.npy`` (ReprodLogger; ``tag``: ``step`` unless
+    given) and ``tag_diff.log``
     (ReprodDiffHelper.report, one report per threshold group, concatenated); add one summary
     row per group ``(compared, keys, threshold[, gate])``: the worst per-key mean abs diff
     (what the report checks) and the max abs diff over the group's keys."""
@@ -68,7 +69,7 @@ def record(ctx: Context, step: str, pd_vals: dict, th_vals: dict, groups: list[t
         logger = ReprodLogger()
         for key, value in vals.items():
             logger.add(key, np.asarray(value))
-        paths[name] = ctx.out / f"{step}_{name}.npy"
+        paths[name] = ctx.out / f"{tag or step}_{name}.npy"
         logger.save(str(paths[name]))
     helper = ReprodDiffHelper()
     info_pd, info_th = helper.load_info(str(paths["paddle"])), helper.load_info(str(paths["torch"]))
@@ -92,7 +93,7 @@ def record(ctx: Context, step: str, pd_vals: dict, th_vals: dict, groups: list[t
             note = (notes or {}).get(compared, "")
             rows.append(Row(step, compared, worst_mean, worst_max, threshold, passed, note,
                             gate[0] if gate else True))
-    (ctx.out / f"{step}_diff.log").write_text("".join(log_text))
+    (ctx.out / f"{tag or step}_diff.log").write_text("".join(log_text))
     ctx.rows.extend(rows)
     return rows
 

@@ -11,14 +11,26 @@ from swa_paddle import swa_utils as pd_swa
 from swa_torch import checkpoint as th_ckpt
 from swa_torch import swa_utils as th_swa
 
-from .context import T_SWA_AVG, T_SWA_BN, Context, make_cfg
+from .context import T_SWA_AVG, T_SWA_BN, Context, file_tag, make_cfg, residual_cfg
 from .report import diff_stats, record
 from .twins import paddle_state_as_torch, to_paddle_weights, torch_state, twin_models
 
 
 def step_swa(ctx: Context) -> None:
-    cfg = make_cfg(Arch={"model": "VGG16BN", "width": 0.125, "dropout": 0.0},
-                   Data={"data_path": ctx.data_path, "batch_size": 32, "train_subset": 96})
+    data = {"data_path": ctx.data_path, "batch_size": 32, "train_subset": 96}
+    for model in ctx.models:
+        if model == "VGG16":  # the paper's VGG16 has no BatchNorm: its BN variant
+            cfg = make_cfg(Arch={"model": "VGG16BN", "width": 0.125, "dropout": 0.0}, Data=data)
+            swa(ctx, cfg, "VGG16BN (1/8 width)", "VGG16BN", "swa")
+        else:
+            cfg = residual_cfg(model, Data=data)
+            swa(ctx, cfg, f"{model} (width {cfg['Arch']['width']:g})", model,
+                file_tag("swa", model))
+
+
+def swa(ctx: Context, cfg: dict, desc: str, name: str, tag: str) -> None:
+    """Five seeded weight snapshots averaged by both ``AveragedModel``s, then both
+    ``update_bn`` over the same real batches."""
     th_model, pd_model = twin_models(cfg, ctx.brk, ctx.seed)
     th_avg, pd_avg = th_swa.AveragedModel(th_model), pd_swa.AveragedModel(pd_model)
     base = torch_state(th_model)
@@ -47,7 +59,7 @@ def step_swa(ctx: Context) -> None:
     pd_vals["n_averaged"] = np.array([int(pd_avg.n_averaged)], np.int64)
     th_vals["n_averaged"] = np.array([int(th_avg.n_averaged)], np.int64)
 
-    # update_bn on the averaged VGG16BN, the same real batches (the twins' train loaders)
+    # update_bn on the averaged model, the same real batches (the twins' train loaders)
     pd_train, _ = pd_data.build_loaders(cfg)
     th_train, _ = th_data.build_loaders(cfg)
     pd_train.batch_sampler.set_epoch(0)
@@ -59,9 +71,9 @@ def step_swa(ctx: Context) -> None:
     for k in bn_keys:
         pd_vals[f"update_bn/{k}"], th_vals[f"update_bn/{k}"] = pd_state[k], th_state[k]
     n_batches = len(pd_train.batch_sampler)
-    record(ctx, "swa", pd_vals, th_vals, [
-        ("AveragedModel of 5 VGG16BN (1/8 width) snapshots: averaged parameters and n_averaged",
+    record(ctx, "swa", pd_vals, th_vals, tag=tag, groups=[
+        (f"AveragedModel of 5 {desc} snapshots: averaged parameters and n_averaged",
          [f"avg/{k}" for k in params] + ["n_averaged"], T_SWA_AVG),
-        (f"update_bn on the averaged VGG16BN, {n_batches} identical batches: running "
+        (f"update_bn on the averaged {name}, {n_batches} identical batches: running "
          f"mean/var", [f"update_bn/{k}" for k in bn_keys], T_SWA_BN),
     ])

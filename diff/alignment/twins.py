@@ -182,9 +182,12 @@ class Probe:
 
     def _pd_hook(self, name: str, grads: bool):
         def hook(layer, inputs, output):
-            self.pd_out[name] = output.numpy()
+            # a copy: ``numpy()`` turns a oneDNN convolution's output into NCHW in place,
+            # which the next convolution's backward (a residual shortcut) then refuses
+            self.pd_out[name] = output.clone().numpy()
             if grads and not output.stop_gradient:
-                output.register_hook(lambda g: self.pd_grad.__setitem__(name, g.numpy()))
+                output.register_hook(
+                    lambda g: self.pd_grad.__setitem__(name, g.clone().numpy()))
         return hook
 
     def remove(self) -> None:
