@@ -88,7 +88,7 @@ def predict_main(args: argparse.Namespace) -> int:
     twin, cfg, label, model = load_model(args)
     inputs = read_inputs(args, cfg)
     export = import_module(cfg["Global"]["framework"], "export")
-    logits = batched(lambda x: export.run_model(model, x), preprocess(inputs.images),
+    logits = batched(lambda x: export.run_model(model, x), preprocess(inputs.images, cfg),
                      cfg["Data"]["batch_size"])
     print(f"{label} of {args.model_path} ({cfg['Arch']['model']}, {cfg['Global']['framework']})")
     print_predictions(inputs, logits, cfg, args.top_k)
@@ -139,7 +139,7 @@ def infer_main(args: argparse.Namespace) -> int:
     export = import_module(framework, "export")
     predictor = export.Predictor(args.model_dir, args.device)
     inputs = read_inputs(args, cfg)
-    logits = batched(predictor, preprocess(inputs.images), args.batch_size)
+    logits = batched(predictor, preprocess(inputs.images, cfg), args.batch_size)
     print(f"exported model {args.model_dir} ({cfg['Arch']['model']}, {framework}, "
           f"{predictor.device})")
     print_predictions(inputs, logits, cfg, args.top_k)
@@ -184,7 +184,7 @@ def check_export(framework: str, cfg: dict, weights: dict | None, images: np.nda
     tune_cpu_env()
     twin = import_twin(framework)
     export = import_module(framework, "export")
-    x = preprocess(images)
+    x = preprocess(images, cfg)
     if weights is None:
         weights = random_weights(framework, cfg, x)
     exportable = twin.models.build_model(export_config(cfg))  # before: it switches oneDNN off

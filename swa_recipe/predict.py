@@ -13,9 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .arch import normalization
 from .checkpoint import CheckpointError
-from .cifar import DataError, load_cifar10, normalize
+from .cifar import DataError, load_cifar, normalize
 from .config import ConfigError, default_config, load_yaml, validate
+from .datasets import DATASETS
 
 CLASS_NAMES = {
     "CIFAR10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
@@ -96,7 +98,8 @@ def read_images(path: str) -> Inputs:
 
 def test_images(cfg: dict, indices: list[int]) -> Inputs:
     """CIFAR test images by index, from the config's archive, with their true labels."""
-    _, test = load_cifar10(cfg["Data"]["data_path"], cfg["Data"]["md5"])
+    data = cfg["Data"]
+    _, test = load_cifar(DATASETS[data["dataset"]], data["data_path"], data["md5"])
     bad = [i for i in indices if not 0 <= i < len(test.labels)]
     if bad:
         raise DataError(f"--index {bad[0]} is outside the test set (0..{len(test.labels) - 1})")
@@ -104,9 +107,10 @@ def test_images(cfg: dict, indices: list[int]) -> Inputs:
                   test.labels[indices].tolist())
 
 
-def preprocess(images: np.ndarray) -> np.ndarray:
-    """The test preprocessing of training (``swa_recipe.cifar.normalize``), float32 NCHW."""
-    return np.ascontiguousarray(normalize(images))
+def preprocess(images: np.ndarray, cfg: dict) -> np.ndarray:
+    """The test preprocessing of training (``swa_recipe.cifar.normalize`` with the model's
+    statistics), float32 NCHW."""
+    return np.ascontiguousarray(normalize(images, *normalization(cfg)))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
