@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from swa_paddle import checkpoint as pd_ckpt
 from swa_paddle import swa_utils as pd_swa
-from swa_torch import checkpoint as th_ckpt
 from swa_torch import swa_utils as th_swa
 
 from .context import Context, make_cfg
 from .report import diff_stats, record
 from .train import train_twins
-from .twins import paddle_state_as_torch, to_paddle_weights, torch_state, twin_models
+from .twins import feed_snapshot, paddle_state_as_torch, torch_state, twin_models
 
 T_EMA_AVG, T_EMA_TRAIN = 1e-7, 1e-6
 EMA_DECAY = 0.9
@@ -48,11 +46,7 @@ def step_ema(ctx: Context) -> None:
     base, rng = torch_state(th_model), np.random.default_rng([ctx.seed, 6])
     for k in range(5):
         snap = ema_snapshot(base, rng)
-        th_model.load_state_dict(th_ckpt.from_numpy(snap))
-        pd_ckpt.load_weights(pd_model, pd_ckpt.from_numpy(to_paddle_weights(snap, ctx.brk)),
-                             f"<snapshot {k}>")
-        th_avg.update_parameters(th_model)
-        pd_avg.update_parameters(pd_model)
+        feed_snapshot(ctx, snap, k, (th_model, pd_model), (th_avg, pd_avg))
     th_state, pd_state = torch_state(th_avg.module), paddle_state_as_torch(pd_avg.module)
     keys = [k for k in th_state if not k.endswith("num_batches_tracked")]
     pd_vals = {f"avg/{k}": pd_state[k] for k in keys}

@@ -6,14 +6,12 @@ import numpy as np
 
 import swa_paddle.data as pd_data
 import swa_torch.data as th_data
-from swa_paddle import checkpoint as pd_ckpt
 from swa_paddle import swa_utils as pd_swa
-from swa_torch import checkpoint as th_ckpt
 from swa_torch import swa_utils as th_swa
 
 from .context import T_SWA_AVG, T_SWA_BN, Context, file_tag, make_cfg, residual_cfg
 from .report import diff_stats, record
-from .twins import paddle_state_as_torch, to_paddle_weights, torch_state, twin_models
+from .twins import feed_snapshot, paddle_state_as_torch, torch_state, twin_models
 
 
 def step_swa(ctx: Context) -> None:
@@ -44,11 +42,7 @@ def swa(ctx: Context, cfg: dict, desc: str, name: str, tag: str) -> None:
             scale = float(value.std()) or 1.0
             noise = rng.standard_normal(value.shape).astype(np.float32)
             snap[key] = (value + np.float32(0.1 * scale) * noise).astype(value.dtype)
-        th_model.load_state_dict(th_ckpt.from_numpy(snap))
-        pd_ckpt.load_weights(pd_model, pd_ckpt.from_numpy(to_paddle_weights(snap, ctx.brk)),
-                             f"<snapshot {k}>")
-        th_avg.update_parameters(th_model)
-        pd_avg.update_parameters(pd_model)
+        feed_snapshot(ctx, snap, k, (th_model, pd_model), (th_avg, pd_avg))
     th_state, pd_state = torch_state(th_avg.module), paddle_state_as_torch(pd_avg.module)
     params = [k for k, _ in th_avg.module.named_parameters()]
     moved = np.mean([diff_stats(th_state[k], snap[k])[0] for k in params])

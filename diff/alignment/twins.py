@@ -139,6 +139,18 @@ def apply_break(model: paddle.nn.Layer, brk: str) -> paddle.nn.Layer:
     return model
 
 
+def feed_snapshot(ctx: Context, snap: dict[str, np.ndarray], k: int, models: tuple,
+                  averages: tuple) -> None:
+    """Load weight snapshot ``k`` (torch layout) into both twins, then add it to both
+    averages."""
+    th_model, pd_model = models
+    th_model.load_state_dict(th_ckpt.from_numpy(snap))
+    pd_ckpt.load_weights(pd_model, pd_ckpt.from_numpy(to_paddle_weights(snap, ctx.brk)),
+                         f"<snapshot {k}>")
+    for average, model in zip(averages, models, strict=True):
+        average.update_parameters(model)
+
+
 def twin_models(cfg: dict, brk: str = "none", seed: int = SEED):
     """(torch, paddle) models of ``cfg``: torch initialises, Paddle gets the converted weights."""
     torch.manual_seed(seed)
