@@ -43,8 +43,12 @@ def enable(on: bool = True) -> bool:
 
 
 @functools.cache
-def _static_conv(stride: tuple, padding: int | tuple, dilation: tuple, groups: int):
-    """One static program family per convolution geometry (Paddle caches one per input shape)."""
+def _static_conv(stride: tuple, padding: int | tuple, dilation: tuple, groups: int,
+                 grad: bool):
+    """One static program family per convolution geometry (Paddle caches one per input shape)
+    and per gradient mode: a program first traced without gradients (evaluation, update_bn)
+    and then reused for training leaves its output in NCHW where the backward of a
+    convolution fed directly by it (a residual shortcut) expects oneDNN's layout."""
 
     def conv(x: paddle.Tensor, weight: paddle.Tensor, bias: paddle.Tensor | None = None
              ) -> paddle.Tensor:
@@ -89,7 +93,7 @@ class Conv2D(nn.Conv2D):
         if not (_enabled and x.place.is_cpu_place() and x.dtype == paddle.float32):
             return super().forward(x)
         conv = _static_conv(_key(self._stride), _key(self._padding), _key(self._dilation),
-                            self._groups)
+                            self._groups, paddle.is_grad_enabled())
         if self.bias is None or not paddle.is_grad_enabled():
             return conv(x, self.weight, self.bias)  # no bias gradient: oneDNN adds the bias
         return BiasAdd.apply(conv(x, self.weight), self.bias)

@@ -165,3 +165,29 @@ def test_tune_cpu_env_sets_only_what_is_unset(monkeypatch):
 
 def test_limit_malloc_arenas_reaches_glibc():
     assert runtime.limit_malloc_arenas(2) == bool(runtime.ctypes.util.find_library("c"))
+
+
+@pytest.mark.skipif(not onednn.available(), reason="no oneDNN in this Paddle build")
+@pytest.mark.parametrize("model, depth", [("PreResNet164", 47), ("WideResNet28x10", 10)])
+def test_residual_model_trains_after_a_forward_without_gradients(archive, model, depth):
+    """A shape first run without gradients (evaluation, update_bn), then trained: the
+    shortcut convolution fed by another convolution gets oneDNN's layout in its backward
+    (one static program per gradient mode), and the gradients equal Paddle's own kernels'."""
+    cfg = tiny_config(archive, Arch={"model": model, "depth": depth, "width": 0.125},
+                      Global={"seed": 5})
+    x = paddle.to_tensor(np.random.default_rng(3).standard_normal((6, 3, 32, 32), np.float32))
+    grads = []
+    for fast in (True, False):
+        cfg["Global"]["onednn"] = fast
+        paddle.seed(0)
+        net = pd_models.build_model(cfg)
+        with paddle.no_grad():
+            net(x)
+        net(x).sum().backward()
+        grads.append({k: p.grad.numpy() for k, p in net.named_parameters() if p.grad is not None})
+    onednn.enable(True)
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for k in grads[0]:
+        scale = float(np.abs(grads[1][k]).mean()) or 1.0
+        # + 1e-6: biases before a BatchNorm have a zero gradient (rounding noise only)
+        assert float(np.abs(grads[0][k] - grads[1][k]).mean()) <= 1e-4 * scale + 1e-6, k
