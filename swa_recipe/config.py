@@ -239,8 +239,9 @@ def _num_classes(cfg: dict) -> None:
     if arch["num_classes"] is None:
         arch["num_classes"] = classes
     elif arch["num_classes"] != classes:
-        raise ConfigError(f"Arch.num_classes is {arch['num_classes']} but {dataset} has "
-                          f"{classes} classes; leave Arch.num_classes unset (or {classes})")
+        raise ConfigError(f"Arch.num_classes is {arch['num_classes']} but Data.dataset "
+                          f"{dataset} has {classes} classes; leave Arch.num_classes unset (or "
+                          f"{classes}), or use a checkpoint of {dataset}")
 
 
 def validate(cfg: dict, world_size: int = 1) -> dict:

@@ -72,7 +72,7 @@ def test_num_classes_follows_the_dataset():
     cfg = validate(merge(default_config(), {"Data": {"dataset": "CIFAR100"}}, "test"))
     assert cfg["Arch"]["num_classes"] == 100
     assert validate(default_config())["Arch"]["num_classes"] == 10
-    with pytest.raises(ConfigError, match="Arch.num_classes is 10 but CIFAR100 has 100 classes"):
+    with pytest.raises(ConfigError, match="num_classes is 10 but Data.dataset CIFAR100 has 100"):
         validate(merge(default_config(), {"Data": {"dataset": "CIFAR100"},
                                           "Arch": {"num_classes": 10}}, "test"))
 
@@ -121,7 +121,7 @@ def test_checkpoint_of_the_other_dataset_is_refused(c100_run, archive):
     framework, out = c100_run
     proc = cli("eval.py", "--model_path", str(out / f"checkpoint-2{EXT[framework]}"),
                "--data_path", str(archive), "--dataset", "CIFAR10", env=ONE_THREAD)
-    assert_refused(proc, "Arch.num_classes is 100 but CIFAR10 has 10 classes")
+    assert_refused(proc, "Arch.num_classes is 100 but Data.dataset CIFAR10 has 10 classes")
 
 
 # ---------------------------------------------------------------- bad input (README table)
