@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
 import tarfile
 import urllib.request
 import zlib
@@ -17,6 +16,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from . import safe_pickle
+from .datacheck import (
+    MAX_MEMBERS,
+    DataError,
+    Layout,
+    check_batch,
+    check_member_size,
+    check_split_size,
+    check_subset,
+)
+from .safe_pickle import short
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -28,10 +39,8 @@ TEST_FILES = ("test_batch",)
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32).reshape(3, 1, 1)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32).reshape(3, 1, 1)
 PAD = 4
-
-
-class DataError(RuntimeError):
-    """The dataset is missing, partial, corrupt or unexpected; the message says what to do."""
+CIFAR10 = Layout("CIFAR-10", ARCHIVE_NAME, FOLDER_NAME, TRAIN_FILES, TEST_FILES, b"labels",
+                 num_classes=10, train_size=50000, test_size=10000)
 
 
 @dataclass
@@ -106,14 +115,14 @@ def locate(data_path: str | None, md5: str | None = "auto") -> Path:
 
 
 def _unpickle(raw: bytes, name: str, origin: Path) -> dict:
+    """Through the project's restricted unpickler: a batch file never runs code."""
     try:
-        batch = pickle.loads(raw, encoding="bytes")
+        return safe_pickle.loads(raw, safe_pickle.CIFAR_GLOBALS, encoding="bytes")
+    except safe_pickle.UnsafePickle as exc:
+        raise DataError(f"{name} in {origin}: refusing to read: {exc}") from None
     except Exception:
         raise DataError(f"{name} in {origin} is not a readable CIFAR batch (truncated or "
                         f"corrupt); replace the dataset") from None
-    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
-        raise DataError(f"{name} in {origin} has no data/labels; it is not a CIFAR-10 batch")
-    return batch
 
 
 def _read_folder(folder: Path, names: tuple[str, ...]) -> list[dict]:
@@ -121,7 +130,30 @@ def _read_folder(folder: Path, names: tuple[str, ...]) -> list[dict]:
     if missing:
         raise DataError(f"{folder} lacks {', '.join(missing)}; re-extract {ARCHIVE_NAME} "
                         f"there or pass the archive itself with --data_path")
+    for n in names:
+        check_member_size((folder / n).stat().st_size, n, folder, CIFAR10)
     return [_unpickle((folder / n).read_bytes(), n, folder) for n in names]
+
+
+def _wanted_member(member: tarfile.TarInfo, index: int, names: tuple[str, ...], found: dict,
+                   archive: Path) -> str | None:
+    """The batch name ``member`` holds, after refusing what a genuine archive never has: a
+    second member of one name (it would silently replace the first), a link or device in a
+    batch's place, a member larger than any batch, more members than a dataset has."""
+    if index >= MAX_MEMBERS:
+        raise DataError(f"{archive} holds more than {MAX_MEMBERS} members; it is not a "
+                        f"{ARCHIVE_NAME}")
+    base = os.path.basename(member.name)
+    if base not in names:
+        return None
+    if not member.isfile():
+        raise DataError(f"{archive}: {short(member.name)} is a link or special file, not a "
+                        f"batch; the archive is corrupt or hostile, replace it")
+    if base in found:
+        raise DataError(f"{archive} holds {base} twice; the archive is corrupt or was "
+                        f"tampered with, replace it")
+    check_member_size(member.size, short(member.name), archive, CIFAR10)
+    return base
 
 
 def _read_archive(archive: Path, names: tuple[str, ...], md5: str | None) -> list[dict]:
@@ -131,9 +163,8 @@ def _read_archive(archive: Path, names: tuple[str, ...], md5: str | None) -> lis
     raw = {}
     try:
         with tarfile.open(archive, "r:gz") as tar:
-            for member in tar:
-                base = os.path.basename(member.name)
-                if member.isfile() and base in names:
+            for index, member in enumerate(tar):
+                if base := _wanted_member(member, index, names, raw, archive):
                     raw[base] = tar.extractfile(member).read()
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
         raise DataError(f"{archive} is truncated or corrupt ({exc.__class__.__name__}); "
@@ -145,16 +176,13 @@ def _read_archive(archive: Path, names: tuple[str, ...], md5: str | None) -> lis
     return [_unpickle(raw[n], n, archive) for n in names]
 
 
-def _to_split(batches: list[dict], names: tuple[str, ...]) -> Split:
+def _to_split(batches: list[dict], names: tuple[str, ...], origin: Path, split: str) -> Split:
     images, labels = [], []
     for batch, name in zip(batches, names, strict=True):
-        data = np.asarray(batch[b"data"], dtype=np.uint8)
-        label = np.asarray(batch[b"labels"], dtype=np.int64)
-        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(label):
-            raise DataError(f"{name} holds data of shape {data.shape} and {len(label)} labels, "
-                            f"not N x 3072 images with N labels; the dataset is corrupt")
+        data, label = check_batch(batch, name, origin, CIFAR10)
         images.append(data)
         labels.append(label)
+    check_split_size(sum(map(len, labels)), split, origin, CIFAR10)
     return Split(np.concatenate(images).reshape(-1, 3, 32, 32), np.concatenate(labels))
 
 
@@ -166,7 +194,8 @@ def load_cifar10(data_path: str | None, md5: str | None = "auto") -> tuple[Split
         batches = _read_folder(path, names)
     else:
         batches = _read_archive(path, names, expected_md5(data_path, md5))
-    return _to_split(batches[:5], TRAIN_FILES), _to_split(batches[5:], TEST_FILES)
+    return (_to_split(batches[:5], TRAIN_FILES, path, "train"),
+            _to_split(batches[5:], TEST_FILES, path, "test"))
 
 
 def subset(split: Split, n: int | None) -> Split:
@@ -180,6 +209,8 @@ def load_splits(cfg: dict, training: bool = True) -> tuple[Split, Split]:
     training, a batch that fits the training set actually read."""
     data = cfg["Data"]
     train, test = load_cifar10(data["data_path"], data["md5"])
+    check_subset(data["train_subset"], len(train.labels), "training", "train_subset")
+    check_subset(data["test_subset"], len(test.labels), "test", "test_subset")
     train, test = subset(train, data["train_subset"]), subset(test, data["test_subset"])
     if training and data["batch_size"] > len(train.labels):
         raise DataError(f"Data.batch_size ({data['batch_size']}) is larger than the training "
