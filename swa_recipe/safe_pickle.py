@@ -66,6 +66,8 @@ class _DType:
         if not isinstance(state, tuple) or len(state) not in (8, 9):
             raise UnsafePickle("forged dtype state")
         _, order, subarray, names, fields, size, align, flags, *meta = state
+        if isinstance(order, bytes):  # Python 2 pickles read with encoding="bytes"
+            order = order.decode("latin1")
         if (order not in ("<", ">", "|", "=") or subarray is not None or names is not None
                 or fields is not None or size not in (-1, self.dtype.itemsize)
                 or align not in (-1, self.dtype.alignment) or flags != self.dtype.flags
