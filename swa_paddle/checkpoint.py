@@ -63,13 +63,16 @@ def load(path: str) -> dict:
                               f"file") from None
 
 
+is_tensor = paddle.is_tensor
+
+
 def shapes(state: dict) -> dict:
     return {k: tuple(v.shape) for k, v in state.items()}
 
 
 def load_weights(model: nn.Layer, state: dict, path: str) -> None:
     """Load a plain state dict after checking every key and shape against ``model``."""
-    state = plain_layout(check_state_dict(state, path, paddle.is_tensor))
+    state = plain_layout(check_state_dict(state, path, is_tensor))
     check_shapes(shapes(model.state_dict()), shapes(state), path)
     model.set_state_dict(state)
 

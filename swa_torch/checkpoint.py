@@ -60,13 +60,16 @@ def load(path: str) -> dict:
                               f"or holds objects other than tensors") from None
 
 
+is_tensor = torch.is_tensor
+
+
 def shapes(state: dict) -> dict:
     return {k: tuple(v.shape) for k, v in state.items() if not k.endswith("num_batches_tracked")}
 
 
 def load_weights(model: nn.Module, state: dict, path: str) -> None:
     """Load a plain state dict after checking every key and shape against ``model``."""
-    state = plain_layout(check_state_dict(state, path, torch.is_tensor))
+    state = plain_layout(check_state_dict(state, path, is_tensor))
     check_shapes(shapes(model.state_dict()), shapes(state), path)
     model.load_state_dict(state, strict=False)
 
