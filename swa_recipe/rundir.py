@@ -54,7 +54,7 @@ class RunDir:
         self.out, self.resuming, self.overwrite = out, resuming, overwrite
         self.lock_path = os.path.join(out, LOCK_NAME)
         self._fd: int | None = None
-        self._created = False
+        self._created: list[str] = []  # directories this start made, innermost first
         self._begun = False
 
     def check_fresh(self) -> None:
@@ -69,7 +69,10 @@ class RunDir:
     def claim(self, make_dir: Callable[[str], None]) -> None:
         """Check, create the directory with ``make_dir``, and lock it against a second run."""
         self.check_fresh()
-        self._created = not os.path.isdir(self.out)
+        path = os.path.abspath(self.out)
+        while not os.path.exists(path):
+            self._created.append(path)
+            path = os.path.dirname(path)
         make_dir(self.out)
         while True:
             fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -108,9 +111,11 @@ class RunDir:
                 os.remove(self.lock_path)
             os.close(self._fd)
             self._fd = None
-        if self._created and not self._begun:
-            with contextlib.suppress(OSError):
-                os.rmdir(self.out)  # only when empty: nothing of a refused start remains
+        if not self._begun:
+            with contextlib.suppress(OSError):  # only empty ones: nothing of a refused start
+                for path in self._created:
+                    os.rmdir(path)
+            self._created = []
 
     def __enter__(self) -> RunDir:
         return self

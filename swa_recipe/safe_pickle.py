@@ -134,6 +134,13 @@ def _latin1(text, encoding="latin1") -> bytes:
     return text.encode("latin1")
 
 
+def _empty_bytes(*args) -> bytes:
+    """Protocols 0-2 store ``b""`` as ``bytes()``; ``bytes(n)`` would allocate ``n`` bytes."""
+    if args:
+        raise UnsafePickle("forged bytes() call")
+    return b""
+
+
 def _ordered_dict(items=()):
     if not isinstance(items, (list, tuple)):
         raise UnsafePickle("OrderedDict of a non-list")
@@ -142,6 +149,7 @@ def _ordered_dict(items=()):
 
 NUMPY = {("numpy", "dtype"): _DType, ("numpy", "ndarray"): _ArrayClass,
          ("_codecs", "encode"): _latin1,
+         ("__builtin__", "bytes"): _empty_bytes, ("builtins", "bytes"): _empty_bytes,
          **{(m, "_reconstruct"): _reconstruct
             for m in ("numpy.core.multiarray", "numpy._core.multiarray")}}
 # What ``paddle.save`` writes for tensors, arrays and plain containers.

@@ -1,0 +1,323 @@
+"""Hostile and malformed files: each ends in one ``error:`` line and exit 2, runs nothing,
+overwrites nothing, and stays within a memory cap and a time limit.
+
+The crafted inputs are built here; ``hostile_worker.py`` runs them all through the CLI entry
+points (``train``, ``eval``, ``convert``) in one subprocess whose address space is capped at
+what Paddle and torch take plus 1.5 GiB, each case under its own alarm.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, make_batches, write_folder
+
+WORKER = Path(__file__).with_name("hostile_worker.py")
+LINE_LIMIT = 600  # characters: messages cut long values
+
+
+class Reduce:
+    """Pickles as the given ``__reduce__`` tuple: how an attacker names any callable."""
+
+    def __init__(self, *reduce):
+        self.reduce = reduce
+
+    def __reduce__(self):
+        return self.reduce
+
+
+def forged_array(shape, dtype_state, raw: bytes, spec: str = "f8") -> Reduce:
+    """What ``numpy`` pickles an array as, with every field chosen by the attacker."""
+    dtype = Reduce(np.dtype, (spec, False, True), dtype_state)
+    return Reduce(np.core.multiarray._reconstruct, (np.ndarray, (0,), b"b"),
+                  (1, shape, dtype, False, raw))
+
+
+PLAIN_F8 = (3, "<", None, None, None, -1, -1, 0)
+
+
+def nested_dag(depth: int) -> list:
+    """A list holding the same list twice, ``depth`` times: 2**depth paths, a few bytes."""
+    node: list = ["x"]
+    for _ in range(depth):
+        node = [node, node]
+    return node
+
+
+def deep_list_pickle(depth: int) -> bytes:
+    """``[[[...]]]`` nested ``depth`` deep, in raw opcodes (``pickle.dumps`` would recurse)."""
+    return b"\x80\x02" + b"]" * depth + b"a" * (depth - 1) + b"."
+
+
+def self_containing_pickle() -> bytes:
+    return b"\x80\x02]q\x00h\x00a."
+
+
+def claimed_bytes8(n: int) -> bytes:
+    """BINBYTES8 claiming ``n`` bytes, holding 8: 23 bytes that ask for ``n``."""
+    return b"\x80\x04\x8e" + struct.pack("<Q", n) + b"x" * 8 + b"."
+
+
+def dump(obj, protocol: int = 4) -> bytes:
+    """``paddle.save`` writes protocol 4; the official CIFAR batches are protocol 2."""
+    return pickle.dumps(obj, protocol=protocol)
+
+
+def paddle_files(root: Path, marker: Path) -> dict[str, tuple[bytes, list[str]]]:
+    """name -> (file bytes, words the error line must hold)."""
+    sd = {"w": np.zeros(2, np.float32)}
+    run = Reduce(os.system, (f"touch {marker}",))
+    big = "A" * 1_000_000
+    return {
+        "os_system": (dump({"state_dict": run}), ["posix.system", "could run code"]),
+        "builtins_eval": (b"c__builtin__\neval\n(Vopen('%s','w')\ntR." % str(marker).encode(),
+                          ["__builtin__.eval"]),
+        "getattr_chain": (b"\x80\x02cbuiltins\ngetattr\n.", ["builtins.getattr"]),
+        "object_dtype": (dump({"state_dict": forged_array((1,), (3, "|", None, None, None, -1,
+                                                                 -1, 63), b"\0" * 8, "O8")}),
+                         ["not a plain numeric dtype"]),
+        "forged_dtype_flags": (dump({"state_dict": forged_array(
+            (2,), (3, "<", None, None, None, -1, -1, 63), struct.pack("<QQ", 0xdead, 0xbeef))}),
+            ["forged dtype state"]),
+        "forged_dtype_fields": (dump({"state_dict": forged_array(
+            (1,), (3, "<", None, ("a",), {"a": 0}, 8, 1, 0), b"\0" * 8)}),
+            ["forged dtype state"]),
+        "forged_itemsize": (dump({"state_dict": forged_array(
+            (1,), (3, "<", None, None, None, 1 << 40, -1, 0), b"\0" * 8)}), ["forged dtype"]),
+        "array_claims_2gib": (dump({"state_dict": forged_array((2**28,), PLAIN_F8, b"\0" * 8)}),
+                              ["needs 2147483648 bytes", "holds 8"]),
+        "array_shape_negative": (dump({"w": forged_array((-1,), PLAIN_F8, b"")}),
+                                 ["forged array state"]),
+        "array_object_list_data": (dump({"w": forged_array((1,), PLAIN_F8, [1.0])}),
+                                   ["forged array state"]),
+        "ndarray_called": (dump({"w": Reduce(np.ndarray, ((2**40,), "f4"))}),
+                           ["numpy.ndarray directly"]),
+        "bytes8_claims_2gib": (claimed_bytes8(2**31), ["truncated"]),
+        "unicode8_claims_2gib": (b"\x80\x04\x8d" + struct.pack("<Q", 2**31) + b"abc.",
+                                 ["truncated"]),
+        "tuple_of_megabyte_string": (dump(Reduce(tuple, ("x" * 100_000,))),
+                                     ["tuple of str"]),
+        "persistent_id": (b"\x80\x02X\x01\x00\x00\x00aQ.", ["external objects"]),
+        "deep_nesting": (deep_list_pickle(100_000), ["nests containers more than 64"]),
+        "self_containing": (self_containing_pickle(), ["contains itself"]),
+        "shared_sublists_in_weights": (dump({"state_dict": {"w": nested_dag(40)}}),
+                                       ["not a tensor"]),
+        "shared_sublists_in_config": (dump({"state_dict": sd, "config": {"Global": {
+            "dir": nested_dag(40)}}}), ["Global.dir must be a string"]),
+        "long_value_in_config": (dump({"state_dict": sd, "config": {"Arch": {"model": big}}}),
+                                 ["Arch.model must be one of"]),
+        "integer_keys": (dump({0: np.zeros(2, np.float32), "StructuredToParameterName@@": {}}),
+                         ["key 0 is not a parameter name"]),
+        "non_tensor_value": (dump({"features.0.weight": "a string"}), ["holds a str"]),
+        "truncated": (dump({"state_dict": sd})[:30], ["truncated"]),
+        "empty": (b"", ["truncated"]),
+        "text": (b"Global:\n  epochs: 3\n", ["cannot be read"]),
+        "not_a_dict": (dump([1, 2, 3]), ["no state dict"]),
+    }
+
+
+def torch_files(root: Path, marker: Path) -> dict[str, tuple[bytes, list[str]]]:
+    import torch
+
+    def save(obj) -> bytes:
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        return buf.getvalue()
+
+    stride0 = save({"features.0.weight": torch.zeros(1).expand(2**31)})
+    inflated = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(stride0)) as src, \
+            zipfile.ZipFile(inflated, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            dst.writestr(info.filename, b"\0" * (64 << 20) if info.filename.endswith("/0")
+                         else data)
+    return {
+        "os_system": (save({"state_dict": Reduce(os.system, (f"touch {marker}",))}),
+                      ["cannot be read as a PyTorch checkpoint"]),
+        "stride0_2g_elements": (stride0, ["claims more elements than its storage"]),
+        "zip_inflates": (inflated.getvalue(), ["claim", "more than the file holds"]),
+        "shared_sublists_in_config": (save({"state_dict": {}, "config": {"Global": {
+            "dir": nested_dag(40)}}}), ["Global.dir must be a string"]),
+        "deep_nesting": (save({"x": _deep(200)}), ["nests containers more than 64"]),
+        "integer_keys": (save({0: torch.zeros(2)}), ["key 0 is not a parameter name"]),
+        "non_tensor_value": (save({"features.0.weight": [1, 2]}), ["holds a list"]),
+        "truncated": (save({"w": torch.zeros(4)})[:200], ["cannot be read"]),
+    }
+
+
+def _deep(depth: int) -> list:
+    node: list = []
+    for _ in range(depth):
+        node = [node]
+    return node
+
+
+def tar_bytes(members: list[tarfile.TarInfo | tuple[str, bytes]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for member in members:
+            if isinstance(member, tarfile.TarInfo):
+                tar.addfile(member)
+            else:
+                info = tarfile.TarInfo(f"cifar-10-batches-py/{member[0]}")
+                info.size = len(member[1])
+                tar.addfile(info, io.BytesIO(member[1]))
+    return buf.getvalue()
+
+
+def cifar_archives(marker: Path) -> dict[str, tuple[bytes, list[str]]]:
+    """Synthetic archives in the official layout, each broken in one way."""
+    def archive(**changes) -> list:
+        batches = make_batches()
+        for name, change in changes.items():
+            batches[name] = change(batches[name])
+        return [(name, dump(content, 2)) for name, content in batches.items()]
+
+    def set_key(key, value):
+        return lambda batch: {**batch, key: value(batch) if callable(value) else value}
+
+    link = tarfile.TarInfo("cifar-10-batches-py/test_batch")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    hard = tarfile.TarInfo("cifar-10-batches-py/test_batch")
+    hard.type, hard.linkname = tarfile.LNKTYPE, "cifar-10-batches-py/data_batch_1"
+    huge = tarfile.TarInfo("cifar-10-batches-py/data_batch_1")
+    huge.size = 2**33
+    clean = archive()
+    return {
+        "runs_code": (tar_bytes([(n, dump(Reduce(os.system, (f"touch {marker}",)), 2))
+                                 if n == "data_batch_2" else (n, b) for n, b in clean]),
+                      ["data_batch_2", "posix.system"]),
+        "forged_dtype": (tar_bytes([(n, dump({b"data": forged_array(
+            (1, 3072), (3, "|", None, None, None, -1, -1, 63), b"\0" * 3072, "u1"),
+            b"labels": [0]}, 2)) if n == "test_batch" else (n, b) for n, b in clean]),
+            ["test_batch", "forged dtype state"]),
+        "float_images": (tar_bytes(archive(test_batch=set_key(
+            b"data", lambda b: b[b"data"].astype(np.float32)))), ["float32 images", "uint8"]),
+        "int16_images": (tar_bytes(archive(test_batch=set_key(
+            b"data", lambda b: b[b"data"].astype(np.int16) + 256))), ["int16 images"]),
+        "float_labels": (tar_bytes(archive(data_batch_1=set_key(
+            b"labels", lambda b: [float(v) for v in b[b"labels"]]))), ["labels of type"]),
+        "label_10": (tar_bytes(archive(data_batch_1=set_key(
+            b"labels", lambda b: [10] + b[b"labels"][1:]))), ["label 10", "0..9"]),
+        "label_negative": (tar_bytes(archive(test_batch=set_key(
+            b"labels", lambda b: [-1] + b[b"labels"][1:]))), ["label -1"]),
+        "label_2_70": (tar_bytes(archive(test_batch=set_key(
+            b"labels", lambda b: [2**70] + b[b"labels"][1:]))), ["label 1180591620717411303424"]),
+        "label_strings": (tar_bytes(archive(test_batch=set_key(
+            b"labels", lambda b: ["cat"] * len(b[b"labels"])))), ["labels of type"]),
+        "data_none": (tar_bytes(archive(test_batch=set_key(b"data", None))),
+                      ["NoneType images"]),
+        "empty_test_set": (tar_bytes(archive(test_batch=lambda b: {
+            **b, b"data": b[b"data"][:0], b"labels": []})), ["no test images"]),
+        "duplicate_test_batch": (tar_bytes(clean + [("test_batch", clean[-1][1])]),
+                                 ["test_batch twice"]),
+        "symlink_member": (tar_bytes(clean[:-1] + [link]), ["link or special file"]),
+        "hardlink_member": (tar_bytes(clean[:-1] + [hard]), ["link or special file"]),
+        "member_claims_8gib": (tar_bytes([huge]), ["claims 8589934592 bytes"]),
+        "too_many_members": (tar_bytes([(f"junk{i}", b"") for i in range(1001)]),
+                             ["more than 1000 members"]),
+        "gzip_garbage_tail": (gzip.compress(b"\0" * 1024), ["lacks data_batch_1"]),
+    }
+
+
+def run_worker(cases: list[dict], tmp: Path) -> dict[str, dict]:
+    path, out = tmp / "cases.json", tmp / "results.jsonl"
+    path.write_text(json.dumps(cases))
+    proc = subprocess.run([sys.executable, str(WORKER), str(path), str(out)], cwd=ROOT,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"}, capture_output=True,
+                          text=True, timeout=900)
+    results = {}
+    if out.exists():
+        results = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-3000:], list(results)[-1:])
+    return results
+
+
+def assert_one_line(result: dict, needles: list[str]) -> None:
+    assert result["escaped"] is None, result["escaped"]
+    assert result["rc"] == 2, result
+    lines = result["stderr"].splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result["stderr"][-2000:]
+    assert len(lines[0]) < LINE_LIMIT, lines[0][:300]
+    assert "Traceback" not in lines[0] and "MemoryError" not in lines[0], lines[0]
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    assert result["seconds"] < 10, result
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory, archive):
+    """Every crafted file, the cases that feed them to the CLI, and the worker's results."""
+    root = tmp_path_factory.mktemp("hostile")
+    marker = root / "pwned"
+    cases, expect = [], {}
+    for name, (raw, needles) in paddle_files(root, marker).items():
+        path = root / f"{name}.pdparams"
+        path.write_bytes(raw)
+        cases.append({"id": f"paddle-{name}", "main": "eval",
+                      "argv": ["--model_path", str(path), "--data_path", str(archive)]})
+        expect[f"paddle-{name}"] = needles
+    for name, (raw, needles) in torch_files(root, marker).items():
+        path = root / f"{name}.pt"
+        path.write_bytes(raw)
+        cases.append({"id": f"torch-{name}", "main": "eval",
+                      "argv": ["--model_path", str(path), "--data_path", str(archive)]})
+        expect[f"torch-{name}"] = needles
+    train = ["--config", "configs/lite.yaml", "-o", "Data.train_subset=null", "-o",
+             "Data.test_subset=null", "-o", "Data.batch_size=32", "--epochs", "1",
+             "--swa_start", "1"]
+    for name, (raw, needles) in cifar_archives(marker).items():
+        path = root / name / "cifar-10-python.tar.gz"
+        path.parent.mkdir()
+        path.write_bytes(raw)
+        cases.append({"id": f"cifar-{name}", "main": "train",
+                      "argv": [*train, "--data_path", str(path), "--dir",
+                               str(root / "runs" / name)]})
+        expect[f"cifar-{name}"] = needles
+    folder = write_folder(root / "folder", {**make_batches(), "test_batch": Reduce(
+        os.system, (f"touch {marker}",))})
+    cases.append({"id": "cifar-folder_runs_code", "main": "train",
+                  "argv": [*train, "--data_path", str(folder), "--dir",
+                           str(root / "runs" / "folder")]})
+    expect["cifar-folder_runs_code"] = ["test_batch", "posix.system"]
+    before = digest(root)
+    results = run_worker(cases, root)
+    return results, expect, marker, root, before
+
+
+def test_every_hostile_file_is_one_line_and_runs_nothing(hostile):
+    results, expect, marker, root, before = hostile
+    assert set(results) == set(expect), set(expect) - set(results)
+    failures = []
+    for case, needles in expect.items():
+        try:
+            assert_one_line(results[case], needles)
+        except AssertionError as exc:
+            failures.append(f"{case}: {exc}")
+    assert not failures, "\n".join(failures)
+    assert not marker.exists()
+    # nothing written: no run directory was created, no input changed
+    after = digest(root)
+    assert {k: v for k, v in after.items() if not k.startswith("cases.json")
+            and not k.startswith("results.jsonl")} == before
+    assert not (root / "runs").exists()
