@@ -300,6 +300,11 @@ def hostile(tmp_path_factory, archive):
                   "argv": [*train, "--data_path", str(folder), "--dir",
                            str(root / "runs" / "folder")]})
     expect["cifar-folder_runs_code"] = ["test_batch", "posix.system"]
+    for name, (argv, needles) in config_cases(root).items():
+        cases.append({"id": f"config-{name}", "main": "train",
+                      "argv": [*train, "--data_path", str(archive), *argv, "--dir",
+                               str(root / "runs" / name)]})
+        expect[f"config-{name}"] = needles
     before = digest(root)
     results = run_worker(cases, root)
     return results, expect, marker, root, before
@@ -321,3 +326,241 @@ def test_every_hostile_file_is_one_line_and_runs_nothing(hostile):
     assert {k: v for k, v in after.items() if not k.startswith("cases.json")
             and not k.startswith("results.jsonl")} == before
     assert not (root / "runs").exists()
+
+
+def config_cases(root: Path) -> dict[str, tuple[list[str], list[str]]]:
+    """name -> (train.py arguments, words of the error line)."""
+    bomb = root / "bomb.yaml"
+    levels = ["a: &a [" + ", ".join(['"lol"'] * 9) + "]"]
+    levels += [f"{c}: &{c} [" + ", ".join([f"*{p}"] * 9) + "]"
+               for p, c in zip("abcdefgh", "bcdefghi", strict=True)]
+    bomb.write_text("Global:\n  dir:\n" + "".join(f"    - {lv[3:]}\n" for lv in levels))
+    latin = root / "latin.yaml"
+    latin.write_bytes(b"Global:\n  dir: caf\xe9\n")
+    return {
+        "alias_bomb": (["--config", str(bomb)], ["Global.dir must be a string"]),
+        "not_utf8": (["--config", str(latin)], ["not UTF-8"]),
+        "config_is_directory": (["--config", str(root)], ["not a regular file"]),
+        "config_is_device": (["--config", "/dev/zero"], ["not a regular file"]),
+        "seed_negative": (["--seed", "-1"], ["Global.seed must be in [0, 4294967296)"]),
+        "seed_29_digits": (["--seed", "1" * 29], ["Global.seed must be"]),
+        "width_inf": (["-o", "Arch.width=.inf"], ["Arch.width must be a finite number"]),
+        "width_nan": (["-o", "Arch.width=.nan"], ["Arch.width must be a finite number"]),
+        "lr_overflow": (["--lr_init", "1e400"], ["Optimizer.lr_init must be a finite"]),
+        "epochs_2_70": (["--epochs", str(2**70)], ["Global.epochs must be between"]),
+        "huge_value": (["-o", "Arch.model=" + "V" * 1_000_000], ["Arch.model must be one of"]),
+        "unknown_key": (["-o", "Global.dropout=1"], ["unknown config key 'Global.dropout'"]),
+    }
+
+
+def fake_run(folder: Path, *names: str) -> Path:
+    """A directory holding another run's outputs (contents do not matter: they must survive)."""
+    folder.mkdir(parents=True)
+    for name in names:
+        (folder / name).write_bytes(os.urandom(64))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def rundir_results(tmp_path_factory, archive):
+    """Run-directory, resume and convert refusals, in order, in one worker (no case trains:
+    training under the worker's address-space cap stalls Paddle's thread pools)."""
+    import fcntl
+
+    root = tmp_path_factory.mktemp("rundirs")
+    outputs = ("checkpoint-0.pdparams", "checkpoint-7.pdparams", "metrics.csv", "train.log",
+               "train_log.txt", "config.yaml", "curves.png")
+    used = fake_run(root / "used", *outputs)
+    refused = fake_run(root / "refused", "train.log", "config.yaml")
+    locked = fake_run(root / "locked")
+    weights = {"features.0.weight": np.zeros((4, 3, 3, 3), np.float32)}
+    (root / "converted.pdparams").write_bytes(dump({"epoch": 1, "state_dict": weights,
+                                                    "optimizer": None, "config": None}))
+    (root / "plain.pdparams").write_bytes(dump(weights))
+    (root / "epoch_text.pdparams").write_bytes(dump({"epoch": "1", "state_dict": weights,
+                                                     "optimizer": {}}))
+    (root / "int_keys.pdparams").write_bytes(dump({0: np.zeros(2, np.float32)}))
+    (root / "a_dir.pt").mkdir()
+    train = ["--config", "configs/lite.yaml", "-o", "Data.train_subset=null", "-o",
+             "Data.test_subset=null", "-o", "Data.batch_size=32", "--epochs", "1",
+             "--swa_start", "1", "--data_path", str(archive)]
+    cases = [
+        ("used", "train", [*train, "--dir", str(used)]),
+        ("refused_start", "train", [*train, "--dir", str(refused), "--resume", "auto",
+                                    "--data_path", str(root / "missing.tar.gz")]),
+        ("locked", "train", [*train, "--dir", str(locked)]),
+        ("resume_converted", "train", [*train, "--dir", str(root / "r1"), "--resume",
+                                       str(root / "converted.pdparams")]),
+        ("resume_plain", "train", [*train, "--dir", str(root / "r2"), "--resume",
+                                   str(root / "plain.pdparams")]),
+        ("resume_epoch_text", "train", [*train, "--dir", str(root / "r3"), "--resume",
+                                        str(root / "epoch_text.pdparams")]),
+        ("convert_missing_dir", "convert", [str(root / "plain.pdparams"),
+                                            str(root / "nowhere" / "c.pt")]),
+        ("convert_onto_dir", "convert", [str(root / "plain.pdparams"),
+                                         str(root / "a_dir.pt")]),
+        ("convert_int_keys", "convert", [str(root / "int_keys.pdparams"), str(root / "k.pt")]),
+    ]
+    with open(locked / ".run.lock", "w") as holder:
+        holder.write("4242\n")
+        holder.flush()
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        before = {"used": digest(used), "refused": digest(refused)}
+        results = run_worker([{"id": i, "main": m, "argv": a} for i, m, a in cases], root)
+    return results, root, before
+
+
+RUNDIR_REFUSALS = {
+    "used": ["holds another run's outputs", "--resume auto", "--dir", "--overwrite"],
+    "refused_start": ["not found"],
+    "locked": ["another run (pid 4242)"],
+    "resume_converted": ["no optimizer state"],
+    "resume_plain": ["not a training checkpoint"],
+    "resume_epoch_text": ["holds epoch '1'"],
+    "convert_missing_dir": ["does not exist"],
+    "convert_onto_dir": ["is a directory"],
+    "convert_int_keys": ["key 0 is not a parameter name"],
+}
+
+
+def test_run_directory_refusals_lose_nothing(rundir_results):
+    results, root, before = rundir_results
+    failures = []
+    for case, needles in RUNDIR_REFUSALS.items():
+        try:
+            assert_one_line(results[case], needles)
+        except AssertionError as exc:
+            failures.append(f"{case}: {exc}")
+    assert not failures, "\n".join(failures)
+    # every file of the used directory, train.log included, is as it was
+    assert digest(root / "used") == before["used"]
+    assert digest(root / "refused") == before["refused"]
+    assert not any((root / d).exists() for d in ("r1", "r2", "r3", "nowhere"))
+    assert not (root / "k.pt").exists()
+
+
+def test_stale_lock_is_taken_over_and_overwrite_replaces(archive, tmp_path):
+    """A lock file left by a dead run does not block; --overwrite replaces old outputs."""
+    outputs = ("checkpoint-0.pdparams", "checkpoint-7.pdparams", "metrics.csv", "train.log")
+    stale, over = fake_run(tmp_path / "stale"), fake_run(tmp_path / "over", *outputs)
+    (stale / ".run.lock").write_text("999999999\n")
+    train = [sys.executable, "train.py", "--config", "configs/lite.yaml", "-o",
+             "Data.train_subset=null", "-o", "Data.test_subset=null", "-o",
+             "Data.batch_size=32", "--epochs", "1", "--swa_start", "1", "--data_path",
+             str(archive)]
+    for extra in (["--dir", str(stale)], ["--dir", str(over), "--overwrite"]):
+        proc = subprocess.run([*train, *extra], cwd=ROOT, capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (stale / "checkpoint-1.pdparams").is_file()
+    assert not (stale / ".run.lock").exists()
+    assert not (over / "checkpoint-7.pdparams").exists()
+    assert (over / "checkpoint-1.pdparams").is_file()
+    assert (over / "train.log").read_text().count("training for 1 epochs") == 1
+
+
+def cli_in_process(main: str, *argv: str) -> int:
+    from swa_recipe import cli
+
+    parser, entry = {"eval": (cli.eval_parser, cli.eval_main),
+                     "convert": (cli.convert_parser, cli.convert_main)}[main]
+    args = parser().parse_args(list(argv))
+    return cli.run(lambda: entry(args), False)
+
+
+def test_plain_paddle_state_dicts_evaluate_and_convert(archive, tmp_path, capsys):
+    """``paddle.save(model.state_dict())`` and tools/convert.py's output for a plain torch
+    state dict load as ``paddle.load`` would, and evaluate."""
+    import paddle
+    import torch
+
+    from conftest import tiny_config
+    from swa_paddle.models import build_model as paddle_model
+    from swa_torch.models import build_model as torch_model
+
+    cfg = tiny_config(archive)
+    plain = tmp_path / "plain.pdparams"
+    paddle.save(paddle_model(cfg).state_dict(), str(plain))
+    torch_plain, converted = tmp_path / "plain.pt", tmp_path / "converted.pdparams"
+    torch.save(torch_model(cfg).state_dict(), torch_plain)
+    assert cli_in_process("convert", str(torch_plain), str(converted), "-o",
+                          "Arch.width=0.0625") == 0
+    for path in (plain, converted):
+        assert cli_in_process("eval", "--model_path", str(path), "--data_path", str(archive),
+                              "-o", "Arch.width=0.0625") == 0
+        assert f"weights of {path}: test loss" in capsys.readouterr().out
+
+
+def test_eval_treats_swa_n_zero_as_no_swa_weights(archive, tmp_path, capsys):
+    """The original repo saves an un-averaged swa_state_dict with swa_n = 0 before swa_start."""
+    import paddle
+
+    from conftest import tiny_config
+    from swa_paddle.models import build_model
+
+    cfg = tiny_config(archive)
+    model, other = build_model(cfg), build_model(cfg)
+    path = tmp_path / "checkpoint-0.pdparams"
+    paddle.save({"epoch": 0, "state_dict": model.state_dict(),
+                 "swa_state_dict": other.state_dict(), "swa_n": 0, "optimizer": None,
+                 "config": cfg}, str(path))
+    common = ["--model_path", str(path), "--data_path", str(archive)]
+    assert cli_in_process("eval", *common) == 0
+    assert "SGD weights of" in capsys.readouterr().out
+    assert cli_in_process("eval", *common, "--which", "swa") == 2
+    assert "holds no SWA weights" in capsys.readouterr().err
+
+
+def test_disk_full_in_logs_table_csv_and_plot_is_one_user_error(tmp_path):
+    """/dev/full stands in for a full disk; each write names its file."""
+    from swa_recipe.logs import RunLog, get_logger
+    from swa_recipe.rundir import RunDirError
+
+    row = {"ep": 1, "lr": 0.1, "tr_loss": 1.0, "tr_acc": 10.0, "te_loss": 1.0, "te_acc": 10.0}
+    for name in ("metrics.csv.tmp", "train_log.txt", "curves.png.tmp", "train.log"):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / name).symlink_to("/dev/full")
+        with pytest.raises(RunDirError, match="could not write .*No space left"):
+            if name == "train.log":
+                get_logger(str(folder)).info("a line")
+            else:
+                log = RunLog(str(folder), swa=False)
+                log.add(row)
+                log.plot()
+    get_logger()  # leave no handler on /dev/full
+
+
+@pytest.mark.parametrize("dtype", ["b1", "u1", "i2", ">i4", "<u8", "f2", ">f4", "f8", "c8",
+                                   "c16"])
+def test_restricted_unpickler_reads_every_numeric_array(dtype):
+    from swa_recipe import safe_pickle
+
+    arrays = [np.arange(24).astype(dtype).reshape(2, 3, 4),
+              np.asfortranarray(np.arange(6).astype(dtype).reshape(2, 3)),
+              np.zeros((0, 5), dtype), np.array(7, dtype)]
+    for protocol in (2, 4):
+        got = safe_pickle.loads(pickle.dumps({"a": arrays, "s": arrays[0].flat[1]},
+                                             protocol=protocol),
+                                safe_pickle.CHECKPOINT_GLOBALS)
+        for mine, theirs in zip(got["a"], arrays, strict=True):
+            assert type(mine) is np.ndarray and mine.dtype == theirs.dtype
+            assert np.array_equal(mine, theirs) and mine.shape == theirs.shape
+        assert got["s"] == arrays[0].flat[1] and got["s"].dtype == np.dtype(dtype)
+
+
+def test_layout_checks_take_counts_and_classes_as_parameters():
+    """CIFAR-100's layout (one train file, fine labels, 100 classes) uses the same checks."""
+    from swa_recipe.datacheck import DataError, Layout, check_batch, check_split_size
+
+    c100 = Layout("CIFAR-100", "cifar-100-python.tar.gz", "cifar-100-python", ("train",),
+                  ("test",), b"fine_labels", num_classes=100, train_size=50000,
+                  test_size=10000)
+    data = np.zeros((3, 3072), np.uint8)
+    images, labels = check_batch({b"data": data, b"fine_labels": [0, 50, 99]}, "train", "x",
+                                 c100)
+    assert labels.tolist() == [0, 50, 99] and labels.dtype == np.int64
+    with pytest.raises(DataError, match="label 100, outside 0..99 of CIFAR-100"):
+        check_batch({b"data": data, b"fine_labels": [0, 50, 100]}, "train", "x", c100)
+    with pytest.raises(DataError, match="10001 test images, more than the 10000"):
+        check_split_size(10001, "test", "x", c100)
