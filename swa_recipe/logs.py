@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import os
@@ -70,7 +71,8 @@ def get_logger(run_dir: str | None = None, defer: bool = False) -> logging.Logge
     logger.propagate = False
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
-        handler.close()
+        with contextlib.suppress(OSError):  # a log on a full disk cannot flush its tail
+            handler.close()
     fmt = logging.Formatter(FORMAT, DATE_FORMAT)
     stream = logging.StreamHandler(sys.stdout)
     stream.setFormatter(fmt)

@@ -540,13 +540,13 @@ def test_restricted_unpickler_reads_every_numeric_array(dtype):
               np.asfortranarray(np.arange(6).astype(dtype).reshape(2, 3)),
               np.zeros((0, 5), dtype), np.array(7, dtype)]
     for protocol in (2, 4):
-        got = safe_pickle.loads(pickle.dumps({"a": arrays, "s": arrays[0].flat[1]},
-                                             protocol=protocol),
-                                safe_pickle.CHECKPOINT_GLOBALS)
-        for mine, theirs in zip(got["a"], arrays, strict=True):
+        raw = pickle.dumps({"a": arrays, "s": arrays[0].flat[1]}, protocol=protocol)
+        got, want = safe_pickle.loads(raw, safe_pickle.CHECKPOINT_GLOBALS), pickle.loads(raw)
+        for mine, theirs in zip(got["a"], want["a"], strict=True):
             assert type(mine) is np.ndarray and mine.dtype == theirs.dtype
             assert np.array_equal(mine, theirs) and mine.shape == theirs.shape
-        assert got["s"] == arrays[0].flat[1] and got["s"].dtype == np.dtype(dtype)
+            assert mine.flags.f_contiguous == theirs.flags.f_contiguous
+        assert got["s"] == want["s"] and got["s"].dtype == want["s"].dtype
 
 
 def test_layout_checks_take_counts_and_classes_as_parameters():
