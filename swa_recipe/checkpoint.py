@@ -65,9 +65,10 @@ def check_identity(saved: dict | None, cfg: dict, path: str) -> None:
         values = saved.get(section)
         have, want = values.get(key) if isinstance(values, dict) else None, cfg[section][key]
         if type(have) is not type(want) or have != want:
-            raise CheckpointError(f"{path} holds {section}.{key}={short(have)}, this run has "
+            text = have[:80] if isinstance(have, str) else short(have)
+            raise CheckpointError(f"{path} holds {section}.{key}={text}, this run has "
                                   f"{want}; pass a matching checkpoint or "
-                                  f"-o {section}.{key}={short(have)}")
+                                  f"-o {section}.{key}={text}")
 
 
 def map_tensors(obj, is_tensor: Callable[[object], bool], fn: Callable):
@@ -96,7 +97,7 @@ def check_shapes(expected: dict, found: dict, path: str) -> None:
                                   f"expects {tuple(shape)}; check --model and Arch.width")
     extra = [n for n in found if n not in expected]
     if extra:
-        raise CheckpointError(f"{path} has '{short(extra[0], 60)}', which this model lacks; "
+        raise CheckpointError(f"{path} has {short(extra[0], 60)}, which this model lacks; "
                               f"it is a checkpoint of another model")
 
 
@@ -116,7 +117,7 @@ def check_state_dict(state, path: str, is_tensor: Callable[[object], bool]) -> d
             raise CheckpointError(f"{path}: state dict key {short(key)} is not a parameter "
                                   f"name; it is not a model checkpoint")
         if not is_tensor(value):
-            raise CheckpointError(f"{path}: '{short(key, 60)}' holds a "
+            raise CheckpointError(f"{path}: {short(key, 60)} holds a "
                                   f"{type(value).__name__}, not a tensor; it is not a model "
                                   f"checkpoint")
     return state

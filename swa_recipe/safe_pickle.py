@@ -106,8 +106,25 @@ class _Array(np.ndarray):
         super().__setstate__((version, shape, dtype.dtype, bool(fortran), raw))
 
 
+class _Global:
+    """What ``find_class`` hands the unpickler: a stand-in's call and nothing else, so that
+    pickle's BUILD cannot set attributes on the stand-ins themselves."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+
+    def __call__(self, *args):
+        return self.fn(*args)
+
+    def __setstate__(self, state) -> None:
+        raise UnsafePickle("the file sets state on a global")
+
+
 def _reconstruct(cls, shape, typecode) -> _Array:
-    if cls is not _ArrayClass or shape != (0,) or typecode not in (b"b", "b"):
+    if (not isinstance(cls, _Global) or cls.fn is not _ArrayClass or shape != (0,)
+            or typecode not in (b"b", "b")):
         raise UnsafePickle("forged numpy._reconstruct call")
     return np.ndarray.__new__(_Array, (0,), np.uint8)
 
@@ -171,7 +188,7 @@ class _Unpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str):
         if (module, name) in self.allowed:
-            return self.allowed[(module, name)]
+            return _Global(self.allowed[(module, name)])
         raise UnsafePickle(f"the file refers to {module[:60]}.{name[:60]}, which "
                            f"such a file never needs (it could run code); use a trusted file")
 

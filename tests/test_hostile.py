@@ -111,6 +111,8 @@ def paddle_files(root: Path, marker: Path) -> dict[str, tuple[bytes, list[str]]]
                                  ["truncated"]),
         "tuple_of_megabyte_string": (dump(Reduce(tuple, ("x" * 100_000,))),
                                      ["tuple of str"]),
+        "build_on_global": (b"\x80\x04cnumpy\ndtype\nN}X\x0c\x00\x00\x00__setstate__Ns\x86b.",
+                            ["sets state on a global"]),
         "persistent_id": (b"\x80\x02X\x01\x00\x00\x00aQ.", ["external objects"]),
         "deep_nesting": (deep_list_pickle(100_000), ["nests containers more than 64"]),
         "self_containing": (self_containing_pickle(), ["contains itself"]),
