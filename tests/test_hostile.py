@@ -262,6 +262,17 @@ def assert_one_line(result: dict, needles: list[str]) -> None:
     assert result["seconds"] < 10, result
 
 
+def assert_all_refused(results: dict[str, dict], expect: dict[str, list[str]]) -> None:
+    """``assert_one_line`` for every case, reporting all that fail at once."""
+    failures = []
+    for case, needles in expect.items():
+        try:
+            assert_one_line(results[case], needles)
+        except AssertionError as exc:
+            failures.append(f"{case}: {exc}")
+    assert not failures, "\n".join(failures)
+
+
 def digest(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}
@@ -273,18 +284,13 @@ def hostile(tmp_path_factory, archive):
     root = tmp_path_factory.mktemp("hostile")
     marker = root / "pwned"
     cases, expect = [], {}
-    for name, (raw, needles) in paddle_files(root, marker).items():
-        path = root / f"{name}.pdparams"
-        path.write_bytes(raw)
-        cases.append({"id": f"paddle-{name}", "main": "eval",
-                      "argv": ["--model_path", str(path), "--data_path", str(archive)]})
-        expect[f"paddle-{name}"] = needles
-    for name, (raw, needles) in torch_files(root, marker).items():
-        path = root / f"{name}.pt"
-        path.write_bytes(raw)
-        cases.append({"id": f"torch-{name}", "main": "eval",
-                      "argv": ["--model_path", str(path), "--data_path", str(archive)]})
-        expect[f"torch-{name}"] = needles
+    for twin, files in (("paddle", paddle_files), ("torch", torch_files)):
+        for name, (raw, needles) in files(root, marker).items():
+            path = root / f"{name}{'.pdparams' if twin == 'paddle' else '.pt'}"
+            path.write_bytes(raw)
+            cases.append({"id": f"{twin}-{name}", "main": "eval",
+                          "argv": ["--model_path", str(path), "--data_path", str(archive)]})
+            expect[f"{twin}-{name}"] = needles
     train = ["--config", "configs/lite.yaml", "-o", "Data.train_subset=null", "-o",
              "Data.test_subset=null", "-o", "Data.batch_size=32", "--epochs", "1",
              "--swa_start", "1"]
@@ -315,13 +321,7 @@ def hostile(tmp_path_factory, archive):
 def test_every_hostile_file_is_one_line_and_runs_nothing(hostile):
     results, expect, marker, root, before = hostile
     assert set(results) == set(expect), set(expect) - set(results)
-    failures = []
-    for case, needles in expect.items():
-        try:
-            assert_one_line(results[case], needles)
-        except AssertionError as exc:
-            failures.append(f"{case}: {exc}")
-    assert not failures, "\n".join(failures)
+    assert_all_refused(results, expect)
     assert not marker.exists()
     # nothing written: no run directory was created, no input changed
     after = digest(root)
@@ -427,13 +427,7 @@ RUNDIR_REFUSALS = {
 
 def test_run_directory_refusals_lose_nothing(rundir_results):
     results, root, before = rundir_results
-    failures = []
-    for case, needles in RUNDIR_REFUSALS.items():
-        try:
-            assert_one_line(results[case], needles)
-        except AssertionError as exc:
-            failures.append(f"{case}: {exc}")
-    assert not failures, "\n".join(failures)
+    assert_all_refused(results, RUNDIR_REFUSALS)
     # every file of the used directory, train.log included, is as it was
     assert digest(root / "used") == before["used"]
     assert digest(root / "refused") == before["refused"]
