@@ -25,7 +25,6 @@ from .datacheck import (
     check_batch,
     check_member_size,
     check_split_size,
-    check_subset,
 )
 from .safe_pickle import short
 
@@ -209,8 +208,6 @@ def load_splits(cfg: dict, training: bool = True) -> tuple[Split, Split]:
     training, a batch that fits the training set actually read."""
     data = cfg["Data"]
     train, test = load_cifar10(data["data_path"], data["md5"])
-    check_subset(data["train_subset"], len(train.labels), "training", "train_subset")
-    check_subset(data["test_subset"], len(test.labels), "test", "test_subset")
     train, test = subset(train, data["train_subset"]), subset(test, data["test_subset"])
     if training and data["batch_size"] > len(train.labels):
         raise DataError(f"Data.batch_size ({data['batch_size']}) is larger than the training "

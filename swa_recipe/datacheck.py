@@ -96,9 +96,3 @@ def check_split_size(n: int, split: str, origin, layout: Layout) -> None:
         raise DataError(f"{origin} holds {n} {split} images, more than the {expected} of "
                         f"{layout.name}; the dataset is corrupt, replace it")
 
-
-def check_subset(asked: int | None, available: int, split: str, key: str) -> None:
-    """A subset larger than what was read would silently mean the whole, smaller, split."""
-    if asked is not None and asked > available:
-        raise DataError(f"Data.{key} ({asked}) is more than the {available} {split} images "
-                        f"read; lower it or pass the complete dataset")
