@@ -10,10 +10,12 @@ from swa_recipe.checkpoint import (
     CheckpointError,
     atomic_save,
     check_shapes,
+    check_state_dict,
     map_tensors,
     plain_layout,
     safe_unpickle,
 )
+from swa_recipe.safe_pickle import UnsafePickle
 
 
 def save(state: dict, path: str) -> None:
@@ -26,18 +28,42 @@ def _is_saved_tensor(obj) -> bool:
             and isinstance(obj[1], np.ndarray))
 
 
+NAME_TABLE = "StructuredToParameterName@@"
+
+
+def _as_paddle_load(obj):
+    """What ``paddle.load`` makes of an unpickled file: a plain state dict
+    (``paddle.save(model.state_dict())``: arrays and a name table) gets its arrays as tensors
+    and loses the table; otherwise ``(name, ndarray)`` pairs become tensors when the file has
+    any, else every array does."""
+    def tensor(t):
+        return paddle.to_tensor(t[1] if isinstance(t, tuple) else t)
+
+    if isinstance(obj, dict) and NAME_TABLE in obj:
+        table = obj[NAME_TABLE]
+        return {k: tensor(v) if isinstance(v, np.ndarray) and k in table else v
+                for k, v in obj.items() if k != NAME_TABLE}
+    pairs = []
+    map_tensors(obj, _is_saved_tensor, pairs.append)
+    return map_tensors(obj, _is_saved_tensor if pairs else
+                       (lambda t: isinstance(t, np.ndarray)), tensor)
+
+
 def load(path: str) -> dict:
-    """What ``paddle.load`` returns for our files, through an unpickler that accepts only
-    tensors, arrays and plain containers: loading never runs code hidden in the file."""
+    """What ``paddle.load`` returns, through the restricted unpickler of
+    ``swa_recipe.safe_pickle``: loading never runs code hidden in the file, and never builds
+    more than the file holds."""
     try:
-        return map_tensors(safe_unpickle(path), _is_saved_tensor,
-                           lambda t: paddle.to_tensor(t[1]))
-    except CheckpointError as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
+        return _as_paddle_load(safe_unpickle(path))
+    except (CheckpointError, UnsafePickle) as exc:
+        raise CheckpointError(f"{path}: refusing to load: {exc}") from None
     except Exception as exc:  # truncated or not a pickle at all
         raise CheckpointError(f"{path} cannot be read as a Paddle checkpoint "
                               f"({exc.__class__.__name__}); it is truncated or not a .pdparams "
                               f"file") from None
+
+
+is_tensor = paddle.is_tensor
 
 
 def shapes(state: dict) -> dict:
@@ -46,7 +72,7 @@ def shapes(state: dict) -> dict:
 
 def load_weights(model: nn.Layer, state: dict, path: str) -> None:
     """Load a plain state dict after checking every key and shape against ``model``."""
-    state = plain_layout(state)
+    state = plain_layout(check_state_dict(state, path, is_tensor))
     check_shapes(shapes(model.state_dict()), shapes(state), path)
     model.set_state_dict(state)
 

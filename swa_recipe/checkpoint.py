@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import glob
 import os
-import pickle
 import re
 from collections.abc import Callable
+
+from . import safe_pickle
+from .safe_pickle import short
 
 # What a checkpoint must agree on with the run that loads it.
 IDENTITY_KEYS = (("Arch", "model"), ("Arch", "width"), ("Arch", "depth"),
@@ -60,21 +62,22 @@ def check_identity(saved: dict | None, cfg: dict, path: str) -> None:
     if not saved:
         return
     for section, key in IDENTITY_KEYS:
-        have, want = saved.get(section, {}).get(key), cfg[section][key]
-        if have != want:
-            raise CheckpointError(f"{path} holds {section}.{key}={have}, this run has {want}; "
-                                  f"pass a matching checkpoint or -o {section}.{key}={have}")
+        values = saved.get(section)
+        have, want = values.get(key) if isinstance(values, dict) else None, cfg[section][key]
+        if type(have) is not type(want) or have != want:
+            text = have[:80] if isinstance(have, str) else short(have)
+            raise CheckpointError(f"{path} holds {section}.{key}={text}, this run has "
+                                  f"{want}; pass a matching checkpoint or "
+                                  f"-o {section}.{key}={text}")
 
 
 def map_tensors(obj, is_tensor: Callable[[object], bool], fn: Callable):
-    """``fn`` applied to every tensor of a checkpoint, inside nested dicts, lists and tuples."""
-    if is_tensor(obj):
-        return fn(obj)
-    if isinstance(obj, dict):
-        return type(obj)((k, map_tensors(v, is_tensor, fn)) for k, v in obj.items())
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(map_tensors(v, is_tensor, fn) for v in obj)
-    return obj
+    """``fn`` applied to every tensor of a checkpoint, inside nested dicts, lists and tuples;
+    each shared object is visited once (see ``safe_pickle.walk``)."""
+    try:
+        return safe_pickle.walk(obj, is_tensor, fn, leaves=object)
+    except safe_pickle.UnsafePickle as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 def plain_layout(state: dict) -> dict:
@@ -89,34 +92,32 @@ def check_shapes(expected: dict, found: dict, path: str) -> None:
         if name not in found:
             raise CheckpointError(f"{path} lacks '{name}'; it is not a checkpoint of this model")
         if tuple(found[name]) != tuple(shape):
-            raise CheckpointError(f"{path}: '{name}' has shape {tuple(found[name])}, the model "
+            raise CheckpointError(f"{path}: '{name}' has shape {short(tuple(found[name]))}, "
+                                  f"the model "
                                   f"expects {tuple(shape)}; check --model and Arch.width")
     extra = [n for n in found if n not in expected]
     if extra:
-        raise CheckpointError(f"{path} has '{extra[0]}', which this model lacks; "
+        raise CheckpointError(f"{path} has {short(extra[0], 60)}, which this model lacks; "
                               f"it is a checkpoint of another model")
 
 
-# All a ``paddle.save`` file of tensors, arrays and plain containers refers to.
-SAFE_GLOBALS = {
-    ("collections", "OrderedDict"), ("builtins", "tuple"), ("builtins", "set"),
-    ("numpy", "ndarray"), ("numpy", "dtype"),
-    ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "scalar"), ("numpy.core.multiarray", "scalar"),
-}
-
-
-class SafeUnpickler(pickle.Unpickler):
-    """Unpickles tensors-as-arrays and plain containers; refuses any other global, which is
-    how a crafted pickle runs code (``os.system``, ``eval``...)."""
-
-    def find_class(self, module: str, name: str):
-        if (module, name) in SAFE_GLOBALS:
-            return super().find_class(module, name)
-        raise CheckpointError(f"refusing to load: the file refers to {module}.{name}, which a "
-                              f"checkpoint never needs (it could run code); use a trusted file")
-
-
 def safe_unpickle(path: str):
+    """A ``paddle.save`` file through the project's restricted unpickler (``safe_pickle``)."""
     with open(path, "rb") as fh:
-        return SafeUnpickler(fh).load()
+        return safe_pickle.load(fh, safe_pickle.CHECKPOINT_GLOBALS, encoding="latin1")
+
+
+def check_state_dict(state, path: str, is_tensor: Callable[[object], bool]) -> dict:
+    """A model state dict must map names to tensors; say which entry is not."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__} where a state dict "
+                              f"(names to tensors) belongs; it is not a model checkpoint")
+    for key, value in state.items():
+        if not isinstance(key, str):
+            raise CheckpointError(f"{path}: state dict key {short(key)} is not a parameter "
+                                  f"name; it is not a model checkpoint")
+        if not is_tensor(value):
+            raise CheckpointError(f"{path}: {short(key, 60)} holds a "
+                                  f"{type(value).__name__}, not a tensor; it is not a model "
+                                  f"checkpoint")
+    return state

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
 import tarfile
 import urllib.request
 import zlib
@@ -19,19 +18,25 @@ from pathlib import Path
 
 import numpy as np
 
-from .datasets import CIFAR10, DATASETS, Layout
+from . import safe_pickle
+from .datacheck import (
+    MAX_MEMBERS,
+    DataError,
+    Layout,
+    check_batch,
+    check_member_size,
+    check_split_size,
+)
+from .datasets import CIFAR10, DATASETS
+from .safe_pickle import short
 
 CIFAR10_URL, CIFAR10_MD5 = CIFAR10.url, CIFAR10.md5
 ARCHIVE_NAME, FOLDER_NAME = CIFAR10.archive, CIFAR10.folder
-TRAIN_FILES, TEST_FILES = CIFAR10.train_members, CIFAR10.test_members
+TRAIN_FILES, TEST_FILES = CIFAR10.train_files, CIFAR10.test_files
 # The original repo's VGG normalisation (ImageNet statistics; ``arch.normalization`` per model).
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32).reshape(3, 1, 1)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32).reshape(3, 1, 1)
 PAD = 4
-
-
-class DataError(RuntimeError):
-    """The dataset is missing, partial, corrupt or unexpected; the message says what to do."""
 
 
 @dataclass
@@ -68,7 +73,7 @@ def download(url: str, dest: Path, md5: str | None, layout: Layout = CIFAR10) ->
                     bar.update(len(chunk))
     except OSError as exc:
         part.unlink(missing_ok=True)
-        raise DataError(f"could not download {layout.title} from {url} ({exc}); download "
+        raise DataError(f"could not download {layout.name} from {url} ({exc}); download "
                         f"{layout.archive} by hand and pass --data_path") from None
     if md5 and file_md5(part) != md5:
         part.unlink(missing_ok=True)
@@ -101,21 +106,20 @@ def locate(data_path: str | None, md5: str | None = "auto", layout: Layout = CIF
             return path / layout.archive
         return path
     if not path.exists():
-        raise DataError(f"{layout.title} not found at {path}; pass --data_path pointing at "
+        raise DataError(f"{layout.name} not found at {path}; pass --data_path pointing at "
                         f"{layout.archive} or its extracted {layout.folder} folder")
     return path
 
 
-def _unpickle(raw: bytes, name: str, origin: Path, layout: Layout = CIFAR10) -> dict:
+def _unpickle(raw: bytes, name: str, origin: Path) -> dict:
+    """Through the project's restricted unpickler: a batch file never runs code."""
     try:
-        batch = pickle.loads(raw, encoding="bytes")
+        return safe_pickle.loads(raw, safe_pickle.CIFAR_GLOBALS, encoding="bytes")
+    except safe_pickle.UnsafePickle as exc:
+        raise DataError(f"{name} in {origin}: refusing to read: {exc}") from None
     except Exception:
         raise DataError(f"{name} in {origin} is not a readable CIFAR batch (truncated or "
                         f"corrupt); replace the dataset") from None
-    if not isinstance(batch, dict) or b"data" not in batch or layout.label_key not in batch:
-        raise DataError(f"{name} in {origin} has no data/{layout.label_key.decode()}; it is not "
-                        f"a {layout.title} batch")
-    return batch
 
 
 def _read_folder(folder: Path, names: tuple[str, ...], layout: Layout = CIFAR10) -> list[dict]:
@@ -123,7 +127,30 @@ def _read_folder(folder: Path, names: tuple[str, ...], layout: Layout = CIFAR10)
     if missing:
         raise DataError(f"{folder} lacks {', '.join(missing)}; re-extract {layout.archive} "
                         f"there or pass the archive itself with --data_path")
-    return [_unpickle((folder / n).read_bytes(), n, folder, layout) for n in names]
+    for n in names:
+        check_member_size((folder / n).stat().st_size, n, folder, layout)
+    return [_unpickle((folder / n).read_bytes(), n, folder) for n in names]
+
+
+def _wanted_member(member: tarfile.TarInfo, index: int, names: tuple[str, ...], found: dict,
+                   archive: Path, layout: Layout = CIFAR10) -> str | None:
+    """The batch name ``member`` holds, after refusing what a genuine archive never has: a
+    second member of one name (it would silently replace the first), a link or device in a
+    batch's place, a member larger than any batch, more members than a dataset has."""
+    if index >= MAX_MEMBERS:
+        raise DataError(f"{archive} holds more than {MAX_MEMBERS} members; it is not a "
+                        f"{layout.archive}")
+    base = os.path.basename(member.name)
+    if base not in names:
+        return None
+    if not member.isfile():
+        raise DataError(f"{archive}: {short(member.name)} is a link or special file, not a "
+                        f"batch; the archive is corrupt or hostile, replace it")
+    if base in found:
+        raise DataError(f"{archive} holds {base} twice; the archive is corrupt or was "
+                        f"tampered with, replace it")
+    check_member_size(member.size, short(member.name), archive, layout)
+    return base
 
 
 def _read_archive(archive: Path, names: tuple[str, ...], md5: str | None,
@@ -134,9 +161,8 @@ def _read_archive(archive: Path, names: tuple[str, ...], md5: str | None,
     raw = {}
     try:
         with tarfile.open(archive, "r:gz") as tar:
-            for member in tar:
-                base = os.path.basename(member.name)
-                if member.isfile() and base in names:
+            for index, member in enumerate(tar):
+                if base := _wanted_member(member, index, names, raw, archive, layout):
                     raw[base] = tar.extractfile(member).read()
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
         raise DataError(f"{archive} is truncated or corrupt ({exc.__class__.__name__}); "
@@ -145,20 +171,17 @@ def _read_archive(archive: Path, names: tuple[str, ...], md5: str | None,
     if missing:
         raise DataError(f"{archive} lacks {', '.join(missing)}; it is not a complete "
                         f"{layout.archive}")
-    return [_unpickle(raw[n], n, archive, layout) for n in names]
+    return [_unpickle(raw[n], n, archive) for n in names]
 
 
-def _to_split(batches: list[dict], names: tuple[str, ...], label_key: bytes = b"labels"
-              ) -> Split:
+def _to_split(batches: list[dict], names: tuple[str, ...], origin: Path, split: str,
+              layout: Layout = CIFAR10) -> Split:
     images, labels = [], []
     for batch, name in zip(batches, names, strict=True):
-        data = np.asarray(batch[b"data"], dtype=np.uint8)
-        label = np.asarray(batch[label_key], dtype=np.int64)
-        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(label):
-            raise DataError(f"{name} holds data of shape {data.shape} and {len(label)} labels, "
-                            f"not N x 3072 images with N labels; the dataset is corrupt")
+        data, label = check_batch(batch, name, origin, layout)
         images.append(data)
         labels.append(label)
+    check_split_size(sum(map(len, labels)), split, origin, layout)
     return Split(np.concatenate(images).reshape(-1, 3, 32, 32), np.concatenate(labels))
 
 
@@ -167,15 +190,15 @@ def load_cifar(layout: Layout, data_path: str | None, md5: str | None = "auto"
     """Read (train, test) of ``layout``'s dataset from its official archive or extracted
     folder."""
     path = locate(data_path, md5, layout)
-    train_names, test_names = layout.train_members, layout.test_members
+    train_names, test_names = layout.train_files, layout.test_files
     names = train_names + test_names
     if path.is_dir():
         batches = _read_folder(path, names, layout)
     else:
         batches = _read_archive(path, names, expected_md5(data_path, md5, layout), layout)
     n = len(train_names)
-    return (_to_split(batches[:n], train_names, layout.label_key),
-            _to_split(batches[n:], test_names, layout.label_key))
+    return (_to_split(batches[:n], train_names, path, "train", layout),
+            _to_split(batches[n:], test_names, path, "test", layout))
 
 
 def load_cifar10(data_path: str | None, md5: str | None = "auto") -> tuple[Split, Split]:

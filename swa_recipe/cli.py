@@ -19,6 +19,7 @@ from .config import ConfigError, add_config_args, resolve, run_dir
 from .convert import convert_file
 from .logs import get_logger
 from .loop import Interrupted, TrainingDiverged
+from .rundir import RunDir, RunDirError
 from .runtime import (
     launched_rank,
     launched_world_size,
@@ -27,7 +28,7 @@ from .runtime import (
 )
 from .twins import import_twin
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError, TrainingDiverged)
+USER_ERRORS = (ConfigError, DataError, CheckpointError, TrainingDiverged, RunDirError)
 
 
 def run(main: Callable[[], int | None], debug: bool) -> int:
@@ -51,6 +52,8 @@ def train_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="SGD/SWA training on CIFAR-10/100 "
                                      "(Paddle; --framework torch for the PyTorch twin)")
     add_config_args(parser)
+    parser.add_argument("--overwrite", action="store_true", help="replace the outputs of "
+                        "another run in --dir (a fresh run refuses them otherwise)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
     return parser
 
@@ -79,13 +82,20 @@ def train_main(args: argparse.Namespace) -> int:
         signal.signal(sig, exit_on_signal)
     cfg = resolve(args)
     applied = tune_cpu_env()
+    out, world = run_dir(cfg), launched_world_size()
+    with RunDir(out, bool(cfg["Global"]["resume"]), args.overwrite) as claim:
+        return _train(cfg, out, world, applied, claim)
+
+
+def _train(cfg: dict, out: str, world: int, applied: dict, claim: RunDir) -> int:
+    """Rank 0 claims the run directory; its log reaches ``train.log`` once ``fit`` begins
+    writing, so a refused start (config, data, checkpoint) leaves the directory as it was."""
     from .loop import fit
 
-    out, world = run_dir(cfg), launched_world_size()
     logger = None
     if launched_rank() == 0:
-        ensure_writable(out)
-        logger = get_logger(out)
+        claim.claim(ensure_writable)
+        logger = get_logger(out, defer=True)
         if applied:
             logger.info("CPU settings applied: " + " ".join(f"{k}={v}" for k, v in applied.items()))
         logger.info(f"{cfg['Global']['framework']}: {cfg['Arch']['model']} width "
@@ -93,7 +103,7 @@ def train_main(args: argparse.Namespace) -> int:
                     f"for {cfg['Global']['epochs']} epochs on {world} process"
                     f"{'es' if world > 1 else ''} into {out}")
     twin = import_twin(cfg["Global"]["framework"])
-    fit(twin.trainer.Trainer(cfg), cfg, logger)
+    fit(twin.trainer.Trainer(cfg), cfg, logger, begin=claim.begin)
     return 0
 
 
@@ -133,7 +143,7 @@ def pick_weights(state: dict, which: str, path: str) -> tuple[str, dict]:
             raise CheckpointError(f"{path} is a plain state dict without SWA weights; "
                                   f"use --which sgd or auto")
         return "weights", state
-    swa = state.get("swa_state_dict")
+    swa = state.get("swa_state_dict") if state.get("swa_n") != 0 else None  # 0: never averaged
     if which == "swa" and swa is None:
         raise CheckpointError(f"{path} holds no SWA weights (trained without --swa, or before "
                               f"swa_start); use --which sgd")
@@ -185,12 +195,28 @@ def convert_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_destination(src: str, dst: str) -> None:
+    """Refuse before reading anything: a destination that is a directory, in a missing
+    directory, or the source itself."""
+    folder = os.path.dirname(os.path.abspath(dst))
+    if os.path.isdir(dst):
+        raise CheckpointError(f"{dst} is a directory; pass a file name ending in .pt or "
+                              f".pdparams")
+    if not os.path.isdir(folder):
+        raise CheckpointError(f"cannot write {dst}: the directory {folder} does not exist; "
+                              f"create it or pass another destination")
+    if os.path.exists(dst) and os.path.samefile(src, dst):
+        raise CheckpointError(f"{dst} is the source itself; pass another destination")
+
+
 def convert_main(args: argparse.Namespace) -> int:
     if not os.path.isfile(args.src):
         raise CheckpointError(f"{args.src} not found; pass an existing checkpoint")
+    check_destination(args.src, args.dst)
     tune_cpu_env()
     src_fw = framework_of(args.src)
-    saved = import_twin(src_fw).checkpoint.load(args.src).get("config") if src_fw else None
+    state = import_twin(src_fw).checkpoint.load(args.src) if src_fw else None
+    saved = state.get("config") if isinstance(state, dict) else None
     cfg = resolve(args, base=saved)
     check_identity(saved, cfg, args.src)
     convert_file(args.src, args.dst, cfg)

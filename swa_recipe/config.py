@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import os
 import re
 from collections.abc import Callable
@@ -20,6 +21,7 @@ import yaml
 from .arch import MODELS, check_arch
 from .datasets import DATASETS
 from .runtime import launched_world_size
+from .safe_pickle import short
 
 FRAMEWORKS = ("paddle", "torch")
 SCHEDULES = ("original", "cyclic", "swalr")
@@ -49,11 +51,21 @@ def _non_negative(v: Any) -> bool:
     return v >= 0
 
 
+def _seed(v: Any) -> bool:
+    return 0 <= v < SEED_LIMIT
+
+
+SEED_LIMIT = 2**32  # numpy's SeedSequence words; Paddle and torch seeds take them too
+INT_LIMIT = 2**63  # every integer key ends up in a C int64
+MAX_CONFIG_BYTES = 1 << 20
+
+
 SCHEMA: dict[str, dict[str, Field]] = {
     "Global": {
         "framework": Field("paddle", str, "training framework", FRAMEWORKS),
         "epochs": Field(200, int, "number of epochs", check=_positive, rule="> 0"),
-        "seed": Field(1, int, "seed for init, data order, augmentation and dropout"),
+        "seed": Field(1, int, "seed for init, data order, augmentation and dropout",
+                      check=_seed, rule=f"in [0, {SEED_LIMIT})"),
         "dir": Field(None, str, "run directory (default output/<model>_<swa|sgd>_<framework>)",
                      nullable=True),
         "resume": Field(None, str, "checkpoint to resume from", nullable=True),
@@ -139,11 +151,11 @@ def default_config() -> dict[str, dict[str, Any]]:
 
 def _field(section: str, key: str) -> Field:
     if section not in SCHEMA:
-        raise ConfigError(f"unknown config section '{section}'; valid sections: "
+        raise ConfigError(f"unknown config section {short(section)}; valid sections: "
                           f"{', '.join(SCHEMA)}")
     if key not in SCHEMA[section]:
-        raise ConfigError(f"unknown config key '{section}.{key}'; valid keys of {section}: "
-                          f"{', '.join(SCHEMA[section])}")
+        raise ConfigError(f"unknown config key '{section}.{str(key)[:60]}'; valid keys of "
+                          f"{section}: {', '.join(SCHEMA[section])}")
     return SCHEMA[section][key]
 
 
@@ -157,10 +169,12 @@ def coerce(section: str, key: str, value: Any) -> Any:
         raise ConfigError(f"{name} cannot be null; give a {f.type.__name__}")
     if f.type is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{name} must be true or false, got {value!r}")
+            raise ConfigError(f"{name} must be true or false, got {short(value)}")
     elif f.type is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{name} must be an integer, got {value!r}")
+            raise ConfigError(f"{name} must be an integer, got {short(value)}")
+        if not -INT_LIMIT < value < INT_LIMIT:
+            raise ConfigError(f"{name} must be between -2**63 and 2**63, got {short(value)}")
     elif f.type is float:
         if isinstance(value, str):  # YAML 1.1 reads 5e-4 (no dot) as a string
             try:
@@ -168,17 +182,19 @@ def coerce(section: str, key: str, value: Any) -> Any:
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{name} must be a number, got {value!r}")
-        value = float(value)
+            raise ConfigError(f"{name} must be a number, got {short(value)}")
+        value = float(value) if isinstance(value, float) or abs(value) < INT_LIMIT else math.inf
+        if not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number, got {short(value)}")
     elif f.type is str:
         if isinstance(value, (dict, list)):
-            raise ConfigError(f"{name} must be a string, got {value!r}")
+            raise ConfigError(f"{name} must be a string, got {short(value)}")
         value = str(value)
     if f.choices is not None and value not in f.choices:
         raise ConfigError(f"{name} must be one of {', '.join(map(str, f.choices))}; "
-                          f"got {value!r}")
+                          f"got {short(value)}")
     if f.check is not None and not f.check(value):
-        raise ConfigError(f"{name} must be {f.rule}, got {value!r}")
+        raise ConfigError(f"{name} must be {f.rule}, got {short(value)}")
     return value
 
 
@@ -193,18 +209,35 @@ def merge(cfg: dict, update: dict, origin: str) -> dict:
                               f"{', '.join(SCHEMA)}")
         if not isinstance(values, dict):
             raise ConfigError(f"section '{section}' in {origin} must be a mapping of keys")
+        if not all(isinstance(k, str) for k in values):
+            raise ConfigError(f"section '{section}' in {origin} has a key that is not a name")
         for key, value in values.items():
             out[section][key] = coerce(section, key, value)
     return out
 
 
 def load_yaml(path: str) -> dict:
+    """A YAML config file: a regular UTF-8 file of at most 1 MiB (a config is a few lines)."""
     try:
+        if not os.path.isfile(path) and os.path.exists(path):
+            raise ConfigError(f"config file {path} is not a regular file; pass a YAML file to "
+                              f"--config (see configs/)")
         with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
+            text = fh.read(MAX_CONFIG_BYTES + 1)
+        if len(text) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {path} is larger than 1 MiB; it is not a config")
+        data = yaml.safe_load(text)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} not found; pass an existing --config "
                           f"(see configs/)") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text; pass a YAML file to "
+                          f"--config") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path} ({exc.strerror or exc}); pass a "
+                          f"readable --config") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} nests too deep; it is not a config") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML ({exc.__class__.__name__}); "
                           f"fix its syntax") from None
@@ -235,7 +268,7 @@ def parse_value(section: str, key: str, raw: str) -> Any:
 def _num_classes(cfg: dict) -> None:
     """Fill ``Arch.num_classes`` from the dataset; refuse one that disagrees with it."""
     arch, dataset = cfg["Arch"], cfg["Data"]["dataset"]
-    classes = DATASETS[dataset].classes
+    classes = DATASETS[dataset].num_classes
     if arch["num_classes"] is None:
         arch["num_classes"] = classes
     elif arch["num_classes"] != classes:
@@ -252,7 +285,7 @@ def validate(cfg: dict, world_size: int = 1) -> dict:
     except ValueError as exc:
         raise ConfigError(f"Arch.model={cfg['Arch']['model']}: {exc}") from None
     _num_classes(cfg)
-    batch, n = data["batch_size"], data["train_subset"] or DATASETS[data["dataset"]].train_count
+    batch, n = data["batch_size"], data["train_subset"] or DATASETS[data["dataset"]].train_size
     if batch % world_size:
         raise ConfigError(f"Data.batch_size ({batch}) is the global batch and must divide "
                           f"evenly over {world_size} processes; use a multiple of {world_size}")

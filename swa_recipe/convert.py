@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .checkpoint import CheckpointError, check_shapes, framework_of
+from .checkpoint import CheckpointError, check_shapes, check_state_dict, framework_of
 from .twins import import_twin
 
 BN_NAMES = {"running_mean": "_mean", "running_var": "_variance"}
@@ -67,6 +67,13 @@ def convert_file(src: str, dst: str, cfg: dict) -> dict:
                               f".pdparams")
     source, target = import_twin(src_fw), import_twin(dst_fw)
     state = source.checkpoint.load(src)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{src} holds no state dict; it is not a checkpoint")
+    sources = ([state[k] for k in WEIGHT_KEYS if state.get(k) is not None]
+               if "state_dict" in state else [state])
+    for weights in sources:
+        check_state_dict(source.checkpoint.to_numpy(weights), src,
+                         lambda v: isinstance(v, np.ndarray))
     converted = convert_checkpoint(state, f"{src_fw}2{dst_fw}", source.checkpoint.to_numpy,
                                    dst_fw)
     model = target.models.build_model(cfg)
@@ -81,5 +88,9 @@ def convert_file(src: str, dst: str, cfg: dict) -> dict:
                 converted[key] = target.checkpoint.from_numpy(converted[key])
     else:
         converted = target.checkpoint.from_numpy(converted)
-    target.checkpoint.save(converted, dst)
+    try:
+        target.checkpoint.save(converted, dst)
+    except OSError as exc:
+        raise CheckpointError(f"could not write {dst} ({exc.strerror or exc}); free disk space "
+                              f"or fix permissions") from None
     return converted

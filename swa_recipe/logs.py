@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import os
@@ -11,27 +12,75 @@ from collections.abc import Iterable, Iterator
 
 import tabulate
 
+from .rundir import writing
+
 COLUMNS = ["ep", "lr", "tr_loss", "tr_acc", "te_loss", "te_acc", "swa_te_loss", "swa_te_acc",
            "time"]
 LOGGER_NAME = "swa"
+FORMAT, DATE_FORMAT = "%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"
 
 
-def get_logger(run_dir: str | None = None) -> logging.Logger:
-    """The run's logger: stdout, and ``train.log`` in the run directory when given."""
+class LogFile(logging.FileHandler):
+    """``train.log``; a failed write (disk full) stops the run with one line instead of
+    logging's traceback on stderr."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            with writing(self.baseFilename):
+                raise exc
+        super().handleError(record)
+
+
+class Pending(logging.Handler):
+    """Keeps the records of a start that may still be refused, for ``open_log_file``."""
+
+    def __init__(self):
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def _log_file(run_dir: str) -> LogFile:
+    handler = LogFile(os.path.join(run_dir, "train.log"))
+    handler.setFormatter(logging.Formatter(FORMAT, DATE_FORMAT))
+    return handler
+
+
+def open_log_file(logger: logging.Logger, run_dir: str) -> None:
+    """Start ``train.log`` with what ``Pending`` kept (nothing to do for a logger that has no
+    ``Pending``): a refused start never touches the file."""
+    pending = [h for h in logger.handlers if isinstance(h, Pending)]
+    if not pending:
+        return
+    handler = _log_file(run_dir)
+    for keeper in pending:
+        logger.removeHandler(keeper)
+        for record in keeper.records:
+            handler.handle(record)
+    logger.addHandler(handler)
+
+
+def get_logger(run_dir: str | None = None, defer: bool = False) -> logging.Logger:
+    """The run's logger: stdout, and ``train.log`` in the run directory when given (with
+    ``defer``, kept until ``open_log_file``)."""
     logger = logging.getLogger(LOGGER_NAME)
     logger.setLevel(logging.INFO)
     logger.propagate = False
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
-        handler.close()
-    fmt = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
+        with contextlib.suppress(OSError):  # a log on a full disk cannot flush its tail
+            handler.close()
+    fmt = logging.Formatter(FORMAT, DATE_FORMAT)
     stream = logging.StreamHandler(sys.stdout)
     stream.setFormatter(fmt)
     logger.addHandler(stream)
-    if run_dir is not None:
-        file_handler = logging.FileHandler(os.path.join(run_dir, "train.log"))
-        file_handler.setFormatter(fmt)
-        logger.addHandler(file_handler)
+    if defer:
+        logger.addHandler(Pending())
+    elif run_dir is not None:
+        logger.addHandler(_log_file(run_dir))
     return logger
 
 
@@ -126,17 +175,19 @@ class RunLog:
         rows = read_metrics(self.csv_path) if os.path.exists(self.csv_path) else []
         self.rows: list[dict] = [r for r in rows if r["ep"] <= start_epoch]
         self._write_csv()
-        with open(self.table_path, "w") as fh:
+        with writing(self.table_path), open(self.table_path, "w") as fh:
             fh.writelines(self._format(row) + "\n" for row in self.rows)
 
     def _write_csv(self) -> None:
         tmp = self.csv_path + ".tmp"
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=self.columns)
-            writer.writeheader()
-            for row in self.rows:
-                writer.writerow({c: "" if row.get(c) is None else row[c] for c in self.columns})
-        os.replace(tmp, self.csv_path)
+        with writing(self.csv_path):
+            with open(tmp, "w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=self.columns)
+                writer.writeheader()
+                for row in self.rows:
+                    writer.writerow({c: "" if row.get(c) is None else row[c]
+                                     for c in self.columns})
+            os.replace(tmp, self.csv_path)
 
     def _format(self, row: dict) -> str:
         """The table text of one epoch, with the header every 40 epochs (as the original)."""
@@ -150,7 +201,7 @@ class RunLog:
         self.rows.append(row)
         self._write_csv()
         text = self._format(row)
-        with open(self.table_path, "a") as fh:
+        with writing(self.table_path), open(self.table_path, "a") as fh:
             fh.write(text + "\n")
         if self.logger:
             self.logger.info("\n" + text)
@@ -181,6 +232,10 @@ class RunLog:
         ax_acc.grid(alpha=0.3)
         fig.tight_layout()
         path = os.path.join(self.run_dir, "curves.png")
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        try:
+            with writing(path):  # complete or absent, as the checkpoints
+                fig.savefig(path + ".tmp", dpi=100, format="png")
+                os.replace(path + ".tmp", path)
+        finally:
+            plt.close(fig)
         return path

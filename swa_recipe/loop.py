@@ -22,12 +22,17 @@ from . import schedules
 from .checkpoint import (
     CheckpointError,
     check_identity,
+    check_shapes,
+    check_state_dict,
     checkpoint_path,
     framework_of,
     latest_checkpoint,
+    plain_layout,
 )
 from .config import run_dir, save_config
-from .logs import IterMeter, RunLog, get_logger, summarize
+from .logs import IterMeter, RunLog, get_logger, open_log_file, summarize
+from .rundir import writing
+from .safe_pickle import short
 
 
 class Trainer:
@@ -222,12 +227,34 @@ def restore(trainer: Trainer, cfg: dict, path: str) -> int:
                               f"{trainer.framework}; resume with --framework {found}, or start "
                               f"from converted weights")
     state = trainer.load(path)
+    check_resumable(trainer, state, cfg, path)
+    try:
+        trainer.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+        raise CheckpointError(f"{path} does not fit this run ({exc.__class__.__name__}: "
+                              f"{short(str(exc))}); resume from a checkpoint-N file of a run "
+                              f"with this config") from None
+    return state["epoch"]
+
+
+def check_resumable(trainer: Trainer, state, cfg: dict, path: str) -> None:
+    """A file to resume from is a training checkpoint of this model with optimizer state:
+    converted weights and plain state dicts evaluate, they do not resume."""
     if not isinstance(state, dict) or "state_dict" not in state or "epoch" not in state:
         raise CheckpointError(f"{path} is not a training checkpoint (no epoch/state_dict); "
                               f"resume from a checkpoint-N file of a run")
+    epoch = state["epoch"]
+    if type(epoch) is not int or epoch < 0:
+        raise CheckpointError(f"{path} holds epoch {short(epoch)}, not a count of epochs; it "
+                              f"is not a training checkpoint")
+    if state.get("optimizer") is None:
+        raise CheckpointError(f"{path} holds no optimizer state (converted weights?); it "
+                              f"evaluates with eval.py but cannot resume a run")
     check_identity(state.get("config"), cfg, path)
-    trainer.load_state_dict(state)
-    return int(state["epoch"])
+    weights = plain_layout(check_state_dict(state["state_dict"], path,
+                                            trainer.checkpoint.is_tensor))
+    check_shapes(trainer.checkpoint.shapes(trainer.model.state_dict()),
+                 trainer.checkpoint.shapes(weights), path)
 
 
 def save_checkpoint(trainer: Trainer, out: str, epoch: int, iteration: int = 0) -> str:
@@ -249,16 +276,19 @@ def save_checkpoint(trainer: Trainer, out: str, epoch: int, iteration: int = 0) 
     return path
 
 
-def fit(trainer: Trainer, cfg: dict, logger: logging.Logger | None = None) -> dict:
+def fit(trainer: Trainer, cfg: dict, logger: logging.Logger | None = None,
+        begin: Callable[[], None] | None = None) -> dict:
     """Train for ``Global.epochs``; return the last epoch's row of the table.
 
-    Every rank trains, evaluates and averages; only rank 0 writes files and logs.
+    Every rank trains, evaluates and averages; only rank 0 writes files and logs, from the
+    moment every refusal is past: then ``begin`` runs (``RunDir.begin``) and ``train.log``
+    opens (a logger from ``get_logger(defer=True)`` kept its lines until then).
     """
     out = run_dir(cfg)
     main = trainer.rank == 0
     if main:
         os.makedirs(out, exist_ok=True)
-        logger = logger or get_logger(out)
+        logger = logger or get_logger(out, defer=True)
     else:
         logger = None
     swa = cfg["SWA"]["swa"]
@@ -269,7 +299,11 @@ def fit(trainer: Trainer, cfg: dict, logger: logging.Logger | None = None) -> di
         if logger:
             logger.info(f"resumed from {path} at epoch {start_epoch}")
     if main:
-        save_config(cfg, os.path.join(out, "config.yaml"))
+        if begin is not None:
+            begin()
+        open_log_file(logger, out)
+        with writing(os.path.join(out, "config.yaml")):
+            save_config(cfg, os.path.join(out, "config.yaml"))
         remove_partial_files(out)
     if not path:
         save_checkpoint(trainer, out, 0)

@@ -27,9 +27,9 @@ def test_official_layout_address_and_md5():
     assert C100.archive == "cifar-100-python.tar.gz" and C100.folder == "cifar-100-python"
     assert C100.url == "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
     assert C100.md5 == "eb9058c3a382ffc7106e4002c42a8d85"
-    assert (C100.train_members, C100.test_members, C100.meta_member) == (("train",), ("test",),
+    assert (C100.train_files, C100.test_files, C100.meta_member) == (("train",), ("test",),
                                                                          "meta")
-    assert C100.label_key == b"fine_labels" and C100.classes == 100
+    assert C100.label_key == b"fine_labels" and C100.num_classes == 100
     assert cifar.expected_md5(None, "auto", C100) == C100.md5
 
 
