@@ -27,3 +27,8 @@ def model_kwargs(cfg: dict) -> dict:
     depth, batch_norm = MODELS[arch["model"]]
     return {"num_classes": arch["num_classes"], "depth": depth, "batch_norm": batch_norm,
             "width": arch["width"], "dropout": arch["dropout"]}
+
+
+def dropout_widths(cfg: dict) -> list[int]:
+    """Units of the classifier's two dropout layers (their masks' widths)."""
+    return [scaled(512, cfg["Arch"]["width"])] * 2
