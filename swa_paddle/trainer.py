@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Callable
 
 import numpy as np
@@ -12,7 +11,7 @@ import paddle.nn.functional as F
 
 from swa_recipe import loop, schedules
 from swa_recipe.device import resolve_device
-from swa_recipe.logs import summarize
+from swa_recipe.logs import note, summarize
 from swa_recipe.loop import Progress
 
 from . import checkpoint, dist
@@ -26,10 +25,10 @@ def set_device(device: str) -> str:
     """``Global.device`` as "gpu" or "cpu" (``swa_recipe.device``): ``auto`` is a GPU only
     when one is visible, not merely a CUDA build; a note says when ``auto`` stays on the CPU."""
     cuda = paddle.is_compiled_with_cuda()
-    device, note = resolve_device(device, "paddle", cuda,
+    device, message = resolve_device(device, "paddle", cuda,
                                   paddle.device.cuda.device_count() if cuda else 0)
-    if note:
-        print(note, file=sys.stderr)
+    if message:
+        note(message)
     paddle.set_device(device)  # under a launcher, "gpu" is this rank's GPU
     return device
 

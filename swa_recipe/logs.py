@@ -163,6 +163,16 @@ def read_metrics(path: str) -> list[dict]:
                  for c, v in row.items()} for row in csv.DictReader(fh)]
 
 
+def note(line: str) -> None:
+    """A one-line note: through the run's logger when this process has one (timestamped, and in
+    ``train.log``), else on stderr."""
+    logger = logging.getLogger(LOGGER_NAME)
+    if logger.handlers:
+        logger.info(line)
+    else:
+        print(line, file=sys.stderr)
+
+
 def to_run_log(line: str) -> None:
     """Append ``line`` (an ``error:`` or ``interrupted:`` line the console already shows) to
     ``train.log``, when this process writes one."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from collections.abc import Callable
 
 import numpy as np
@@ -13,7 +12,7 @@ import torch.nn.functional as F
 
 from swa_recipe import loop, schedules
 from swa_recipe.device import resolve_device
-from swa_recipe.logs import summarize
+from swa_recipe.logs import note, summarize
 from swa_recipe.loop import Progress
 
 from . import checkpoint, dist
@@ -26,10 +25,10 @@ from .swa_utils import SWALR
 def set_device(device: str) -> str:
     """``Global.device`` as "gpu" or "cpu" (``swa_recipe.device``): ``auto`` is a GPU only
     when one is visible; a note says when ``auto`` stays on the CPU."""
-    device, note = resolve_device(device, "torch", torch.backends.cuda.is_built(),
+    device, message = resolve_device(device, "torch", torch.backends.cuda.is_built(),
                                   torch.cuda.device_count())
-    if note:
-        print(note, file=sys.stderr)
+    if message:
+        note(message)
     return device
 
 
