@@ -28,8 +28,8 @@ def resolve_device(asked: str, framework: str, cuda_build: bool, gpus_visible: i
     """(``"gpu"`` or ``"cpu"``, a one-line note or None) for ``Global.device``.
 
     ``auto`` is a GPU only when one is visible, so a GPU build on a host without one falls back
-    to the CPU (with a note) instead of failing; ``gpu`` without a GPU is a user error naming
-    what to install or check.
+    to the CPU (with a note; a CPU-only build needs none) instead of failing; ``gpu`` without
+    a GPU is a user error naming what to install or check.
     """
     if asked == "cpu":
         return "cpu", None
@@ -43,8 +43,10 @@ def resolve_device(asked: str, framework: str, cuda_build: bool, gpus_visible: i
         raise ConfigError(f"Global.device is gpu but {framework} sees no GPU "
                           f"(CUDA_VISIBLE_DEVICES={visible}); check the driver and "
                           f"CUDA_VISIBLE_DEVICES, or pass -o Global.device=cpu")
-    why = "its build has CUDA but no GPU is visible" if cuda_build else "its build is CPU-only"
-    return "cpu", f"note: Global.device auto: {framework} runs on the CPU ({why})"
+    if not cuda_build:  # a CPU-only build: the CPU is what anyone expects, nothing to say
+        return "cpu", None
+    return "cpu", (f"note: Global.device auto: {framework} runs on the CPU (its build has CUDA "
+                   f"but no GPU is visible)")
 
 
 def loader_workers(setting: str, device: str, cpus: int | None = None,

@@ -37,8 +37,7 @@ def test_device_auto_is_a_gpu_only_when_one_is_visible():
     assert resolve_device("cpu", "torch", True, 4) == ("cpu", None)
     device, note = resolve_device("auto", "paddle", True, 0)  # a GPU build, no GPU visible
     assert device == "cpu" and note.startswith("note:") and "no GPU is visible" in note
-    device, note = resolve_device("auto", "torch", False, 0)
-    assert device == "cpu" and "CPU-only" in note and "\n" not in note
+    assert resolve_device("auto", "torch", False, 0) == ("cpu", None)  # a CPU-only build
 
 
 @pytest.mark.parametrize("framework, package", [("paddle", "paddlepaddle-gpu"),
@@ -72,7 +71,7 @@ def test_gpu_asked_of_a_cpu_build_is_refused_in_one_line(framework, archive, tmp
     assert proc.returncode == 2 and "CUDA build of torch" in proc.stderr
     proc = cli("eval.py", "--model_path", str(weights), "--data_path", str(archive),
                "--model", "VGG16", "-o", "Arch.width=0.0625")
-    assert proc.returncode == 0 and "note: Global.device auto" in proc.stderr
+    assert proc.returncode == 0 and "note:" not in proc.stderr  # a CPU-only build: no note
 
 
 # ----------------------------------------------------------------------------------- workers
