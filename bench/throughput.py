@@ -13,12 +13,18 @@ RSS after full-width training, and resident memory after each epoch of the lite 
 Any model of the zoo: ``--model PreResNet164``, and ``-o Section.key=value`` as for train.py.
 Variants of the bare step: the frameworks' own convolutions (``Global.onednn false``), and for
 torch channels_last and bf16 autocast (``Global.precision bf16``).
+
+For a GPU (``--part loader,syncs`` runs only these, in seconds): the numpy augmentation's
+images/s in one process (what each loader worker delivers), and the host's reads of tensor
+values per training step (each one waits for the device's queue on a GPU).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import os
 import platform
 import resource
@@ -44,7 +50,20 @@ FIGURES = [  # key, label, unit
     ("native_conv_ips", "bare step, Global.onednn false", "img/s"),
     ("channels_last_ips", "bare step, channels_last", "img/s"),
     ("bf16_ips", "bare step, bf16 autocast", "img/s"),
+    ("loader_ips_per_worker", "numpy augmentation, one loader worker", "img/s"),
+    ("host_syncs_per_step", "host syncs per training step", "x"),
+    ("host_syncs_between_lines", "host syncs between log lines", "x"),
 ]
+PARTS = ("speed", "memory", "loader", "syncs")
+# Tensor methods through which the host reads values: each waits for the device on a GPU.
+# (torch's numpy() only works on CPU tensors, which cpu() made; Paddle's numpy() copies.)
+HOST_READS = {
+    "torch": ("item", "tolist", "cpu", "__float__", "__int__", "__bool__", "__index__"),
+    "paddle": ("item", "tolist", "numpy", "__float__", "__int__", "__bool__", "__index__"),
+}
+# Loaders read host tensors of their own (torch's DataLoader draws each epoch's base seed as a
+# CPU tensor): no device is waited for, so these callers are not counted.
+HOST_ONLY_CALLERS = ("torch.utils.data", "paddle.io")
 CIFAR10_TRAIN = 50000
 
 
@@ -129,6 +148,76 @@ def bare_step_ips(twin, cfg: dict, steps: int, warmup: int, framework: str,
     return batch / timed(step, steps)
 
 
+@contextlib.contextmanager
+def host_reads(framework: str):
+    """Count the host's reads of tensor values while the block runs (a read from within a read,
+    e.g. ``float`` through ``item``, counts once; loaders' host tensors do not count); yields
+    the list of method names."""
+    cls = __import__(framework).Tensor
+    originals = {name: getattr(cls, name) for name in HOST_READS[framework]}
+    reads: list[str] = []
+    depth = [0]
+
+    def counting(name, method):
+        def read(self, *args, **kwargs):
+            caller = sys._getframe(1).f_globals.get("__name__", "")
+            if depth[0] == 0 and not caller.startswith(HOST_ONLY_CALLERS):
+                reads.append(name)
+            depth[0] += 1
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                depth[0] -= 1
+        return read
+
+    for name, method in originals.items():
+        setattr(cls, name, counting(name, method))
+    try:
+        yield reads
+    finally:
+        for name, method in originals.items():
+            setattr(cls, name, method)
+
+
+def host_syncs(framework: str, data_path: str | None, log_freq: int = 5) -> dict:
+    """Host reads per step of a real training epoch (1/16 width, 10 steps of 128 images)."""
+    from swa_recipe.cli import import_twin
+    from swa_recipe.config import default_config, merge, validate
+
+    cfg = validate(merge(default_config(), {
+        "Global": {"framework": framework, "device": "cpu", "log_freq": log_freq},
+        "Arch": {"width": 0.0625},
+        "Data": {"data_path": data_path, "train_subset": 1280, "test_subset": 128}}, "bench"))
+    trainer = import_twin(framework).trainer.Trainer(cfg)
+    trainer.train_epoch(0)
+    with host_reads(framework) as reads:
+        trainer.train_epoch(1)
+    lines = math.ceil(trainer.iters / log_freq)
+    return {"host_syncs_per_step": len(reads) / trainer.iters,
+            "host_syncs_between_lines": (len(reads) - lines) / trainer.iters,
+            "host_reads": reads, "steps": trainer.iters, "log_freq": log_freq}
+
+
+def loader_ips(data_path: str | None, images: int = 2560) -> float:
+    """Images/s of the numpy augmentation and batching in this process: one loader worker's
+    throughput (workers are independent processes, so N workers give about N times this)."""
+    import numpy as np
+
+    from swa_recipe.cifar import CIFARDataset, EpochBatches, load_cifar10, subset
+
+    train = subset(load_cifar10(data_path)[0], images)
+    dataset = CIFARDataset(train, train=True, seed=1)
+    batches = EpochBatches(len(train.labels), 128, seed=1, shuffle=True)
+
+    def epoch():
+        for keys in batches:
+            items = [dataset[k] for k in keys]
+            np.stack([x for x, _ in items]), np.array([y for _, y in items])
+
+    epoch()  # warm-up
+    return len(train.labels) / timed(epoch, 2)
+
+
 def rss_mb() -> float:
     """Resident memory now (peak RSS only ever grows)."""
     with open("/proc/self/statm") as fh:
@@ -193,9 +282,17 @@ def worker(args: argparse.Namespace) -> dict:
     return out
 
 
+def worker_part(args: argparse.Namespace) -> dict:
+    """What ``--worker FRAMEWORK --part PART`` measures, in this fresh process."""
+    if args.part == "memory":
+        return {"lite_rss_mb": lite_rss(args)}
+    if args.part == "syncs":
+        return host_syncs(args.worker, args.data_path)
+    return worker(args)
+
+
 def run_worker(framework: str, argv: list[str], part: str = "speed") -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", framework, "--part", part,
-           *argv]
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", framework, *argv, "--part", part]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode:
@@ -209,6 +306,8 @@ def table(results: dict) -> str:
     rows = []
     for key, label, unit in FIGURES:
         vals = [results[f].get(key) for f in frameworks]
+        if all(v is None for v in vals):
+            continue
         cells = ["n/a" if v is None else f"{v:.2f}" if unit in ("x", "%") else f"{v:.0f}"
                  for v in vals]
         paired = len(vals) == 2 and None not in vals and key.endswith("ips")
@@ -237,30 +336,44 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1, help="alternating rounds; medians")
     parser.add_argument("--data_path", default=None)
     parser.add_argument("--json", default=os.path.join(ROOT, "bench", "results.json"))
+    parser.add_argument("--part", default=",".join(PARTS),
+                        help=f"comma-separated subset of {', '.join(PARTS)} (default: all; "
+                        f"loader,syncs take seconds); a subset writes bench/results-PARTS.json")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--part", default="speed", help=argparse.SUPPRESS)
     args = parser.parse_args()
     tune_cpu_env()
     if args.worker:
-        speed = args.part == "speed"
-        result = worker(args) if speed else {"lite_rss_mb": lite_rss(args)}
-        print(json.dumps(result))
+        print(json.dumps(worker_part(args)))
         return 0
-    argv = [a for a in sys.argv[1:]]
+    parts = args.part.split(",")
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        parser.error(f"unknown --part {', '.join(sorted(unknown))}; choose from {PARTS}")
+    if set(parts) != set(PARTS) and "--json" not in sys.argv:
+        args.json = os.path.join(ROOT, "bench", f"results-{'-'.join(parts)}.json")
+    argv = sys.argv[1:]
     frameworks = args.frameworks.split(",")
     runs: dict[str, list[dict]] = {f: [] for f in frameworks}
-    for r in range(args.rounds):
-        for framework in frameworks if r % 2 == 0 else frameworks[::-1]:
-            runs[framework].append(run_worker(framework, argv))
-    results = {f: {k: statistics.median(run[k] for run in runs[f]) for k in runs[f][0]}
-               for f in frameworks}
+    results: dict[str, dict] = {f: {} for f in frameworks}
+    if "speed" in parts:
+        for r in range(args.rounds):
+            for framework in frameworks if r % 2 == 0 else frameworks[::-1]:
+                runs[framework].append(run_worker(framework, argv))
+        results = {f: {k: statistics.median(run[k] for run in runs[f]) for k in runs[f][0]}
+                   for f in frameworks}
+    loader = loader_ips(args.data_path) if "loader" in parts else None
     for f in frameworks:
-        rss = run_worker(f, argv, "memory")["lite_rss_mb"]
-        results[f].update(lite_rss_mb=rss, lite_rss_growth_mb=rss[-1] - rss[2])
+        if "memory" in parts:
+            rss = run_worker(f, argv, "memory")["lite_rss_mb"]
+            results[f].update(lite_rss_mb=rss, lite_rss_growth_mb=rss[-1] - rss[2])
+        if "syncs" in parts:
+            results[f].update(run_worker(f, argv, "syncs"))
+        if loader is not None:  # framework-free: the same numpy code feeds both twins
+            results[f]["loader_ips_per_worker"] = loader
     machine = {"cpu": platform.processor() or platform.machine(), "vendor": cpu_vendor(),
                "cores": os.cpu_count(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
     report = {"machine": machine, "options": {k: v for k, v in vars(args).items()
-                                              if k not in ("worker", "part", "json")},
+                                              if k not in ("worker", "json")},
               "results": results, "runs": runs}
     with open(args.json, "w") as fh:
         json.dump(report, fh, indent=2)

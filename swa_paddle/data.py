@@ -6,6 +6,7 @@ import paddle
 
 from swa_recipe.arch import normalization
 from swa_recipe.cifar import CIFARDataset, EpochBatches, Split, load_splits
+from swa_recipe.device import loader_workers
 
 
 class CIFAR10(CIFARDataset, paddle.io.Dataset):
@@ -28,18 +29,22 @@ class BatchSampler(paddle.io.BatchSampler):
         self.batches.set_epoch(epoch, start)
 
 
-def make_loader(split: Split, train: bool, cfg: dict, rank: int = 0,
-                world_size: int = 1) -> paddle.io.DataLoader:
+def make_loader(split: Split, train: bool, cfg: dict, rank: int = 0, world_size: int = 1,
+                device: str = "cpu") -> paddle.io.DataLoader:
+    """Workers from ``Data.num_workers`` (kept across epochs); on a GPU, Paddle's buffered
+    reader copies each batch to the device ahead of the step (it has no ``pin_memory``)."""
     seed, data = cfg["Global"]["seed"], cfg["Data"]
     batches = EpochBatches(len(split.labels), data["batch_size"], seed, shuffle=train,
                            rank=rank, world_size=world_size)
+    workers = loader_workers(data["num_workers"], device)
     return paddle.io.DataLoader(CIFAR10(split, train, seed, *normalization(cfg)),
-                                batch_sampler=BatchSampler(batches),
-                                num_workers=data["num_workers"], return_list=True)
+                                batch_sampler=BatchSampler(batches), num_workers=workers,
+                                persistent_workers=workers > 0, return_list=True)
 
 
-def build_loaders(cfg: dict, rank: int = 0, world_size: int = 1, training: bool = True):
+def build_loaders(cfg: dict, rank: int = 0, world_size: int = 1, training: bool = True,
+                  device: str = "cpu"):
     """(train, test) loaders; subsets are the first N images, as in the lite config."""
     train, test = load_splits(cfg, training)
-    return (make_loader(train, True, cfg, rank, world_size),
-            make_loader(test, False, cfg, rank, world_size))
+    return (make_loader(train, True, cfg, rank, world_size, device),
+            make_loader(test, False, cfg, rank, world_size, device))

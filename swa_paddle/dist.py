@@ -1,6 +1,12 @@
-"""Data parallelism in Paddle: ``paddle.distributed`` (gloo on CPU, NCCL on GPU)."""
+"""Data parallelism in Paddle: ``paddle.distributed`` (gloo on CPU, NCCL on GPU).
+
+Every collective runs on tensors of the current device (``paddle.to_tensor`` places host values
+there), so NCCL, which handles GPU tensors only, gets GPU tensors.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import paddle
@@ -23,7 +29,7 @@ def wrap(model: nn.Layer, world_size: int) -> nn.Layer:
 
 
 def all_reduce_sum(values: np.ndarray, world_size: int) -> np.ndarray:
-    """Sum a float64 array over ranks."""
+    """Sum a float64 array over ranks (a tensor on the current device: NCCL takes no other)."""
     if world_size == 1:
         return values
     tensor = paddle.to_tensor(values, dtype="float64")
@@ -34,6 +40,15 @@ def all_reduce_sum(values: np.ndarray, world_size: int) -> np.ndarray:
 def any_rank(flag: bool, world_size: int) -> bool:
     """True on every rank when ``flag`` is true on one (ranks must stop at the same step)."""
     return bool(all_reduce_sum(np.array([float(flag)]), world_size)[0] > 0)
+
+
+def broadcast_object(obj: Any, world_size: int) -> Any:
+    """Rank 0's ``obj`` (picklable) on every rank."""
+    if world_size == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def broadcast_bn_stats(model: nn.Layer, world_size: int) -> None:

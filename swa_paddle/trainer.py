@@ -10,22 +10,39 @@ import paddle
 import paddle.nn.functional as F
 
 from swa_recipe import loop, schedules
-from swa_recipe.logs import summarize
-from swa_recipe.loop import Progress, check_finite, step_seed
+from swa_recipe.device import resolve_device
+from swa_recipe.logs import note, summarize
+from swa_recipe.loop import Progress
 
 from . import checkpoint, dist
 from .averaging import build_average
 from .data import build_loaders
-from .models import build_model
+from .models import build_model, set_dropout_masks
 from .swa_utils import SWALR
 
 
 def set_device(device: str) -> str:
-    """``auto`` is the GPU when Paddle was built with CUDA, else the CPU."""
-    if device == "auto":
-        device = "gpu" if paddle.is_compiled_with_cuda() else "cpu"
+    """``Global.device`` as "gpu" or "cpu" (``swa_recipe.device``): ``auto`` is a GPU only
+    when one is visible, not merely a CUDA build; a note says when ``auto`` stays on the CPU."""
+    cuda = paddle.is_compiled_with_cuda()
+    device, message = resolve_device(device, "paddle", cuda,
+                                  paddle.device.cuda.device_count() if cuda else 0)
+    if message:
+        note(message)
     paddle.set_device(device)  # under a launcher, "gpu" is this rank's GPU
     return device
+
+
+def to_device(array: np.ndarray, device: str) -> paddle.Tensor:
+    """A host array on the current device; to a GPU through pinned memory, without waiting."""
+    if device != "gpu":
+        return paddle.to_tensor(array)
+    return paddle.to_tensor(array, place=paddle.CUDAPinnedPlace()).cuda(blocking=False)
+
+
+def to_host(tensors: list[paddle.Tensor]) -> np.ndarray:
+    """Device tensors as one float64 array: a single transfer, the one wait for the device."""
+    return paddle.concat([t.reshape([-1]).astype("float64") for t in tensors]).numpy()
 
 
 def has_batch_norm(model: paddle.nn.Layer) -> bool:
@@ -36,13 +53,16 @@ def has_batch_norm(model: paddle.nn.Layer) -> bool:
 def evaluate(model: paddle.nn.Layer, loader: paddle.io.DataLoader, world_size: int = 1) -> dict:
     """Mean loss and accuracy (%) over the loader (this rank's shard, summed over ranks)."""
     model.eval()
-    loss_sum, correct, total = 0.0, 0, 0
+    loss_sum = paddle.zeros([], dtype="float64")  # read once, at the end
+    correct = paddle.zeros([], dtype="int64")
+    total = 0
     for x, y in loader:
         logits = model(x)
-        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-        correct += int((logits.argmax(axis=1) == y).astype("int64").sum())
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").astype("float64")
+        correct += (logits.argmax(axis=1) == y).astype("int64").sum()
         total += int(y.shape[0])
-    return summarize(dist.all_reduce_sum(np.array([loss_sum, correct, total]), world_size))
+    totals = np.append(to_host([loss_sum, correct]), total)
+    return summarize(dist.all_reduce_sum(totals, world_size))
 
 
 class Trainer(loop.Trainer):
@@ -59,7 +79,8 @@ class Trainer(loop.Trainer):
         paddle.seed(cfg["Global"]["seed"])
         self.model = build_model(cfg)
         self.net = dist.wrap(self.model, self.world_size)
-        self.train_loader, self.test_loader = build_loaders(cfg, self.rank, self.world_size)
+        self.train_loader, self.test_loader = build_loaders(cfg, self.rank, self.world_size,
+                                                            device=self.device)
         self.batches = self.train_loader.batch_sampler.batches
         self.iters = len(self.batches)
         self.swa_model = build_average(self.model, cfg["SWA"]) if cfg["SWA"]["swa"] else None
@@ -87,23 +108,27 @@ class Trainer(loop.Trainer):
                     should_stop: Callable[[], bool] = lambda: False) -> dict:
         """Train one epoch, from ``self.progress`` on (a run resumed mid-epoch). On a stop
         request, return after the step in progress with ``interrupted``."""
-        meter, seed = self._begin_epoch(epoch, logger), self.cfg["Global"]["seed"]
+        meter = self._begin_epoch(epoch, logger)
         for it, (x, y) in enumerate(meter.iterate(self.train_loader), start=meter.start):
-            paddle.seed(step_seed(seed, epoch, it))
+            self._set_dropout_masks(epoch, it)
             lr = self._lr(epoch, it)
             logits = self.net(x)
             loss_sum = F.cross_entropy(logits, y, reduction="sum")
-            n = int(y.shape[0])
-            loss_value = check_finite(float(loss_sum.detach()) / n, epoch, it)
             # Mean over the global batch once DataParallel averages over ranks.
             loss = loss_sum * (self.world_size / self.batches.global_size(it))
             self.optimizer.clear_grad()
             loss.backward()
             self.optimizer.step()
-            correct = int((logits.argmax(axis=1) == y).astype("int64").sum())
-            if self._end_step(meter, it, lr, loss_value, correct, n, should_stop):
+            set_dropout_masks(self.model, None)
+            correct = (logits.argmax(axis=1) == y).astype("int64").sum()
+            if self._end_step(meter, it, lr, loss_sum.detach(), correct, int(y.shape[0]),
+                              should_stop):
                 return {"interrupted": True, "iteration": it + 1}
         return self._end_epoch()
+
+    def _set_dropout_masks(self, epoch: int, it: int) -> None:
+        masks = self._dropout_masks(epoch, it)
+        set_dropout_masks(self.model, masks and [to_device(m, self.device) for m in masks])
 
     def load_state_dict(self, state: dict) -> None:
         self.model.set_state_dict(state["state_dict"])
@@ -120,4 +145,5 @@ class Trainer(loop.Trainer):
         return checkpoint.optimizer_state(self.optimizer, self.model)
 
     _evaluate = staticmethod(evaluate)
+    _to_host = staticmethod(to_host)
     _has_batch_norm = staticmethod(has_batch_norm)

@@ -89,17 +89,33 @@ def model_kwargs(cfg: dict) -> tuple[str, dict]:
     arch = cfg["Arch"]
     name, kind = arch["model"], family(arch["model"])
     common = {"num_classes": arch["num_classes"], "width": arch["width"]}
-    dropout = arch["dropout"] if arch["dropout"] is not None else DEFAULT_DROPOUT.get(kind)
     if kind == "vgg":
         depth, batch_norm = VGG_MODELS[name]
-        return kind, {**common, "depth": depth, "batch_norm": batch_norm, "dropout": dropout}
+        return kind, {**common, "depth": depth, "batch_norm": batch_norm,
+                      "dropout": model_dropout(cfg)}
     if kind == "preresnet":
         return kind, {**common, "depth": arch["depth"] or PRERESNET_MODELS[name]}
     depth, widen = WIDE_RESNET_MODELS[name]
     return kind, {**common, "depth": arch["depth"] or depth, "widen_factor": widen,
-                  "dropout": dropout}
+                  "dropout": model_dropout(cfg)}
+
+
+def model_dropout(cfg: dict) -> float:
+    """``Arch.dropout``, or the model's own when null (VGG 0.5, WideResNet 0, PreResNet none)."""
+    arch = cfg["Arch"]
+    return arch["dropout"] if arch["dropout"] is not None else DEFAULT_DROPOUT.get(
+        family(arch["model"]), 0.0)
 
 
 def normalization(cfg: dict) -> tuple[np.ndarray, np.ndarray]:
     """(mean, std), float32 C x 1 x 1, of the config's model's input normalisation."""
     return NORMALIZATION[family(cfg["Arch"]["model"])]
+
+
+def dropout_widths(cfg: dict) -> list[int]:
+    """Units of VGG's two classifier dropout layers (their masks' widths, drawn per sample by
+    ``swa_recipe.dropout``); none for the ResNets, whose dropout (WideResNet's, 0 by default)
+    draws from the framework's generator."""
+    if family(cfg["Arch"]["model"]) != "vgg":
+        return []
+    return [scaled(512, cfg["Arch"]["width"])] * 2

@@ -300,6 +300,8 @@ class EpochBatches:
         self.n, self.batch_size, self.seed, self.shuffle = n, batch_size, seed, shuffle
         self.rank, self.world_size = rank, world_size
         self.epoch = self.start = 0
+        self._cached_epoch: int | None = None
+        self._cached: list[list[int]] = []
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         """Iterate over ``epoch``'s batches from batch ``start`` on (a run resumed mid-epoch)."""
@@ -312,12 +314,20 @@ class EpochBatches:
         """Images in global batch ``it`` (all ranks together): the last one may be short."""
         return min(self.batch_size, self.n - it * self.batch_size)
 
+    def shard(self, it: int) -> list[int]:
+        """This rank's sample indices of global batch ``it`` of the current epoch: rank r takes
+        every world_size-th image of the batch, from the r-th on, so a global batch of B images
+        gives each rank B / world_size (the short last batch: sizes differ by at most one)."""
+        if self._cached_epoch != self.epoch:
+            self._cached = batch_indices(self.n, self.batch_size, self.seed, self.epoch,
+                                         self.shuffle)
+            self._cached_epoch = self.epoch
+        return self._cached[it][self.rank::self.world_size]
+
     def __iter__(self):
-        """Rank r takes every world_size-th image of each global batch, from the r-th on, so a
-        global batch of B images gives each rank B / world_size (the short last batch: sizes
-        differ by at most one). Every image of the epoch goes to exactly one rank."""
-        batches = batch_indices(self.n, self.batch_size, self.seed, self.epoch, self.shuffle)
-        for batch in batches[self.start:]:
-            shard = batch[self.rank::self.world_size]
+        """This rank's ``(epoch, index)`` keys of each global batch from ``start`` on. Every
+        image of the epoch goes to exactly one rank."""
+        for it in range(self.start, len(self)):
+            shard = self.shard(it)
             if shard:
                 yield [(self.epoch, i) for i in shard]

@@ -17,7 +17,7 @@ from .checkpoint import CheckpointError, check_identity, framework_of
 from .cifar import DataError
 from .config import ConfigError, add_config_args, resolve, run_dir
 from .convert import convert_file
-from .logs import get_logger
+from .logs import get_logger, to_run_log
 from .loop import Interrupted, TrainingDiverged
 from .rundir import RunDir, RunDirError
 from .runtime import (
@@ -39,13 +39,19 @@ def run(main: Callable[[], int | None], debug: bool) -> int:
     try:
         return main() or 0
     except Interrupted as exc:
-        print(f"interrupted: {exc}", file=sys.stderr)
+        report(f"interrupted: {exc}")
         return 128 + exc.signum
     except USER_ERRORS as exc:
         if debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        report(f"error: {exc}")
         return 2
+
+
+def report(line: str) -> None:
+    """The last word of a run: on stderr, and in ``train.log`` when there is one."""
+    print(line, file=sys.stderr)
+    to_run_log(line)
 
 
 def train_parser() -> argparse.ArgumentParser:
@@ -152,6 +158,15 @@ def pick_weights(state: dict, which: str, path: str) -> tuple[str, dict]:
     return "SWA weights", swa
 
 
+def without_device(saved: dict | None) -> dict | None:
+    """A checkpoint's config without ``Global.device``: where the run trained says nothing
+    about this host; eval.py and predict.py take the device from their command line (default
+    auto)."""
+    if not isinstance(saved, dict) or not isinstance(saved.get("Global"), dict):
+        return saved
+    return {**saved, "Global": {k: v for k, v in saved["Global"].items() if k != "device"}}
+
+
 def load_checkpoint(args: argparse.Namespace) -> tuple[SimpleNamespace, dict, str, dict]:
     """(twin, config, label, weights) of ``--model_path``: a training checkpoint (its config,
     ``-o`` on top, must match) or a plain state dict (the model from the flags)."""
@@ -161,23 +176,26 @@ def load_checkpoint(args: argparse.Namespace) -> tuple[SimpleNamespace, dict, st
     framework = _framework(args)
     tune_cpu_env()
     twin = import_twin(framework)
-    twin.trainer.set_device("auto")
     state = twin.checkpoint.load(args.model_path)
     if not isinstance(state, dict):
         raise CheckpointError(f"{args.model_path} holds no state dict; it is not a checkpoint")
     saved = state.get("config")
-    cfg = resolve(args, base=saved)
+    cfg = resolve(args, base=without_device(saved))
     check_identity(saved, cfg, args.model_path)
     cfg["Global"]["framework"] = framework  # a plain state dict's config has the default
+    cfg["Global"]["device"] = twin.trainer.set_device(cfg["Global"]["device"])
     label, weights = pick_weights(state, args.which, args.model_path)
     return twin, cfg, label, weights
 
 
 def eval_main(args: argparse.Namespace) -> int:
     twin, cfg, label, weights = load_checkpoint(args)
+    device = cfg["Global"]["device"]
     model = twin.models.build_model(cfg)
     twin.checkpoint.load_weights(model, weights, args.model_path)
-    _, test_loader = twin.data.build_loaders(cfg, training=False)
+    if cfg["Global"]["framework"] == "torch":
+        model.to(twin.trainer.torch_device(device))
+    _, test_loader = twin.data.build_loaders(cfg, training=False, device=device)
     res = twin.trainer.evaluate(model, test_loader)
     n = test_loader.batch_sampler.batches.n
     print(f"{label} of {args.model_path}: test loss {res['loss']:.4f}, "

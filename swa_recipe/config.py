@@ -122,8 +122,10 @@ SCHEMA: dict[str, dict[str, Field]] = {
                      check=lambda v: v == "auto" or re.fullmatch(r"[0-9a-f]{32}", v) is not None,
                      rule="'auto' or 32 lowercase hex digits"),
         "batch_size": Field(128, int, "global batch size", check=_positive, rule="> 0"),
-        "num_workers": Field(0, int, "loader worker processes", check=_non_negative,
-                             rule=">= 0"),
+        "num_workers": Field("auto", str, "loader worker processes; auto: 0 on the CPU, "
+                             "from the free cores on a GPU (swa_recipe.device)",
+                             check=lambda v: v == "auto" or v.isdigit(),
+                             rule="'auto' or an integer >= 0"),
         "train_subset": Field(None, int, "use only the first N training images",
                               check=_positive, rule="> 0", nullable=True),
         "test_subset": Field(None, int, "use only the first N test images", check=_positive,

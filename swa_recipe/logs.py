@@ -98,12 +98,12 @@ class IterMeter:
         self.progress = progress
         self.start = start
         self.loss_sum, self.correct, self.samples = totals or (0.0, 0.0, 0.0)
-        self._got = time.perf_counter()
         self._reset_window()
 
     def _reset_window(self) -> None:
-        self.reader_cost = self.batch_cost = 0.0
+        self.reader_cost = 0.0
         self.window_samples = self.window_iters = 0
+        self._window_start = time.perf_counter()
 
     def iterate(self, loader: Iterable) -> Iterator:
         batches = loader
@@ -113,14 +113,17 @@ class IterMeter:
                            desc=f"epoch {self.epoch + 1}", dynamic_ncols=True)
         tick = time.perf_counter()
         for batch in batches:
-            self._got = time.perf_counter()
-            self.reader_cost += self._got - tick
+            self.reader_cost += time.perf_counter() - tick
             yield batch
             tick = time.perf_counter()
 
     def step(self, it: int, lr: float, loss: float, correct: int, n: int) -> None:
-        """Record one iteration (its mean loss over ``n`` samples); log every ``log_freq``."""
-        self.batch_cost += time.perf_counter() - self._got
+        """Record one iteration (its mean loss over ``n`` samples); log every ``log_freq``.
+
+        The trainers read their device's values only when a line is due and then record the
+        steps since the last line at once, so costs are taken over the line's window of wall
+        time, not per call.
+        """
         self.loss_sum += loss * n
         self.correct += correct
         self.samples += n
@@ -132,8 +135,9 @@ class IterMeter:
 
     def line(self, it: int, lr: float, loss: float, acc: float) -> str:
         k = max(self.window_iters, 1)
-        batch_cost = (self.batch_cost + self.reader_cost) / k
-        ips = self.window_samples / max(self.batch_cost + self.reader_cost, 1e-12)
+        elapsed = time.perf_counter() - self._window_start  # reading and computing
+        batch_cost = elapsed / k
+        ips = self.window_samples / max(elapsed, 1e-12)
         return (f"[Epoch {self.epoch + 1}/{self.epochs}, iter {it + 1}/{self.iters}] "
                 f"lr: {lr:.6f}, loss: {loss:.5f}, acc: {100 * acc:.3f}, "
                 f"avg_reader_cost: {self.reader_cost / k:.5f} sec, "
@@ -157,6 +161,26 @@ def read_metrics(path: str) -> list[dict]:
     with open(path, newline="") as fh:
         return [{c: (int(v) if c == "ep" else float(v)) if v not in ("", None) else None
                  for c, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def note(line: str) -> None:
+    """A one-line note: through the run's logger when this process has one (timestamped, and in
+    ``train.log``), else on stderr."""
+    logger = logging.getLogger(LOGGER_NAME)
+    if logger.handlers:
+        logger.info(line)
+    else:
+        print(line, file=sys.stderr)
+
+
+def to_run_log(line: str) -> None:
+    """Append ``line`` (an ``error:`` or ``interrupted:`` line the console already shows) to
+    ``train.log``, when this process writes one."""
+    logger = logging.getLogger(LOGGER_NAME)
+    for handler in logger.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.emit(logger.makeRecord(LOGGER_NAME, logging.ERROR, __file__, 0, line, None,
+                                           None))
 
 
 class RunLog:

@@ -19,6 +19,7 @@ from types import ModuleType
 import numpy as np
 
 from . import schedules
+from .arch import dropout_widths, model_dropout
 from .checkpoint import (
     CheckpointError,
     check_identity,
@@ -30,9 +31,14 @@ from .checkpoint import (
     plain_layout,
 )
 from .config import run_dir, save_config
+from .dropout import keep_masks
 from .logs import IterMeter, RunLog, get_logger, open_log_file, summarize
 from .rundir import writing
 from .safe_pickle import short
+
+# Under a launcher, ranks agree on a stop signal every this many steps (a collective each time),
+# and all stop at the same step.
+STOP_CHECK_EVERY = 10
 
 
 class Trainer:
@@ -42,8 +48,8 @@ class Trainer:
     A subclass sets ``framework``, ``checkpoint`` and ``dist`` (its twin's modules), builds
     ``cfg, rank, world_size, model, net, swa_model, optimizer, scheduler, progress,
     train_loader, test_loader`` in ``__init__``, and implements ``train_epoch``,
-    ``load_state_dict``, ``_make_swalr``, ``_optimizer_state``, ``_evaluate`` and
-    ``_has_batch_norm``.
+    ``load_state_dict``, ``_make_swalr``, ``_optimizer_state``, ``_evaluate``,
+    ``_has_batch_norm`` and ``_to_host`` (device tensors to one float64 array: one sync).
     """
 
     framework: str
@@ -58,6 +64,7 @@ class Trainer:
         if start == 0:
             self._step_swalr(epoch)
         self.averaging_steps = schedules.averages_steps(self.cfg, epoch)
+        self._epoch, self._pending = epoch, []
         self.train_loader.batch_sampler.set_epoch(epoch, start)
         self.net.train()
         g = self.cfg["Global"]
@@ -65,15 +72,48 @@ class Trainer:
                                 progress_wanted() and self.rank == 0, self.progress.totals,
                                 start)
 
-    def _end_step(self, meter: IterMeter, it: int, lr: float, loss: float, correct: int,
-                  n: int, should_stop: Callable[[], bool]) -> bool:
-        """Record a finished step; True when every rank should stop here (a signal arrived)."""
+    def _dropout_masks(self, epoch: int, it: int) -> list[np.ndarray] | None:
+        """This rank's dropout masks for step ``it``: drawn per sample of the global batch
+        (``swa_recipe.dropout``), so they do not depend on the number of processes."""
+        p, widths = model_dropout(self.cfg), dropout_widths(self.cfg)
+        if p == 0 or not widths:
+            return None
+        return keep_masks(self.cfg["Global"]["seed"], epoch, self.batches.shard(it), p, widths)
+
+    def _end_step(self, meter: IterMeter, it: int, lr: float, loss_sum, correct, n: int,
+                  should_stop: Callable[[], bool]) -> bool:
+        """Record a finished step; True when every rank should stop here (a signal arrived).
+
+        ``loss_sum`` and ``correct`` are tensors on the device; they are read, in one
+        transfer, only when a training line is due, at the epoch's end or on a stop, so the
+        host never waits for the device between log lines.
+        """
         if self.averaging_steps:
             self.swa_model.update_parameters(self.model)
-        meter.step(it, lr, loss, correct, n)
-        first_lr = lr if self.progress.first_lr is None else self.progress.first_lr
-        self.progress = Progress(it + 1, meter.totals(), first_lr)
-        return self.dist.any_rank(should_stop(), self.world_size) and it + 1 < self.iters
+        self._pending.append((it, lr, loss_sum, correct, n))
+        stop = self._stop_agreed(it, should_stop) and it + 1 < self.iters
+        if stop or (it + 1) % self.cfg["Global"]["log_freq"] == 0 or it + 1 == self.iters:
+            self._flush(meter)
+        return stop
+
+    def _stop_agreed(self, it: int, should_stop: Callable[[], bool]) -> bool:
+        """One process: the signal flag itself. Under a launcher: every ``STOP_CHECK_EVERY``
+        steps, true on every rank when a signal reached one (the same step on all ranks)."""
+        if self.world_size == 1:
+            return should_stop()
+        if (it + 1) % STOP_CHECK_EVERY:
+            return False
+        return self.dist.any_rank(should_stop(), self.world_size)
+
+    def _flush(self, meter: IterMeter) -> None:
+        """Read the pending steps' values and record them (checking each loss)."""
+        pending, self._pending = self._pending, []
+        values = self._to_host([t for step in pending for t in step[2:4]])
+        for k, (it, lr, _, _, n) in enumerate(pending):
+            loss = check_finite(float(values[2 * k]) / n, self._epoch, it)
+            meter.step(it, lr, loss, int(values[2 * k + 1]), n)
+            first_lr = lr if self.progress.first_lr is None else self.progress.first_lr
+            self.progress = Progress(it + 1, meter.totals(), first_lr)
 
     def _end_epoch(self) -> dict:
         """The epoch's loss and accuracy over all ranks, and the lr it started with."""
@@ -106,9 +146,15 @@ class Trainer:
         if self.cfg["SWA"]["avg"] == "swa":
             self.swa_model.update_parameters(self.model)
 
+    def _whole_epoch(self):
+        """The training loader over every batch of the current epoch: ``update_bn`` after a
+        run resumed mid-epoch must see the batches before the resume point too."""
+        self.batches.set_epoch(self.batches.epoch)
+        return self.train_loader
+
     def update_bn(self) -> None:
         if self._has_batch_norm(self.model):
-            self.dist.update_bn(self.train_loader, self.swa_model.module, self.world_size)
+            self.dist.update_bn(self._whole_epoch(), self.swa_model.module, self.world_size)
 
     def state_dict(self, epoch: int) -> dict:
         """The original repo's layout, plus config, scheduler, mid-epoch progress and the seed
@@ -123,7 +169,8 @@ class Trainer:
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "config": self.cfg,
             "progress": self.progress.state_dict(),
-            "rng": {"seed": self.cfg["Global"]["seed"], "dropout": "step_seed(seed, epoch, it)"},
+            "rng": {"seed": self.cfg["Global"]["seed"],
+                    "dropout": "swa_recipe.dropout.keep_masks(seed, epoch, sample index)"},
         }
 
     def save(self, state: dict, path: str) -> None:
@@ -131,12 +178,6 @@ class Trainer:
 
     def load(self, path: str) -> dict:
         return self.checkpoint.load(path)
-
-
-def step_seed(seed: int, epoch: int, it: int) -> int:
-    """Seed of the framework RNG (dropout) for one training step: a run resumed at any step
-    draws what the uninterrupted run drew, with no RNG state saved."""
-    return int(np.random.SeedSequence([seed, epoch, it]).generate_state(1)[0])
 
 
 @dataclass
@@ -217,6 +258,13 @@ def resume_path(cfg: dict, out: str) -> str | None:
     return latest_checkpoint(out, cfg["Global"]["framework"])
 
 
+def agreed_resume_path(trainer: Trainer, cfg: dict, out: str) -> str | None:
+    """Rank 0's ``resume_path``, on every rank: with ``auto``, ranks on nodes that do not share
+    rank 0's file system would otherwise pick different checkpoints, or none."""
+    path = resume_path(cfg, out) if trainer.rank == 0 else None
+    return trainer.dist.broadcast_object(path, trainer.world_size)
+
+
 def restore(trainer: Trainer, cfg: dict, path: str) -> int:
     """Load ``path`` into the trainer; return the epoch to continue from."""
     if not os.path.exists(path):
@@ -293,7 +341,7 @@ def fit(trainer: Trainer, cfg: dict, logger: logging.Logger | None = None,
         logger = None
     swa = cfg["SWA"]["swa"]
     start_epoch = 0
-    path = resume_path(cfg, out) if cfg["Global"]["resume"] else None
+    path = agreed_resume_path(trainer, cfg, out) if cfg["Global"]["resume"] else None
     if path:
         start_epoch = restore(trainer, cfg, path)  # refuses a bad file before anything is written
         if logger:
@@ -332,7 +380,7 @@ def _epochs(trainer: Trainer, cfg: dict, out: str, start_epoch: int, log: RunLog
                 swa_res = trainer.evaluate(swa=True)
             else:
                 swa_res = {"loss": None, "accuracy": None}
-        stopping = stop.requested()
+        stopping = trainer.dist.any_rank(stop.requested(), trainer.world_size)
         if schedules.should_save(cfg, epoch) or stopping:
             path = save_checkpoint(trainer, out, epoch + 1)
         row = {"ep": epoch + 1, "lr": train_res["lr"], "tr_loss": train_res["loss"],

@@ -74,6 +74,13 @@ def launched_world_size(environ: dict | None = None) -> int:
     return int(env.get("PADDLE_TRAINERS_NUM") or env.get("WORLD_SIZE") or 1)
 
 
+def launched_local_size(environ: dict | None = None) -> int:
+    """Processes of this job on this node (``torchrun``: LOCAL_WORLD_SIZE; Paddle's launcher:
+    PADDLE_LOCAL_SIZE); 1 without a launcher."""
+    env = os.environ if environ is None else environ
+    return int(env.get("PADDLE_LOCAL_SIZE") or env.get("LOCAL_WORLD_SIZE") or 1)
+
+
 def launched_rank(environ: dict | None = None) -> int:
     """This process's rank under ``paddle.distributed.launch`` or ``torchrun`` (0 without)."""
     env = os.environ if environ is None else environ

@@ -6,6 +6,7 @@ import torch.utils.data
 
 from swa_recipe.arch import normalization
 from swa_recipe.cifar import CIFARDataset, EpochBatches, Split, load_splits
+from swa_recipe.device import loader_workers
 
 
 class CIFAR10(CIFARDataset, torch.utils.data.Dataset):
@@ -28,18 +29,23 @@ class BatchSampler(torch.utils.data.Sampler):
         self.batches.set_epoch(epoch, start)
 
 
-def make_loader(split: Split, train: bool, cfg: dict, rank: int = 0,
-                world_size: int = 1) -> torch.utils.data.DataLoader:
+def make_loader(split: Split, train: bool, cfg: dict, rank: int = 0, world_size: int = 1,
+                device: str = "cpu") -> torch.utils.data.DataLoader:
+    """Workers from ``Data.num_workers`` (kept across epochs); on a GPU, batches in pinned
+    memory so that the trainer's ``non_blocking`` copies overlap the step."""
     seed, data = cfg["Global"]["seed"], cfg["Data"]
     batches = EpochBatches(len(split.labels), data["batch_size"], seed, shuffle=train,
                            rank=rank, world_size=world_size)
+    workers = loader_workers(data["num_workers"], device)
     return torch.utils.data.DataLoader(CIFAR10(split, train, seed, *normalization(cfg)),
                                        batch_sampler=BatchSampler(batches),
-                                       num_workers=data["num_workers"])
+                                       num_workers=workers, persistent_workers=workers > 0,
+                                       pin_memory=device == "gpu")
 
 
-def build_loaders(cfg: dict, rank: int = 0, world_size: int = 1, training: bool = True):
+def build_loaders(cfg: dict, rank: int = 0, world_size: int = 1, training: bool = True,
+                  device: str = "cpu"):
     """(train, test) loaders; subsets are the first N images, as in the lite config."""
     train, test = load_splits(cfg, training)
-    return (make_loader(train, True, cfg, rank, world_size),
-            make_loader(test, False, cfg, rank, world_size))
+    return (make_loader(train, True, cfg, rank, world_size, device),
+            make_loader(test, False, cfg, rank, world_size, device))

@@ -11,20 +11,24 @@ import torch
 import torch.nn.functional as F
 
 from swa_recipe import loop, schedules
-from swa_recipe.logs import summarize
-from swa_recipe.loop import Progress, check_finite, step_seed
+from swa_recipe.device import resolve_device
+from swa_recipe.logs import note, summarize
+from swa_recipe.loop import Progress
 
 from . import checkpoint, dist
 from .averaging import build_average
 from .data import build_loaders
-from .models import build_model
+from .models import build_model, set_dropout_masks
 from .swa_utils import SWALR
 
 
 def set_device(device: str) -> str:
-    """``auto`` is the GPU when CUDA is available, else the CPU."""
-    if device == "auto":
-        device = "gpu" if torch.cuda.is_available() else "cpu"
+    """``Global.device`` as "gpu" or "cpu" (``swa_recipe.device``): ``auto`` is a GPU only
+    when one is visible; a note says when ``auto`` stays on the CPU."""
+    device, message = resolve_device(device, "torch", torch.backends.cuda.is_built(),
+                                  torch.cuda.device_count())
+    if message:
+        note(message)
     return device
 
 
@@ -37,6 +41,19 @@ def torch_device(device: str) -> torch.device:
     return torch.device("cuda", local)
 
 
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host array on ``device``; to a GPU through pinned memory, without waiting."""
+    tensor = torch.from_numpy(array)
+    if device.type != "cuda":
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def to_host(tensors: list[torch.Tensor]) -> np.ndarray:
+    """Device tensors as one float64 array: a single transfer, the one wait for the device."""
+    return torch.cat([t.reshape(-1).double() for t in tensors]).cpu().numpy()
+
+
 def has_batch_norm(model: torch.nn.Module) -> bool:
     return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
@@ -47,14 +64,17 @@ def evaluate(model: torch.nn.Module, loader: torch.utils.data.DataLoader,
     """Mean loss and accuracy (%) over the loader (this rank's shard, summed over ranks)."""
     model.eval()
     device = next(model.parameters()).device
-    loss_sum, correct, total = 0.0, 0, 0
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # read once, at the end
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    total = 0
     for x, y in loader:
-        x, y = x.to(device), y.to(device)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         logits = model(x)
-        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-        correct += int((logits.argmax(dim=1) == y).sum())
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+        correct += (logits.argmax(dim=1) == y).sum()
         total += int(y.shape[0])
-    return summarize(dist.all_reduce_sum(np.array([loss_sum, correct, total]), world_size))
+    totals = np.append(to_host([loss_sum, correct]), total)
+    return summarize(dist.all_reduce_sum(totals, world_size))
 
 
 class Trainer(loop.Trainer):
@@ -66,12 +86,14 @@ class Trainer(loop.Trainer):
 
     def __init__(self, cfg: dict):
         self.cfg = cfg
-        self.device = torch_device(set_device(cfg["Global"]["device"]))
-        self.rank, self.world_size = dist.init_distributed()
+        device = set_device(cfg["Global"]["device"])
+        self.device = torch_device(device)
+        self.rank, self.world_size = dist.init_distributed(self.device)
         torch.manual_seed(cfg["Global"]["seed"])
         self.model = build_model(cfg).to(self.device)
         self.net = dist.wrap(self.model, self.world_size)
-        self.train_loader, self.test_loader = build_loaders(cfg, self.rank, self.world_size)
+        self.train_loader, self.test_loader = build_loaders(cfg, self.rank, self.world_size,
+                                                            device=device)
         self.batches = self.train_loader.batch_sampler.batches
         self.iters = len(self.batches)
         self.swa_model = build_average(self.model, cfg["SWA"]) if cfg["SWA"]["swa"] else None
@@ -97,25 +119,29 @@ class Trainer(loop.Trainer):
                     should_stop: Callable[[], bool] = lambda: False) -> dict:
         """Train one epoch, from ``self.progress`` on (a run resumed mid-epoch). On a stop
         request, return after the step in progress with ``interrupted``."""
-        meter, seed = self._begin_epoch(epoch, logger), self.cfg["Global"]["seed"]
+        meter = self._begin_epoch(epoch, logger)
         for it, (x, y) in enumerate(meter.iterate(self.train_loader), start=meter.start):
-            x, y = x.to(self.device), y.to(self.device)
-            torch.manual_seed(step_seed(seed, epoch, it))
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            self._set_dropout_masks(epoch, it)
             lr = self._lr(epoch, it)
             with self._autocast():
                 logits = self.net(x)
                 loss_sum = F.cross_entropy(logits, y, reduction="sum")
-            n = int(y.shape[0])
-            loss_value = check_finite(float(loss_sum.detach()) / n, epoch, it)
             # Mean over the global batch once DDP averages over ranks.
             loss = loss_sum * (self.world_size / self.batches.global_size(it))
             self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()
-            correct = int((logits.argmax(dim=1) == y).sum())
-            if self._end_step(meter, it, lr, loss_value, correct, n, should_stop):
+            set_dropout_masks(self.model, None)
+            correct = (logits.argmax(dim=1) == y).sum()
+            if self._end_step(meter, it, lr, loss_sum.detach(), correct, int(y.shape[0]),
+                              should_stop):
                 return {"interrupted": True, "iteration": it + 1}
         return self._end_epoch()
+
+    def _set_dropout_masks(self, epoch: int, it: int) -> None:
+        masks = self._dropout_masks(epoch, it)
+        set_dropout_masks(self.model, masks and [to_device(m, self.device) for m in masks])
 
     def _autocast(self) -> torch.autocast:
         """bf16 autocast of the training forward when asked; weights, optimizer, evaluation and
@@ -138,10 +164,12 @@ class Trainer(loop.Trainer):
         """As the shared one, moving batches to this rank's device (Paddle's loader places
         them itself)."""
         if has_batch_norm(self.model):
-            dist.update_bn(self.train_loader, self.swa_model.module, self.world_size, self.device)
+            dist.update_bn(self._whole_epoch(), self.swa_model.module, self.world_size,
+                           self.device)
 
     def _optimizer_state(self) -> dict:
         return self.optimizer.state_dict()
 
     _evaluate = staticmethod(evaluate)
+    _to_host = staticmethod(to_host)
     _has_batch_norm = staticmethod(has_batch_norm)

@@ -157,6 +157,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(framework, archive, t
     proc = cli(*TRAIN, "--framework", framework, "--data_path", str(archive), "--dir", str(out),
                "--lr_init", "1e12", "-o", "Arch.dropout=0")
     assert_refused(proc, "loss became", "epoch 1, iteration")
+    assert "error: the loss became" in (out / "train.log").read_text()
     assert (out / f"checkpoint-0{EXT[framework]}").is_file()
     assert not (out / f"checkpoint-1{EXT[framework]}").exists()
 
@@ -216,11 +217,14 @@ def test_paddle_loader_reads_real_checkpoints_like_paddle_load(run_dir):
 @pytest.mark.parametrize("framework", ["paddle", "torch"])
 def test_sigterm_mid_epoch_then_resume_is_exact(framework, archive, tmp_path):
     """SIGTERM: the step finishes, a mid-epoch checkpoint is written, exit 143; resuming
-    from it ends bit-identical to an uninterrupted run (weights, SWA, optimizer, metrics)."""
+    from it ends bit-identical to an uninterrupted run (weights, SWA weights with the BN
+    statistics update_bn recomputes over the whole epoch, optimizer, metrics). VGG16BN with
+    the recipe's dropout 0.5."""
     from swa_recipe.checkpoint import latest_checkpoint
 
     args = [*TRAIN, "--framework", framework, "--data_path", str(archive), "-o",
-            "Data.batch_size=4", "-o", "Global.log_freq=1", "--epochs", "2", "--swa_start", "1"]
+            "Data.batch_size=4", "-o", "Global.log_freq=1", "--epochs", "2", "--swa_start", "1",
+            "--model", "VGG16BN", "-o", "Arch.dropout=0.5"]
     ref, run = tmp_path / "ref", tmp_path / "run"
     assert cli(*args, "--dir", str(ref)).returncode == 0
     proc = subprocess.Popen([sys.executable, *args, "--dir", str(run)], cwd=ROOT, env=ENV,
@@ -234,6 +238,7 @@ def test_sigterm_mid_epoch_then_resume_is_exact(framework, archive, tmp_path):
     assert proc.returncode == 143, err[-2000:]
     latest = latest_checkpoint(str(run), framework)
     assert "-iter" in latest and "interrupted: stopped by SIGTERM" in err
+    assert "interrupted: stopped by SIGTERM" in log.read_text()
     assert cli(*args, "--dir", str(run), "--resume", "auto").returncode == 0
 
     twin = __import__(f"swa_{framework}.checkpoint", fromlist=["checkpoint"])

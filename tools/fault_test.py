@@ -2,14 +2,15 @@
 
 ``python tools/fault_test.py --framework paddle --kills 20 --data_path PATH/cifar-10-python.tar.gz``
 
-Trains ``configs/lite.yaml`` stretched to 40 epochs (SWA from 21; ``--config`` and ``-o`` to
-change it) once without interruption, then again under ``--resume auto``, killing it ``--kills``
-times after a uniformly random delay of up to ``--max_delay`` seconds (default: start-up plus
-three epochs, measured on the uninterrupted run), so kills land in start-up, training,
-evaluation and checkpoint writes alike. Kills are SIGKILL; every ``--sigterm_every``-th is a
-SIGTERM, which must exit 143 after writing a checkpoint. Every kill must land on a running job,
-and the final weights, SWA weights, ``swa_n``, optimizer state and ``metrics.csv`` (less its time
-column) must equal the uninterrupted run's bit for bit. Exit code 0 when they do.
+Trains ``configs/lite.yaml`` stretched to 40 epochs (SWA from 21; ``--model`` picks the network,
+e.g. VGG16BN, whose SWA BatchNorm statistics ``update_bn`` recomputes; ``--config`` and ``-o``
+change the rest) once without interruption, then again under ``--resume auto``, killing it
+``--kills`` times after a uniformly random delay of up to ``--max_delay`` seconds (default:
+start-up plus three epochs, measured on the uninterrupted run), so kills land in start-up,
+training, evaluation and checkpoint writes alike. Kills are SIGKILL; every ``--sigterm_every``-th
+is a SIGTERM, which must exit 143 after writing a checkpoint. Every kill must land on a running
+job, and the final weights, SWA weights, ``swa_n``, optimizer state and ``metrics.csv`` (less its
+time column) must equal the uninterrupted run's bit for bit. Exit code 0 when they do.
 """
 
 from __future__ import annotations
@@ -31,12 +32,15 @@ sys.path.insert(0, ROOT)
 
 from swa_recipe.checkpoint import EXTENSIONS, latest_checkpoint  # noqa: E402
 from swa_recipe.cli import import_twin  # noqa: E402
+from swa_recipe.config import MODELS  # noqa: E402
 from swa_recipe.runtime import tune_cpu_env  # noqa: E402
 
 
 def train_cmd(args: argparse.Namespace, run_dir: str, resume: bool) -> list[str]:
     cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--config", args.config,
            "--framework", args.framework, "--dir", run_dir]
+    if args.model:
+        cmd += ["--model", args.model]
     if args.data_path:
         cmd += ["--data_path", args.data_path]
     for override in args.override:
@@ -110,6 +114,8 @@ def main() -> int:
     parser.add_argument("--framework", choices=("paddle", "torch"), default="paddle")
     parser.add_argument("--config", default=os.path.join(ROOT, "configs", "lite.yaml"))
     parser.add_argument("--data_path", default=None)
+    parser.add_argument("--model", default=None, choices=MODELS,
+                        help="default: the config's (VGG16 in lite.yaml)")
     parser.add_argument("-o", "--override", action="append",
                         default=["Global.epochs=40", "SWA.swa_start=21"])
     parser.add_argument("--kills", type=int, default=20)

@@ -64,8 +64,8 @@ def fake_full_loaders() -> Iterator[None]:
     test = cifar.Split(np.zeros((10000, 3, 32, 32), np.uint8), np.zeros(10000, np.int64))
 
     def loaders(data):
-        return lambda cfg, rank=0, world_size=1: (data.make_loader(train, True, cfg),
-                                                  data.make_loader(test, False, cfg))
+        return lambda cfg, rank=0, world_size=1, device="cpu": (
+            data.make_loader(train, True, cfg), data.make_loader(test, False, cfg))
 
     with patched(pd_trainer, "build_loaders", loaders(pd_data)), \
             patched(th_trainer, "build_loaders", loaders(th_data)):

@@ -26,6 +26,31 @@ def make_layers(cfg: list, batch_norm: bool) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+class SampleDropout(nn.Dropout):
+    """``nn.Dropout`` that applies given masks (one row per sample, ``swa_recipe.dropout``)
+    while training; without masks, or in evaluation, it is ``nn.Dropout``."""
+
+    def __init__(self, p: float):
+        super().__init__(p)
+        self.mask: paddle.Tensor | None = None
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        if self.training and self.mask is not None:
+            return x * self.mask
+        return super().forward(x)
+
+
+def dropout_layers(model: nn.Layer) -> list[SampleDropout]:
+    return [m for m in model.sublayers() if isinstance(m, SampleDropout)]
+
+
+def set_dropout_masks(model: nn.Layer, masks: list[paddle.Tensor] | None) -> None:
+    """Masks for the next training forward, one per dropout layer in order (None: clear)."""
+    layers = dropout_layers(model)
+    for layer, mask in zip(layers, masks or [None] * len(layers), strict=True):
+        layer.mask = mask
+
+
 class VGG(nn.Layer):
     """Keys ``features.N.*`` and ``classifier.1/4/6.*`` match the original's one-to-one."""
 
@@ -35,8 +60,8 @@ class VGG(nn.Layer):
         self.features = make_layers(layout(depth, width), batch_norm)
         hidden = scaled(512, width)
         self.classifier = nn.Sequential(
-            nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.ReLU(),
-            nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.ReLU(),
+            SampleDropout(dropout), nn.Linear(hidden, hidden), nn.ReLU(),
+            SampleDropout(dropout), nn.Linear(hidden, hidden), nn.ReLU(),
             nn.Linear(hidden, num_classes),
         )
         self._init_weights()
