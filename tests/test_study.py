@@ -118,8 +118,8 @@ def test_grid_compresses_the_paper_schedule():
     swa = [r for r in runs if r.method == "swa"]
     assert {r.epochs for r in swa} == {200, 250, 300} and {r.swa_start for r in swa} == {161}
     cpu = load_study(str(ROOT / "configs" / "study" / "cpu.yaml"))
-    swa25 = [r for r in cpu.runs if r.method == "swa"][0]
-    assert (swa25.epochs, swa25.swa_start, swa25.name) == (25, 20, "vgg16-swa25-s1-paddle")
+    swa = [r for r in cpu.runs if r.method == "swa"][0]
+    assert (swa.epochs, swa.swa_start, swa.name) == (35, 28, "vgg16-swa35-s1-paddle")
     assert "Arch.width=0.25" in cpu.overrides
 
 
