@@ -162,14 +162,16 @@ def status(run: Run, run_dir: str) -> str:
     return "restart" if os.path.isdir(run_dir) and os.listdir(run_dir) else "todo"
 
 
-def epoch_seconds(out: str, runs: list[Run]) -> dict[tuple[str, str], float]:
-    """Median measured epoch time per (model, framework) from the study's own metrics."""
+def epoch_seconds(out: str) -> dict[tuple[str, str], float]:
+    """Median measured epoch time per (model, framework) over every run in the study folder
+    (a pilot outside the grid included)."""
+    from .summary import read_study
+
     times: dict[tuple[str, str], list[float]] = {}
-    for run in runs:
-        for row in read_epochs(os.path.join(out, run.name)):
-            if row.get("time"):
-                times.setdefault((run.model, run.framework), []).append(row["time"])
-    return {k: statistics.median(v) for k, v in times.items()}
+    for run in read_study(out) if os.path.isdir(out) else []:
+        times.setdefault((run.model, run.framework), []).extend(
+            row["time"] for row in run.rows if row.get("time"))
+    return {k: statistics.median(v) for k, v in times.items() if v}
 
 
 def remaining_epochs(run: Run, run_dir: str, state: str) -> int:
@@ -181,7 +183,7 @@ def remaining_epochs(run: Run, run_dir: str, state: str) -> int:
 
 def plan(study: Study, out: str, epoch_time: float | None = None) -> tuple[str, float | None]:
     """The grid as a table with each run's state and estimated time left, and the total."""
-    measured = epoch_seconds(out, study.runs)
+    measured = epoch_seconds(out)
     fallback = epoch_time or (statistics.median(measured.values()) if measured else None)
     lines, total = [f"{'run':32} {'state':8} {'epochs':>6} {'left (h)':>9}"], 0.0
     for run in study.runs:
