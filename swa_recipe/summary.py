@@ -139,7 +139,7 @@ def gain_table(runs: list[RunResult]) -> str:
         lines.append(_row([model, framework, f"{epochs} vs {pairs[0][1].epochs} ep", per_seed,
                            _signed(diffs), _std([g.final for _, g, _ in pairs]),
                            _std([s.final for _, _, s in pairs])]))
-    return "\n".join(lines)
+    return "\n".join(lines) if len(lines) > 2 else "No complete SGD/SWA pair of one seed yet."
 
 
 def _std(values: list[float]) -> str:
@@ -165,7 +165,7 @@ def twin_table(runs: list[RunResult]) -> str:
         lines.append(_row([model, f"{method.upper()} {epochs} ep",
                            ", ".join(f"s{s}: {d:+.2f}" for s, d in zip(seeds, diffs, strict=True)),
                            _signed(diffs), " / ".join(spread)]))
-    return "\n".join(lines)
+    return "\n".join(lines) if len(lines) > 2 else "No run complete in both twins yet."
 
 
 def runs_table(runs: list[RunResult]) -> str:

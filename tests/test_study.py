@@ -195,3 +195,13 @@ def test_study_runs_interrupts_resumes_and_skips(lite_archive, tmp_path):
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and again.stdout.count(" done ") == 2, again.stdout
     assert before == {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+
+
+def test_summary_of_a_study_just_started(tmp_path):
+    write_run(tmp_path, "vgg16-sgd3-s1-paddle", "sgd", 1, "paddle", 3, [40, 60, 80])
+    write_run(tmp_path, "vgg16-swa3-s1-paddle", "swa", 1, "paddle", 3, [40], [None])
+    text = report(str(tmp_path), read_study(str(tmp_path)))
+    assert "1 of 2 runs complete" in text
+    assert "No complete SGD/SWA pair of one seed yet." in text
+    assert "No run complete in both twins yet." in text
+    assert "| vgg16-swa3-s1-paddle | incomplete (epoch 1/3) | — | — |" in text
