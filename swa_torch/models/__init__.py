@@ -8,10 +8,11 @@ from torch import nn
 from swa_recipe.arch import model_kwargs
 
 from .preresnet import PreResNet
-from .vgg import VGG, make_layers, set_dropout_masks
+from .vgg import VGG, dropout_layers, make_layers, set_dropout_masks
 from .wide_resnet import WideResNet
 
-__all__ = ["VGG", "PreResNet", "WideResNet", "build_model", "make_layers", "set_dropout_masks"]
+__all__ = ["VGG", "PreResNet", "WideResNet", "build_model", "dropout_layers", "make_layers",
+           "set_dropout_masks"]
 
 FAMILIES = {"vgg": VGG, "preresnet": PreResNet, "wide_resnet": WideResNet}
 
