@@ -195,10 +195,13 @@ def plot(runs: list[RunResult], path: str) -> str:
 
     fig, (ax_lr, ax_acc) = plt.subplots(2, 1, figsize=(9, 8), sharex=True,
                                         gridspec_kw={"height_ratios": [1, 3]})
-    colors = {"sgd": "tab:blue", "swa": "tab:orange"}
+    maps = {"sgd": plt.get_cmap("Blues"), "swa": plt.get_cmap("Oranges")}
     styles = {"paddle": "-", "torch": "--"}
     shown_lr = set()
     for r in runs:
+        same = [x for x in runs if x.method == r.method]
+        shade = 0.5 + 0.45 * same.index(r) / max(len(same) - 1, 1)  # each run its own shade
+        colors = {m: cmap(shade) for m, cmap in maps.items()}
         eps = [row["ep"] for row in r.rows]
         if (r.method, r.epochs) not in shown_lr:
             shown_lr.add((r.method, r.epochs))
