@@ -1,9 +1,13 @@
 """Console entry points of the installed package (``swa-train``, ``swa-eval``,
 ``swa-convert``, ``swa-predict``, ``swa-export``, ``swa-infer``); ``train.py``, ``eval.py``,
 ``tools/convert.py``, ``predict.py``, ``tools/export_model.py`` and
-``deploy/inference_python/infer.py`` call the same functions."""
+``deploy/inference_python/infer.py`` call the same functions (and ``tools/study.py``,
+``tools/summarize.py`` the two study commands)."""
 
 from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
 
 from .cli import (
     convert_main,
@@ -22,33 +26,25 @@ from .inference import (
     predict_main,
     predict_parser,
 )
+from .study import study_main, study_parser
+from .summary import summarize_main, summarize_parser
 
 
-def train(argv: list[str] | None = None) -> int:
-    args = train_parser().parse_args(argv)
-    return run(lambda: train_main(args), args.debug)
+def command(make_parser: Callable[[], argparse.ArgumentParser],
+            main: Callable[[argparse.Namespace], int]) -> Callable[[list[str] | None], int]:
+    """An entry point: parse ``argv`` (default: the command line), run ``main`` through
+    ``cli.run`` (user errors become one line and exit 2)."""
+    def entry(argv: list[str] | None = None) -> int:
+        args = make_parser().parse_args(argv)
+        return run(lambda: main(args), args.debug)
+    return entry
 
 
-def evaluate(argv: list[str] | None = None) -> int:
-    args = eval_parser().parse_args(argv)
-    return run(lambda: eval_main(args), args.debug)
-
-
-def convert(argv: list[str] | None = None) -> int:
-    args = convert_parser().parse_args(argv)
-    return run(lambda: convert_main(args), args.debug)
-
-
-def predict(argv: list[str] | None = None) -> int:
-    args = predict_parser().parse_args(argv)
-    return run(lambda: predict_main(args), args.debug)
-
-
-def export(argv: list[str] | None = None) -> int:
-    args = export_parser().parse_args(argv)
-    return run(lambda: export_main(args), args.debug)
-
-
-def infer(argv: list[str] | None = None) -> int:
-    args = infer_parser().parse_args(argv)
-    return run(lambda: infer_main(args), args.debug)
+train = command(train_parser, train_main)
+evaluate = command(eval_parser, eval_main)
+convert = command(convert_parser, convert_main)
+predict = command(predict_parser, predict_main)
+export = command(export_parser, export_main)
+infer = command(infer_parser, infer_main)
+study = command(study_parser, study_main)
+summarize = command(summarize_parser, summarize_main)

@@ -8,9 +8,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from swa_recipe.cli import run  # noqa: E402
-from swa_recipe.study import study_main, study_parser  # noqa: E402
+from swa_recipe.console import study  # noqa: E402
 
 if __name__ == "__main__":
-    args = study_parser().parse_args()
-    sys.exit(run(lambda: study_main(args), args.debug))
+    sys.exit(study())

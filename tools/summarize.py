@@ -8,9 +8,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from swa_recipe.cli import run  # noqa: E402
-from swa_recipe.summary import summarize_main, summarize_parser  # noqa: E402
+from swa_recipe.console import summarize  # noqa: E402
 
 if __name__ == "__main__":
-    args = summarize_parser().parse_args()
-    sys.exit(run(lambda: summarize_main(args), args.debug))
+    sys.exit(summarize())
