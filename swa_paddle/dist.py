@@ -23,6 +23,16 @@ def init_distributed() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def shutdown(world_size: int) -> None:
+    """Leave the job together: a barrier, then ``destroy_process_group``. A rank that tears
+    its group down while another still talks to it can abort in gloo's threads (SIGABRT).
+    """
+    if world_size == 1:
+        return
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def wrap(model: nn.Layer, world_size: int) -> nn.Layer:
     """``paddle.DataParallel`` averages gradients across ranks; the plain model keeps the names."""
     return paddle.DataParallel(model) if world_size > 1 else model

@@ -109,7 +109,9 @@ def _train(cfg: dict, out: str, world: int, applied: dict, claim: RunDir) -> int
                     f"for {cfg['Global']['epochs']} epochs on {world} process"
                     f"{'es' if world > 1 else ''} into {out}")
     twin = import_twin(cfg["Global"]["framework"])
-    fit(twin.trainer.Trainer(cfg), cfg, logger, begin=claim.begin)
+    trainer = twin.trainer.Trainer(cfg)
+    fit(trainer, cfg, logger, begin=claim.begin)
+    twin.dist.shutdown(trainer.world_size)
     return 0
 
 

@@ -56,6 +56,17 @@ def group(device: torch.device) -> Any:
     return _GROUPS[device.type]
 
 
+def shutdown(world_size: int) -> None:
+    """Leave the job together: a barrier, then ``destroy_process_group``. A rank that tears
+    its group down while another still talks to it can abort in gloo's threads (SIGABRT).
+    """
+    if world_size == 1:
+        return
+    dist.barrier(group=group(CPU))
+    dist.destroy_process_group()
+    _GROUPS.clear()
+
+
 def wrap(model: nn.Module, world_size: int) -> nn.Module:
     """``DistributedDataParallel`` averages gradients and broadcasts rank 0's buffers."""
     if world_size == 1:

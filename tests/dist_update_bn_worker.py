@@ -19,22 +19,18 @@ from swa_recipe.cli import import_twin  # noqa: E402
 
 def main(framework: str, archive: str, out: str, name: str, depth: str) -> None:
     twin = import_twin(framework)
-    dist = __import__(f"swa_{framework}.dist", fromlist=["dist"])
-    rank, world = dist.init_distributed()
+    rank, world = twin.dist.init_distributed()
     arch = {"model": name, "depth": None if depth == "null" else int(depth)}
     cfg = tiny_config(archive, Arch=arch, Data={"batch_size": 20})
     model = twin.models.build_model(cfg)
     init = dict(np.load(os.path.join(out, "init.npz")))
     twin.checkpoint.load_weights(model, twin.checkpoint.from_numpy(init), "init.npz")
     train_loader, _ = twin.data.build_loaders(cfg, rank, world)
-    dist.update_bn(train_loader, model, world)
+    twin.dist.update_bn(train_loader, model, world)
     if rank == 0:
         state = twin.checkpoint.to_numpy(model.state_dict())
         np.savez(os.path.join(out, f"{framework}.npz"), **state)
-    if framework == "torch":  # without it, gloo's threads sometimes abort the exit (SIGABRT)
-        import torch.distributed
-
-        torch.distributed.destroy_process_group()
+    twin.dist.shutdown(world)
 
 
 if __name__ == "__main__":
