@@ -39,6 +39,7 @@ class Layout:
     url: str = ""  # the official download
     md5: str = ""  # of the official archive
     meta_member: str = ""  # class names (not needed for training)
+    class_names: tuple[str, ...] = ()  # the meta member's names, in label order
 
     def max_file_bytes(self) -> int:
         """A bound on one batch file's size: all images of the larger split in one file."""

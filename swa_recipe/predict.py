@@ -19,10 +19,6 @@ from .cifar import DataError, load_cifar, normalize
 from .config import ConfigError, default_config, load_yaml, validate
 from .datasets import DATASETS
 
-CLASS_NAMES = {
-    "CIFAR10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-                "truck"),
-}
 IMAGE_SIZE = 32
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 # What tools/export_model.py writes into --save_dir; the framework is known by its files.
@@ -41,12 +37,9 @@ class Inputs:
 
 
 def class_names(cfg: dict) -> list[str]:
-    """Names of the config's classes; ``class i`` for a dataset without a name table."""
-    n = cfg["Arch"]["num_classes"]
-    names = CLASS_NAMES.get(cfg["Data"]["dataset"])
-    if names is None or len(names) != n:
-        return [f"class {i}" for i in range(n)]
-    return list(names)
+    """Names of the config's classes, in label order (a validated config's ``num_classes`` is
+    its dataset's)."""
+    return list(DATASETS[cfg["Data"]["dataset"]].class_names)
 
 
 def export_config(cfg: dict) -> dict:

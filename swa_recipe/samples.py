@@ -14,7 +14,7 @@ import numpy as np
 
 from .checkpoint import atomic_save
 from .cifar import FOLDER_NAME, TEST_FILES, TRAIN_FILES, Split, load_cifar10, subset
-from .predict import CLASS_NAMES
+from .datasets import CIFAR10_CLASSES
 
 LABELS_FILE = "labels.txt"
 
@@ -58,7 +58,7 @@ def write_test_pngs(data_path: str, out_dir: str, count: int) -> list[str]:
 
     _, test = load_cifar10(data_path, None)
     test = subset(test, count)
-    names = CLASS_NAMES["CIFAR10"]
+    names = CIFAR10_CLASSES
     os.makedirs(out_dir, exist_ok=True)
     files = []
     for i, (image, label) in enumerate(zip(test.images, test.labels, strict=True)):

@@ -23,6 +23,18 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 EXT = {"paddle": ".pdparams", "torch": ".pt"}
 
 
+def test_class_names_are_the_official_tables():
+    """``fine_label_names`` of CIFAR-100's ``meta`` are the 100 classes in alphabetical order;
+    CIFAR-10's ``label_names`` are in label order (airplane 0 ... truck 9)."""
+    from swa_recipe.predict import class_names
+
+    names = class_names(validate(merge(default_config(), {"Data": {"dataset": "CIFAR100"}}, "t")))
+    assert len(set(names)) == 100 and names == sorted(names)
+    assert (names[0], names[30], names[99]) == ("apple", "dolphin", "worm")
+    ten = class_names(validate(default_config()))
+    assert (ten[0], ten[3], ten[9]) == ("airplane", "cat", "truck")
+
+
 def test_official_layout_address_and_md5():
     assert C100.archive == "cifar-100-python.tar.gz" and C100.folder == "cifar-100-python"
     assert C100.url == "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
@@ -115,6 +127,18 @@ def test_training_eval_and_conversion_with_100_classes(c100_run, cifar100_archiv
     converted = cli("eval.py", "--model_path", str(dst), "--data_path", str(cifar100_archive),
                     env=ONE_THREAD)
     assert converted.stdout.split(":", 1)[1] == proc.stdout.split(":", 1)[1]
+
+
+def test_predict_names_cifar100_classes(c100_run, cifar100_archive):
+    """predict.py prints CIFAR-100 class names, for the prediction and the true label."""
+    framework, out = c100_run
+    proc = cli("predict.py", "--model_path", str(out / f"checkpoint-2{EXT[framework]}"),
+               "--index", "0", "1", "--data_path", str(cifar100_archive), env=ONE_THREAD)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()[1:]
+    true = [ln.split("[true: ")[1].rstrip("]") for ln in lines]
+    assert len(lines) == 2 and set(true) <= set(C100.class_names), proc.stdout
+    assert "class " not in proc.stdout
 
 
 def test_checkpoint_of_the_other_dataset_is_refused(c100_run, archive):
