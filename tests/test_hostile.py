@@ -149,6 +149,7 @@ def torch_files(root: Path, marker: Path) -> dict[str, tuple[bytes, list[str]]]:
             dst.writestr(info.filename, b"\0" * (64 << 20) if info.filename.endswith("/0")
                          else data)
     return {
+        "legacy_claims_8gb": (legacy_numel(2_000_000_000), ["cannot be read as a PyTorch"]),
         "os_system": (save({"state_dict": Reduce(os.system, (f"touch {marker}",))}),
                       ["cannot be read as a PyTorch checkpoint"]),
         "stride0_2g_elements": (stride0, ["claims more elements than its storage"]),
@@ -160,6 +161,19 @@ def torch_files(root: Path, marker: Path) -> dict[str, tuple[bytes, list[str]]]:
         "non_tensor_value": (save({"features.0.weight": [1, 2]}), ["holds a list"]),
         "truncated": (save({"w": torch.zeros(4)})[:200], ["cannot be read"]),
     }
+
+
+def legacy_numel(numel: int) -> bytes:
+    """A pre-1.6 (non-zip) ``torch.save`` file whose one storage claims ``numel`` float32
+    elements and holds 7: torch sizes the storage from the claim before reading it."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save({"features.0.weight": torch.zeros(7)}, buf, _use_new_zipfile_serialization=False)
+    raw = buf.getvalue()
+    claim = b"X\x03\x00\x00\x00cpuq\x06K\x07"  # the location, then BININT1 7: the numel
+    assert raw.count(claim) == 1
+    return raw.replace(claim, claim[:-2] + b"J" + struct.pack("<i", numel))
 
 
 def _deep(depth: int) -> list:
@@ -560,3 +574,16 @@ def test_layout_checks_take_counts_and_classes_as_parameters():
         check_batch({b"data": data, b"fine_labels": [0, 50, 100]}, "train", "x", c100)
     with pytest.raises(DataError, match="10001 test images, more than the 10000"):
         check_split_size(10001, "test", "x", c100)
+
+
+def test_legacy_torch_format_still_loads(tmp_path):
+    """Files from torch < 1.6 (not zip) load: the original repository's era wrote them."""
+    import torch
+
+    from swa_torch.checkpoint import load
+
+    path = tmp_path / "old.pt"
+    torch.save({"state_dict": {"fc.bias": torch.arange(3.0)}, "epoch": 3}, path,
+               _use_new_zipfile_serialization=False)
+    state = load(str(path))
+    assert state["epoch"] == 3 and state["state_dict"]["fc.bias"].tolist() == [0.0, 1.0, 2.0]
