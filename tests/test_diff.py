@@ -81,15 +81,18 @@ def test_unknown_model_refused(align):
 
 
 def test_residual_model_passes(align, archive, tmp_path, capsys):
-    """forward, backward and swa (update_bn) for WideResNet28x10 at its CPU width: every gated
-    row passes (PreResNet's, slower, are in the committed results)."""
+    """forward, backward (float32, and float64 gated twin against twin) and swa (update_bn)
+    for WideResNet28x10 at its CPU width: every gated row passes (PreResNet's, slower, are in
+    the committed results)."""
     code = align.main(["--steps", "forward,backward,swa", "--model", "WideResNet28x10",
                        "--data_path", str(archive), "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "update_bn on the averaged WideResNet28x10" in out
-    for step in ("forward", "backward", "swa"):
-        assert "diff check" in (tmp_path / f"{step}_wideresnet28x10_diff.log").read_text()
+    for tag in ("forward", "backward", "swa"):
+        assert "diff check" in (tmp_path / f"{tag}_wideresnet28x10_diff.log").read_text()
+    assert "float64): loss of each of 10" in out
+    assert "diff check" in (tmp_path / "backward_wideresnet28x10_float64_diff.log").read_text()
 
 
 VALUE = re.compile(r"^\[[^]]*\] root INFO: (?:\t*)(\S.*?): $|mean diff: check passed: \w+, "
