@@ -114,3 +114,25 @@ def tiny_config(archive_path, **sections) -> dict:
     for section, values in sections.items():
         base.setdefault(section, {}).update(values)
     return validate(merge(default_config(), base, "test"))
+
+
+def straight_and_resumed(framework: str, archive_path, tmp_path: Path, epochs: int,
+                         **sections) -> tuple[dict, dict, dict]:
+    """A tiny run of ``epochs`` (``tmp_path/a``) and the same run restarted from its
+    ``checkpoint-1`` (``tmp_path/b``): the first run's last table row and both runs' last
+    checkpoints, for exact-resume tests."""
+    from swa_recipe.loop import fit
+    from swa_recipe.twins import import_twin
+
+    twin = import_twin(framework)
+    ext = ".pdparams" if framework == "paddle" else ".pt"
+
+    def run(out: Path, **global_) -> tuple[dict, dict]:
+        cfg = tiny_config(archive_path, **sections, Global={
+            "epochs": epochs, "dir": str(out), "framework": framework, **global_})
+        row = fit(twin.trainer.Trainer(cfg), cfg)
+        return row, twin.checkpoint.load(str(out / f"checkpoint-{epochs}{ext}"))
+
+    row, straight = run(tmp_path / "a")
+    _, resumed = run(tmp_path / "b", resume=str(tmp_path / "a" / f"checkpoint-1{ext}"))
+    return row, straight, resumed

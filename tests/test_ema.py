@@ -8,7 +8,7 @@ import importlib
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import straight_and_resumed, tiny_config
 from swa_recipe.config import ConfigError, default_config, merge, validate
 from swa_recipe.convert import convert_state_dict
 
@@ -76,21 +76,12 @@ def test_ema_needs_swa():
 @pytest.mark.parametrize("framework", ["paddle", "torch"])
 def test_ema_run_resumes_exactly_and_evaluates(framework, archive, tmp_path):
     """A whole EMA run (loop, checkpoints, evaluation) equals one restarted from checkpoint-1."""
-    from swa_recipe.cli import import_twin
-    from swa_recipe.loop import fit
+    from swa_recipe.twins import import_twin
 
     twin = import_twin(framework)
-    ext = ".pdparams" if framework == "paddle" else ".pt"
-
-    def run(out, **global_):
-        cfg = tiny_config(archive, Global={"epochs": 2, "dir": str(out), "framework": framework,
-                                           **global_},
-                          Arch={"model": "VGG16BN"}, SWA={"avg": "ema", "ema_decay": DECAY})
-        row = fit(twin.trainer.Trainer(cfg), cfg)
-        return row, twin.checkpoint.load(str(out / f"checkpoint-2{ext}"))
-
-    row, straight = run(tmp_path / "a")
-    _, resumed = run(tmp_path / "b", resume=str(tmp_path / "a" / f"checkpoint-1{ext}"))
+    row, straight, resumed = straight_and_resumed(
+        framework, archive, tmp_path, 2, Arch={"model": "VGG16BN"},
+        SWA={"avg": "ema", "ema_decay": DECAY})
     assert row["swa_te_acc"] is not None
     assert straight["swa_n"] == resumed["swa_n"] == 2 * 4  # 100 images, batch 32: 4 steps
     a, b = (twin.checkpoint.to_numpy(s["swa_state_dict"]) for s in (straight, resumed))

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, tiny_config
+from conftest import ROOT, straight_and_resumed
 
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
 
@@ -115,20 +115,11 @@ def test_original_repo_checkpoint_loads_into_eval(archive, tmp_path):
 @pytest.mark.parametrize("framework", ["paddle", "torch"])
 def test_resume_continues_exactly(framework, archive, tmp_path):
     """Three epochs straight equal one epoch, a restart from checkpoint-1, and two more."""
-    from swa_recipe.cli import import_twin
-    from swa_recipe.loop import fit
+    from swa_recipe.twins import import_twin
 
     twin = import_twin(framework)
-    ext = ".pdparams" if framework == "paddle" else ".pt"
-
-    def run(out, **global_):
-        cfg = tiny_config(archive, Global={"epochs": 3, "dir": str(out), "framework": framework,
-                                           **global_}, Arch={"dropout": 0.5})
-        fit(twin.trainer.Trainer(cfg), cfg)
-        return twin.checkpoint.load(str(out / f"checkpoint-3{ext}"))
-
-    straight = run(tmp_path / "a")
-    resumed = run(tmp_path / "b", resume=str(tmp_path / "a" / f"checkpoint-1{ext}"))
+    _, straight, resumed = straight_and_resumed(framework, archive, tmp_path, 3,
+                                                Arch={"dropout": 0.5})
     for key in ("state_dict", "swa_state_dict"):
         a = twin.checkpoint.to_numpy(straight[key])
         b = twin.checkpoint.to_numpy(resumed[key])
