@@ -16,6 +16,7 @@ import yaml
 
 from .config import ConfigError
 from .logs import read_metrics
+from .study import load_study
 
 
 @dataclass
@@ -168,7 +169,7 @@ def twin_table(runs: list[RunResult]) -> str:
     return "\n".join(lines) if len(lines) > 2 else "No run complete in both twins yet."
 
 
-def runs_table(runs: list[RunResult]) -> str:
+def runs_table(runs: list[RunResult], waiting: list[str] = ()) -> str:
     head = ["run", "state", "final test acc", "best test acc"]
     lines = [_row(head), _row(["---"] * len(head))]
     for r in runs:
@@ -178,6 +179,7 @@ def runs_table(runs: list[RunResult]) -> str:
         final = r.final if r.complete else r.latest
         lines.append(_row([r.name, state, "—" if final is None else f"{final:.2f}",
                            f"{max(measured):.2f}" if measured else "—"]))
+    lines += [_row([name, "not started", "—", "—"]) for name in waiting]
     return "\n".join(lines)
 
 
@@ -227,17 +229,22 @@ def plot(runs: list[RunResult], path: str) -> str:
     return path
 
 
-def report(out: str, runs: list[RunResult]) -> str:
-    """The study's README text."""
+def report(out: str, runs: list[RunResult], planned: list[str] = (),
+           study: str | None = None) -> str:
+    """The study's README text; ``planned``: the run names of the grid in ``study``, so that
+    runs not started yet are counted and listed too."""
     done = sum(r.complete for r in runs)
+    waiting = [name for name in planned if name not in {r.name for r in runs}]
+    command = f"tools/summarize.py {out}" + (f" --study {study}" if study else "")
     return "\n\n".join([
         f"# Study `{os.path.basename(os.path.normpath(out))}`",
-        f"{done} of {len(runs)} runs complete. Written by `tools/summarize.py {out}` from each "
-        f"run's `metrics.csv`; incomplete runs are left out of the means.",
+        f"{done} of {len(runs) + len(waiting)} runs complete"
+        f"{f', {len(waiting)} not started' if waiting else ''}. Written by `{command}` from "
+        f"each run's `metrics.csv`; incomplete runs are left out of the means.",
         "## Final test accuracy (%), mean ± std over seeds\n\n" + accuracy_table(runs),
         "## SWA − SGD at the same seed (points)\n\n" + gain_table(runs),
         "## Paddle − torch at the same seed (points)\n\n" + twin_table(runs),
-        "## Runs\n\n" + runs_table(runs),
+        "## Runs\n\n" + runs_table(runs, waiting),
         "![test accuracy and learning rate of every run](study.png)",
     ]) + "\n"
 
@@ -245,6 +252,8 @@ def report(out: str, runs: list[RunResult]) -> str:
 def summarize_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Tables and plot of a study (results/<study>)")
     parser.add_argument("study_dir", help="results/<study>")
+    parser.add_argument("--study", help="the study's configs/study/*.yaml: also count and list "
+                        "the runs of its grid not started yet")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
     return parser
 
@@ -254,7 +263,8 @@ def summarize_main(args: argparse.Namespace) -> int:
     if not runs:
         raise ConfigError(f"{args.study_dir} holds no run with metrics.csv yet; run "
                           f"tools/study.py first")
-    text = report(args.study_dir, runs)
+    planned = [run.name for run in load_study(args.study).runs] if args.study else []
+    text = report(args.study_dir, runs, planned, args.study)
     with open(os.path.join(args.study_dir, "README.md"), "w", encoding="utf-8") as fh:
         fh.write(text)
     plot(runs, os.path.join(args.study_dir, "study.png"))

@@ -201,7 +201,12 @@ def test_summary_of_a_study_just_started(tmp_path):
     write_run(tmp_path, "vgg16-sgd3-s1-paddle", "sgd", 1, "paddle", 3, [40, 60, 80])
     write_run(tmp_path, "vgg16-swa3-s1-paddle", "swa", 1, "paddle", 3, [40], [None])
     text = report(str(tmp_path), read_study(str(tmp_path)))
-    assert "1 of 2 runs complete" in text
+    assert "1 of 2 runs complete." in text
+    grid = ["vgg16-sgd3-s1-paddle", "vgg16-swa3-s1-paddle", "vgg16-sgd3-s1-torch"]
+    with_grid = report(str(tmp_path), read_study(str(tmp_path)), grid, "s.yaml")
+    assert "1 of 3 runs complete, 1 not started." in with_grid
+    assert "| vgg16-sgd3-s1-torch | not started | — | — |" in with_grid
+    assert "`tools/summarize.py " + str(tmp_path) + " --study s.yaml`" in with_grid
     assert "No complete SGD/SWA pair of one seed yet." in text
     assert "No run complete in both twins yet." in text
     assert "| vgg16-swa3-s1-paddle | incomplete (epoch 1/3) | — | — |" in text
