@@ -109,6 +109,21 @@ def test_summarize_refuses_in_one_line(setup, needle, tmp_path):
     assert proc.stderr.startswith("error:") and needle in proc.stderr
 
 
+@pytest.mark.parametrize("content, needle", [
+    (None, "cannot be read"), ("a: [1\n", "is not valid YAML"), ("[1, 2]\n", "a 'name'")])
+def test_summarize_refuses_a_bad_study_file(study_dir, tmp_path, content, needle):
+    study = tmp_path / "study.yaml"
+    if content is not None:
+        study.write_text(content)
+    before = (study_dir / "README.md").exists()
+    proc = subprocess.run([sys.executable, "tools/summarize.py", str(study_dir), "--study",
+                           str(study)], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("error:") and needle in proc.stderr
+    assert (study_dir / "README.md").exists() == before  # nothing written
+
+
 def test_grid_compresses_the_paper_schedule():
     runs = expand({"grid": {"model": "VGG16", "method": ["sgd", "swa"], "budget": 200,
                             "swa_budgets": [1.0, 1.25, 1.5], "seed": [1, 2],
