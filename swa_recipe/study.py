@@ -27,6 +27,7 @@ import yaml
 
 from .checkpoint import latest_checkpoint
 from .config import FRAMEWORKS, MODELS, ConfigError, parse_override
+from .runs import read_study
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GRID_KEYS = ("model", "method", "budget", "seed", "framework")
@@ -165,8 +166,6 @@ def status(run: Run, run_dir: str) -> str:
 def epoch_seconds(out: str) -> dict[tuple[str, str], float]:
     """Median measured epoch time per (model, framework) over every run in the study folder
     (a pilot outside the grid included)."""
-    from .summary import read_study
-
     times: dict[tuple[str, str], list[float]] = {}
     for run in read_study(out) if os.path.isdir(out) else []:
         times.setdefault((run.model, run.framework), []).extend(

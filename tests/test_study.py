@@ -16,8 +16,9 @@ import yaml
 from conftest import ROOT
 from swa_recipe.config import ConfigError, default_config
 from swa_recipe.logs import COLUMNS
+from swa_recipe.runs import read_study
 from swa_recipe.study import Run, expand, load_study, status
-from swa_recipe.summary import read_study, report
+from swa_recipe.summary import report
 
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
 
