@@ -87,9 +87,20 @@ def test_summary_tables(study_dir):
     assert "| vgg16-swa3-s1-paddle | complete | 83.00 | 83.00 |" in text
 
 
-def test_summarize_cli_writes_readme_and_plot(study_dir):
-    proc = subprocess.run([sys.executable, "tools/summarize.py", str(study_dir)], cwd=ROOT,
+def summarize(*args) -> subprocess.CompletedProcess:
+    """``tools/summarize.py`` with ``args``, as a user runs it."""
+    return subprocess.run([sys.executable, "tools/summarize.py", *map(str, args)], cwd=ROOT,
                           env=ENV, capture_output=True, text=True, timeout=300)
+
+
+def assert_refused(proc: subprocess.CompletedProcess, needle: str) -> None:
+    """Exit 2 with one ``error:`` line that names the problem."""
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("error:") and needle in proc.stderr
+
+
+def test_summarize_cli_writes_readme_and_plot(study_dir):
+    proc = summarize(study_dir)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (study_dir / "README.md").read_text() == proc.stdout
     assert (study_dir / "study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -104,10 +115,7 @@ def test_summarize_cli_writes_readme_and_plot(study_dir):
 def test_summarize_refuses_in_one_line(setup, needle, tmp_path):
     target = tmp_path / "study"
     setup(target)
-    proc = subprocess.run([sys.executable, "tools/summarize.py", str(target)], cwd=ROOT,
-                          env=ENV, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
-    assert proc.stderr.startswith("error:") and needle in proc.stderr
+    assert_refused(summarize(target), needle)
 
 
 @pytest.mark.parametrize("content, needle", [
@@ -117,11 +125,7 @@ def test_summarize_refuses_a_bad_study_file(study_dir, tmp_path, content, needle
     if content is not None:
         study.write_text(content)
     before = (study_dir / "README.md").exists()
-    proc = subprocess.run([sys.executable, "tools/summarize.py", str(study_dir), "--study",
-                           str(study)], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
-    assert proc.stderr.startswith("error:") and needle in proc.stderr
+    assert_refused(summarize(study_dir, "--study", study), needle)
     assert (study_dir / "README.md").exists() == before  # nothing written
 
 
