@@ -173,8 +173,8 @@ def report(out: str, runs: list[RunResult], planned: list[str] = (),
            study: str | None = None) -> str:
     """The study's README text; ``planned``: the run names of the grid in ``study``, so that
     runs not started yet are counted and listed too."""
-    done = sum(r.complete for r in runs)
-    waiting = [name for name in planned if name not in {r.name for r in runs}]
+    done, seen = sum(r.complete for r in runs), {r.name for r in runs}
+    waiting = [name for name in planned if name not in seen]
     command = f"tools/summarize.py {out}" + (f" --study {study}" if study else "")
     return "\n\n".join([
         f"# Study `{os.path.basename(os.path.normpath(out))}`",
