@@ -25,8 +25,9 @@ from dataclasses import dataclass
 
 import yaml
 
+from . import extend
 from .checkpoint import latest_checkpoint
-from .config import FRAMEWORKS, MODELS, ConfigError, parse_override
+from .config import FRAMEWORKS, MODELS, ConfigError, load_yaml, parse_override, resolve
 from .runs import read_study
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -180,20 +181,76 @@ def remaining_epochs(run: Run, run_dir: str, state: str) -> int:
     return run.epochs - (rows[-1]["ep"] if rows else 0)
 
 
-def plan(study: Study, out: str, epoch_time: float | None = None) -> tuple[str, float | None]:
-    """The grid as a table with each run's state and estimated time left, and the total."""
+def run_config(study: Study, run: Run, run_dir: str, extra: list[str]) -> dict:
+    """The validated config ``train.py`` will build for ``run`` (without starting it)."""
+    args = argparse.Namespace(config=os.path.join(ROOT, study.config) if study.config else None,
+                              override=study.overrides + run.overrides()
+                              + [f"Global.dir={run_dir}"] + extra)
+    return resolve(args)
+
+
+@dataclass
+class Extension:
+    """A not-yet-trained SWA run that continues ``source`` (None: trains from scratch, for
+    ``reason``)."""
+
+    source: Run | None
+    reason: str
+
+
+def extension(study: Study, run: Run, out: str, extra: list[str]) -> Extension:
+    """The longest finished shorter SWA run of the same model, seed, twin and ``swa_start``
+    whose last checkpoint is here, if ``run`` is exactly that run continued."""
+    shorter = sorted((r for r in study.runs if r.method == "swa" and r.epochs < run.epochs
+                      and (r.model, r.seed, r.framework, r.swa_start)
+                      == (run.model, run.seed, run.framework, run.swa_start)),
+                     key=lambda r: r.epochs, reverse=True)
+    if run.method != "swa" or not shorter:
+        return Extension(None, NO_SHORTER)
+    for source in shorter:
+        src_dir = os.path.join(out, source.name)
+        if status(source, src_dir) != "done" or not extend.final_checkpoint(
+                src_dir, source.epochs, source.framework):
+            continue
+        short = load_yaml(os.path.join(src_dir, "config.yaml"))
+        short["Global"]["dir"] = src_dir
+        reason = extend.refusal(short, run_config(study, run, os.path.join(out, run.name), extra))
+        return Extension(source, "") if reason is None else Extension(None, reason)
+    return Extension(None, f"{shorter[0].name} is not finished here or its last checkpoint "
+                           f"is gone")
+
+
+NO_SHORTER = "no shorter SWA run in the grid"
+
+
+def run_state(study: Study, run: Run, out: str, extra: list[str]) -> tuple[str, str, Run | None]:
+    """``status``, with ``extend`` for a run that continues a finished shorter one; a note
+    (what it extends, or why it trains from scratch); and the run it extends."""
+    state = status(run, os.path.join(out, run.name))
+    if state not in ("todo", "restart") or run.method != "swa":
+        return state, "", None
+    found = extension(study, run, out, extra)
+    if found.source is not None:
+        return "extend", f"from {found.source.name}", found.source
+    return state, "" if found.reason == NO_SHORTER else f"afresh: {found.reason}", None
+
+
+def plan(study: Study, out: str, epoch_time: float | None = None,
+         extra: list[str] | None = None) -> tuple[str, float | None]:
+    """The grid as a table with each run's state, estimated time left and what an extension
+    continues, and the total."""
     measured = epoch_seconds(out)
     fallback = epoch_time or (statistics.median(measured.values()) if measured else None)
     lines, total = [f"{'run':32} {'state':8} {'epochs':>6} {'left (h)':>9}"], 0.0
     for run in study.runs:
         run_dir = os.path.join(out, run.name)
-        state = status(run, run_dir)
-        left = remaining_epochs(run, run_dir, state)
+        state, note, source = run_state(study, run, out, extra or [])
+        left = remaining_epochs(run, run_dir, state) - (source.epochs if source else 0)
         per = epoch_time or measured.get((run.model, run.framework), fallback)
         hours = None if per is None else left * per / 3600
         total = None if hours is None or total is None else total + hours
         lines.append(f"{run.name:32} {state:8} {run.epochs:6d} "
-                     f"{'?' if hours is None else f'{hours:.2f}':>9}")
+                     f"{'?' if hours is None else f'{hours:.2f}':>9}  {note}".rstrip())
     return "\n".join(lines), total
 
 
@@ -203,7 +260,7 @@ def train_command(study: Study, run: Run, run_dir: str, state: str, extra: list[
         cmd += ["--config", os.path.join(ROOT, study.config)]
     for text in study.overrides + run.overrides() + [f"Global.dir={run_dir}"] + extra:
         cmd += ["-o", text]
-    if state == "resume":
+    if state in ("resume", "extend"):
         cmd += ["-o", "Global.resume=auto"]
     return cmd
 
@@ -219,14 +276,18 @@ def git_commit() -> str:
 def execute(study: Study, run: Run, out: str, extra: list[str]) -> int:
     """Run (or continue) one run as a ``train.py`` process; its exit code."""
     run_dir = os.path.join(out, run.name)
-    state = status(run, run_dir)
-    if state == "restart":  # committed tables of a run cut off elsewhere: start it afresh
-        shutil.rmtree(run_dir)
+    state, note, source = run_state(study, run, out, extra)
+    if state in ("restart", "extend") and os.path.isdir(run_dir):
+        shutil.rmtree(run_dir)  # committed tables of a run cut off elsewhere: start it afresh
     os.makedirs(run_dir, exist_ok=True)
+    if source is not None:
+        short = load_yaml(os.path.join(out, source.name, "config.yaml"))
+        short["Global"]["dir"] = os.path.join(out, source.name)
+        extend.prepare(short, run_config(study, run, run_dir, extra))
     cmd = train_command(study, run, run_dir, state, extra)
     with open(os.path.join(run_dir, "command.txt"), "a", encoding="utf-8") as fh:
-        fh.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} commit {git_commit()} ({state})\n"
-                 f"{' '.join(cmd)}\n")
+        fh.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} commit {git_commit()} ({state}"
+                 f"{' ' + note if note else ''})\n{' '.join(cmd)}\n")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)  # train.log has its output
     try:
         return proc.wait()
@@ -271,7 +332,7 @@ def study_main(args: argparse.Namespace) -> int:
     for text in extra:
         parse_override(text)
     study.runs = select(study.runs, args.only)
-    table, hours = plan(study, out, args.epoch_time)
+    table, hours = plan(study, out, args.epoch_time, extra)
     print(table)
     left = f"{hours:.1f} h" if hours is not None else "unknown (no epoch measured; --epoch_time)"
     print(f"{len(study.runs)} runs; time left: {left}")
