@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import os
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -28,7 +30,9 @@ import yaml
 from . import extend
 from .checkpoint import latest_checkpoint
 from .config import FRAMEWORKS, MODELS, ConfigError, load_yaml, parse_override, resolve
+from .provenance import Machine, first_difference, recorded_machine
 from .runs import read_study
+from .runtime import tune_cpu_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GRID_KEYS = ("model", "method", "budget", "seed", "framework")
@@ -66,6 +70,7 @@ class Study:
     config: str | None
     overrides: list[str]
     runs: list[Run]
+    retrain: bool = False  # re-train finished runs whose last checkpoint is gone
 
 
 def _list(spec: dict, key: str, path: str) -> list:
@@ -117,10 +122,15 @@ def expand(spec: dict, path: str) -> list[Run]:
         if method == "sgd":
             runs.append(Run(model, method, budget, seed, framework))
             continue
-        start = max(1, round(fraction * budget))
-        runs += [Run(model, method, round(m * budget), seed, framework, start)
+        start = max(1, half_up(fraction * budget))
+        runs += [Run(model, method, half_up(m * budget), seed, framework, start)
                  for m in multiples]
     return runs
+
+
+def half_up(x: float) -> int:
+    """Rounding as the paper's budgets read (1.5 x 35 = 52.5 -> 53), not Python's to-even."""
+    return math.floor(x + 0.5)
 
 
 def load_study(path: str) -> Study:
@@ -226,7 +236,11 @@ NO_SHORTER = "no shorter SWA run in the grid"
 def run_state(study: Study, run: Run, out: str, extra: list[str]) -> tuple[str, str, Run | None]:
     """``status``, with ``extend`` for a run that continues a finished shorter one; a note
     (what it extends, or why it trains from scratch); and the run it extends."""
-    state = status(run, os.path.join(out, run.name))
+    run_dir = os.path.join(out, run.name)
+    state = status(run, run_dir)
+    if state == "done" and study.retrain and not extend.final_checkpoint(
+            run_dir, run.epochs, run.framework):
+        return "retrain", "its last checkpoint is gone; rows checked against the committed", None
     if state not in ("todo", "restart") or run.method != "swa":
         return state, "", None
     found = extension(study, run, out, extra)
@@ -273,11 +287,48 @@ def git_commit() -> str:
         return "unknown"
 
 
+def portable(cmd: list[str]) -> str:
+    """``cmd`` as a record that holds on any machine: ``python``, and paths relative to the
+    repository."""
+    def rel(text: str) -> str:
+        key, sep, value = text.rpartition("=")
+        if os.path.isabs(value):
+            return f"{key}{sep}{os.path.relpath(value, ROOT)}"
+        return text
+
+    return " ".join(["python"] + [rel(c) for c in cmd[1:]])
+
+
+def record(run_dir: str, cmd: list[str], state: str, note: str, machine: Machine) -> None:
+    with open(os.path.join(run_dir, "command.txt"), "a", encoding="utf-8") as fh:
+        fh.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} commit {git_commit()} ({state}"
+                 f"{' ' + note if note else ''})\n{machine.line()}\n{portable(cmd)}\n")
+
+
+@dataclass
+class Committed:
+    """The rows of a run as found before it is trained again, and the machine that made them."""
+
+    rows: list[dict]
+    machine: Machine | None
+
+    @classmethod
+    def read(cls, run_dir: str) -> Committed | None:
+        rows = read_epochs(run_dir)
+        machine = recorded_machine(os.path.join(run_dir, "command.txt"))
+        return cls(rows, machine) if rows else None
+
+
+POLL_SECONDS = 1.0  # reading a run's metrics.csv this often costs nothing measurable
+
+
 def execute(study: Study, run: Run, out: str, extra: list[str]) -> int:
-    """Run (or continue) one run as a ``train.py`` process; its exit code."""
+    """Run (or continue) one run as a ``train.py`` process; its exit code. A run trained again
+    over committed rows is checked against them as it goes (see :func:`watch`)."""
     run_dir = os.path.join(out, run.name)
     state, note, source = run_state(study, run, out, extra)
-    if state in ("restart", "extend") and os.path.isdir(run_dir):
+    committed = Committed.read(run_dir) if state in ("restart", "retrain") else None
+    if state in ("restart", "extend", "retrain") and os.path.isdir(run_dir):
         shutil.rmtree(run_dir)  # committed tables of a run cut off elsewhere: start it afresh
     os.makedirs(run_dir, exist_ok=True)
     if source is not None:
@@ -285,16 +336,73 @@ def execute(study: Study, run: Run, out: str, extra: list[str]) -> int:
         short["Global"]["dir"] = os.path.join(out, source.name)
         extend.prepare(short, run_config(study, run, run_dir, extra))
     cmd = train_command(study, run, run_dir, state, extra)
-    with open(os.path.join(run_dir, "command.txt"), "a", encoding="utf-8") as fh:
-        fh.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} commit {git_commit()} ({state}"
-                 f"{' ' + note if note else ''})\n{' '.join(cmd)}\n")
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)  # train.log has its output
-    try:
-        return proc.wait()
-    finally:  # the runner stopped (SIGINT/SIGTERM): the run checkpoints mid-epoch and exits
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait()
+    env = dict(os.environ)
+    tune_cpu_env(env)  # what train.py will set: the machine record shows the run's threads
+    machine = Machine.here(env)
+    record(run_dir, cmd, state, note, machine)
+    # train.log has the run's output; its stderr is passed on unless the runner stopped it
+    with tempfile.TemporaryFile() as err:
+        proc, code = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err), None
+        try:
+            code = watch(proc, run, run_dir, committed, machine)
+        finally:  # the runner stopped (SIGINT/SIGTERM): the run checkpoints mid-epoch and exits
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait()
+            if proc.returncode != 0 and not stopped_by_watch(code, proc):
+                err.seek(0)
+                sys.stderr.write(err.read().decode("utf-8", "replace"))
+    return code
+
+
+def stopped_by_watch(code: int | None, proc: subprocess.Popen) -> bool:
+    """``watch`` stopped the run itself (exit 2 while the run died of its SIGTERM)."""
+    return code == 2 and proc.returncode == 128 + signal.SIGTERM
+
+
+def watch(proc: subprocess.Popen, run: Run, run_dir: str, committed: Committed | None,
+          machine: Machine) -> int:
+    """Wait for the run. Over committed rows made on the same kind of machine, stop it at the
+    first row that differs (exit 2, one line); over rows from another machine, or from one not
+    recorded, say at the end how far the new rows are from the committed ones."""
+    same = committed is not None and machine.same_kind(committed.machine)
+    while True:
+        try:
+            code = proc.wait(timeout=POLL_SECONDS)
+        except subprocess.TimeoutExpired:
+            code = None
+        if committed is not None:
+            diff = first_difference(committed.rows, read_epochs(run_dir))
+            if diff and same:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait()
+                print(f"error: {run.name} does not reproduce its committed rows on the same "
+                      f"kind of machine: {diff}; the code or an installed version changed what "
+                      f"it computes", file=sys.stderr, flush=True)
+                return 2
+        if code is not None:
+            break
+    if committed is not None and code == 0:
+        print(f"{run.name}: {reproduction(committed, read_epochs(run_dir), same)}", flush=True)
+    return code
+
+
+def reproduction(committed: Committed, rows: list[dict], same: bool) -> str:
+    """One line on how a finished re-run compares with the committed rows."""
+    diff = first_difference(committed.rows, rows)
+    if diff is None:
+        return f"reproduces the {min(len(rows), len(committed.rows))} committed rows bit for bit"
+    where = "the same kind of machine" if same else (
+        f"another machine ({committed.machine.cpu})" if committed.machine
+        else "a machine not recorded")
+    col = "swa_te_acc" if run_is_swa(rows) else "te_acc"
+    last = min(len(rows), len(committed.rows)) - 1
+    return (f"committed on {where}; rows differ from {diff}; final {col} "
+            f"{rows[last].get(col)} against the committed {committed.rows[last].get(col)}")
+
+
+def run_is_swa(rows: list[dict]) -> bool:
+    return any(r.get("swa_te_acc") is not None for r in rows)
 
 
 def select(runs: list[Run], only: list[str]) -> list[Run]:
@@ -319,6 +427,9 @@ def study_parser() -> argparse.ArgumentParser:
                         help="run only matching cells, e.g. --only framework=torch seed=2")
     parser.add_argument("--max_runs", type=int, default=None, help="stop after N runs")
     parser.add_argument("--dry_run", action="store_true", help="print the grid and estimate")
+    parser.add_argument("--retrain", action="store_true", help="train again the finished runs "
+                        "whose last checkpoint is gone (an extension or landscape needs it), "
+                        "checking each row against the committed one")
     parser.add_argument("--epoch_time", type=float, default=None,
                         help="seconds per epoch for the estimate (default: measured ones)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
@@ -327,6 +438,7 @@ def study_parser() -> argparse.ArgumentParser:
 
 def study_main(args: argparse.Namespace) -> int:
     study = load_study(args.study)
+    study.retrain = args.retrain
     out = args.out or os.path.join("results", study.name)
     extra = list(args.override) + ([f"Data.data_path={args.data_path}"] if args.data_path else [])
     for text in extra:
@@ -341,7 +453,7 @@ def study_main(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     started = 0
     for run in study.runs:
-        if status(run, os.path.join(out, run.name)) == "done":
+        if run_state(study, run, out, extra)[0] == "done":
             continue
         if args.max_runs is not None and started >= args.max_runs:
             break

@@ -157,3 +157,100 @@ def test_study_runner_extends_the_shorter_swa_run(lite_archive, tmp_path):
     dry = run("--dry_run").stdout
     assert "afresh: vgg16-swa2-s1-paddle is not finished here or its last checkpoint is gone" \
         in dry
+
+
+# ------------------------------------------------------------------ reproducibility check
+
+
+def test_machine_record_round_trips_and_reads_cpuinfo(tmp_path):
+    from swa_recipe.provenance import Machine, cpuinfo
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC 7B13\n"
+                    "flags\t\t: fpu sse4_2 avx avx2 fma ht\n\nprocessor\t: 1\n")
+    assert cpuinfo(str(info)) == ("AMD EPYC 7B13", ["sse4_2", "avx", "avx2", "fma"])
+    here = Machine.here({"OMP_NUM_THREADS": "2"})
+    assert here.threads == "2" and Machine.parse(here.line()) == here
+    assert here.same_kind(Machine.parse(here.line()))
+    other = Machine("Intel Xeon", ("avx512f",), "2", here.versions)
+    assert not here.same_kind(other) and not here.same_kind(None)
+    assert Machine.parse("/usr/bin/python train.py") is None
+
+
+def test_command_record_is_portable():
+    from swa_recipe.study import ROOT, portable
+
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"), "-o",
+           f"Global.dir={os.path.join(ROOT, 'results', 'cpu', 'run')}", "-o",
+           f"Data.data_path={os.path.join(os.path.dirname(ROOT), 'shared', 'c.tar.gz')}", "-o",
+           "Arch.width=0.25"]
+    assert portable(cmd) == ("python train.py -o Global.dir=results/cpu/run -o "
+                             "Data.data_path=../shared/c.tar.gz -o Arch.width=0.25")
+
+
+@pytest.fixture()
+def trained_run(lite_archive, tmp_path):
+    """A finished 4-epoch lite SGD run made by the runner, with its checkpoints removed as in
+    a fresh clone: (runner command, run folder)."""
+    study = tmp_path / "repro.yaml"
+    study.write_text(yaml.safe_dump({
+        "name": "repro", "config": "configs/lite.yaml",
+        "grid": {"model": "VGG16", "method": "sgd", "budget": 4, "seed": 1,
+                 "framework": "paddle"},
+        "overrides": {"Data.train_subset": 200, "Data.test_subset": 100}}))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "tools/study.py", str(study), "--out", str(out), "--data_path",
+           str(lite_archive)]
+    first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                           env={**os.environ, **ENV_RUN})
+    assert first.returncode == 0, first.stderr[-2000:]
+    run = out / "vgg16-sgd4-s1-paddle"
+    record = (run / "command.txt").read_text()
+    assert "# machine: cpu=" in record and "python train.py" in record
+    assert str(ROOT) not in record.replace(f"--out {ROOT}", "")
+    for path in run.glob("checkpoint-*"):
+        path.unlink()
+    return cmd + ["--retrain"], run
+
+
+def retrain(cmd: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **ENV_RUN})
+
+
+def test_retrained_run_reproduces_its_rows(trained_run):
+    cmd, run = trained_run
+    proc = retrain(cmd)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "retrain" in proc.stdout
+    assert "vgg16-sgd4-s1-paddle: reproduces the 4 committed rows bit for bit" in proc.stdout
+    assert (run / "checkpoint-4.pdparams").exists()
+
+
+def test_reproducibility_check_catches_a_planted_difference(trained_run):
+    cmd, run = trained_run
+    rows = (run / "metrics.csv").read_text().splitlines()
+    cells = rows[1].split(",")
+    cells[2] = str(float(cells[2]) + 1e-6)  # epoch 1 tr_loss
+    (run / "metrics.csv").write_text("\n".join([rows[0], ",".join(cells)] + rows[2:]) + "\n")
+    proc = retrain(cmd)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    line = proc.stderr.strip()
+    assert "\n" not in line and "does not reproduce its committed rows on the same kind of " \
+        "machine: epoch 1 tr_loss" in line
+    assert not (run / "checkpoint-4.pdparams").exists()  # stopped at the first difference
+
+
+def test_rows_from_another_machine_are_compared_at_the_end(trained_run):
+    cmd, run = trained_run
+    text = (run / "command.txt").read_text()
+    (run / "command.txt").write_text(text.replace("# machine: cpu=", "# machine: cpu=Other "))
+    rows = (run / "metrics.csv").read_text().splitlines()
+    cells = rows[2].split(",")
+    cells[5] = "12.5"  # epoch 2 te_acc
+    (run / "metrics.csv").write_text("\n".join(rows[:2] + [",".join(cells)] + rows[3:]) + "\n")
+    proc = retrain(cmd)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "committed on another machine (Other " in proc.stdout
+    assert "rows differ from epoch 2 te_acc" in proc.stdout
+    assert "against the committed 12.5" in proc.stdout
