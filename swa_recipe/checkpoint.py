@@ -21,10 +21,12 @@ class CheckpointError(RuntimeError):
 
 
 def checkpoint_path(run_dir: str, epoch: int, framework: str, iteration: int = 0) -> str:
-    """``checkpoint-{epoch}`` after ``epoch`` complete epochs; ``-iter{k}`` when written after
-    ``k`` steps of the next one (on SIGINT/SIGTERM)."""
-    mid = f"-iter{iteration}" if iteration else ""
-    return os.path.join(run_dir, f"checkpoint-{epoch}{mid}{EXTENSIONS[framework]}")
+    """``checkpoint-{epoch}`` after ``epoch`` complete epochs (``checkpoint-0``: the initial
+    weights, as the original writes them). Written after ``iteration`` steps of the next epoch
+    (on SIGINT/SIGTERM), the name is the position as the training line shows it, 1-based:
+    ``checkpoint-{epoch + 1}-iter{iteration}``."""
+    name = f"checkpoint-{epoch + 1}-iter{iteration}" if iteration else f"checkpoint-{epoch}"
+    return os.path.join(run_dir, f"{name}{EXTENSIONS[framework]}")
 
 
 def framework_of(path: str) -> str | None:
@@ -34,13 +36,29 @@ def framework_of(path: str) -> str | None:
     return None
 
 
+def checkpoint_order(epoch: int, iteration: int | None) -> tuple[int, int, int]:
+    """Sort key of a checkpoint name's position: ``checkpoint-E-iterK`` (epoch E, 1-based,
+    K steps in) comes after ``checkpoint-{E-1}`` and before ``checkpoint-E`` (E done)."""
+    return (epoch, 0, iteration) if iteration else (epoch, 1, 0)
+
+
 def latest_checkpoint(run_dir: str, framework: str) -> str | None:
-    """The complete checkpoint with the highest epoch in ``run_dir`` (temp files never match)."""
+    """The complete checkpoint furthest into training in ``run_dir`` (temp files never
+    match)."""
     pattern = re.compile(rf"checkpoint-(\d+)(?:-iter(\d+))?{re.escape(EXTENSIONS[framework])}$")
-    found = [((int(m.group(1)), int(m.group(2) or 0)), p)
+    found = [(checkpoint_order(int(m.group(1)), int(m.group(2) or 0)), p)
              for p in glob.glob(os.path.join(run_dir, "checkpoint-*"))
              if (m := pattern.fullmatch(os.path.basename(p)))]
     return max(found)[1] if found else None
+
+
+def position(epoch: int, iteration: int, iters: int | None = None) -> str:
+    """Where a checkpoint stands, as the log counts (1-based): "the end of epoch 3", "epoch 4,
+    iteration 120/391", or "the start" for the initial weights."""
+    if iteration:
+        of = f"/{iters}" if iters else ""
+        return f"epoch {epoch + 1}, iteration {iteration}{of}"
+    return f"the end of epoch {epoch}" if epoch else "the start (initial weights)"
 
 
 def atomic_save(write: Callable[[str], None], path: str) -> None:

@@ -10,14 +10,24 @@ import argparse
 import os
 import signal
 import sys
+import textwrap
 from collections.abc import Callable
 from types import SimpleNamespace
 
 from .checkpoint import CheckpointError, check_identity, framework_of
 from .cifar import DataError
-from .config import ConfigError, add_config_args, resolve, run_dir
+from .config import (
+    RESUME_SAFE_KEYS,
+    ConfigError,
+    add_config_args,
+    command_line_update,
+    continued_config,
+    resolve,
+    resume_request,
+    run_dir,
+)
 from .convert import convert_file
-from .logs import get_logger, to_run_log
+from .logs import PROGRESS_SECONDS, get_logger, to_run_log
 from .loop import Interrupted, TrainingDiverged
 from .rundir import RunDir, RunDirError
 from .runtime import (
@@ -54,12 +64,40 @@ def report(line: str) -> None:
     to_run_log(line)
 
 
+SAFE_KEYS_TEXT = textwrap.fill(", ".join(sorted(".".join(k) for k in RESUME_SAFE_KEYS)),
+                               width=92, initial_indent=" " * 18, subsequent_indent=" " * 18)
+TRAIN_EPILOG = f"""continuing a run (Ctrl-C prints the command):
+  --resume PATH   continue the run of checkpoint PATH: its config, its folder and its data path
+                  come from the checkpoint. Only these keys may change (any other set to
+                  another value is refused, naming the key):
+{SAFE_KEYS_TEXT}
+  --resume auto   the newest checkpoint in --dir (default output/<model>_<swa|sgd>_<framework>),
+                  with the config of this command line, which must match the run's
+"""
+
+
+def positive_seconds(text: str) -> float:
+    """``--progress``: a number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
+    return value
+
+
 def train_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="SGD/SWA training on CIFAR-10/100 "
-                                     "(Paddle; --framework torch for the PyTorch twin)")
+                                     "(Paddle; --framework torch for the PyTorch twin)",
+                                     epilog=TRAIN_EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace the outputs of "
                         "another run in --dir (a fresh run refuses them otherwise)")
+    parser.add_argument("--progress", type=positive_seconds, default=PROGRESS_SECONDS,
+                        metavar="SECONDS", help="without a terminal (nohup, > log), a progress "
+                        f"line every SECONDS (default {PROGRESS_SECONDS:g}), in train.log too")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
     return parser
 
@@ -86,14 +124,43 @@ def exit_on_signal(signum: int, frame) -> None:
 def train_main(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, exit_on_signal)
-    cfg = resolve(args)
     applied = tune_cpu_env()
+    cfg = training_config(args)
     out, world = run_dir(cfg), launched_world_size()
     with RunDir(out, bool(cfg["Global"]["resume"]), args.overwrite) as claim:
-        return _train(cfg, out, world, applied, claim)
+        return _train(cfg, out, world, applied, claim, args.progress)
 
 
-def _train(cfg: dict, out: str, world: int, applied: dict, claim: RunDir) -> int:
+def training_config(args: argparse.Namespace) -> dict:
+    """The command line's config, or with ``--resume PATH`` the config of the run that
+    checkpoint belongs to (``config.continued_config``). A file that is not a training
+    checkpoint with a config falls through to the command line's; ``loop.restore`` then says
+    what it is."""
+    path = resume_request(args)
+    if not path or path == "auto":
+        return resolve(args)
+    saved = saved_config(path, command_line_update(args).get("Global", {}).get("framework"))
+    return resolve(args) if saved is None else continued_config(args, saved, path)
+
+
+def saved_config(path: str, framework: str | None) -> dict | None:
+    """The config stored in the training checkpoint ``path`` (None when it holds none). A
+    checkpoint of the other framework than ``--framework`` asks is refused here, as
+    ``loop.restore`` would."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path} not found; pass an existing file to --resume")
+    found = framework_of(path)
+    if found and framework and found != framework:
+        raise CheckpointError(f"{path} is a {found} checkpoint and this run trains with "
+                              f"{framework}; resume with --framework {found}, or start "
+                              f"from converted weights")
+    state = import_twin(found or framework or "paddle").checkpoint.load(path)
+    config = state.get("config") if isinstance(state, dict) else None
+    return config if isinstance(config, dict) else None
+
+
+def _train(cfg: dict, out: str, world: int, applied: dict, claim: RunDir,
+           progress_every: float = PROGRESS_SECONDS) -> int:
     """Rank 0 claims the run directory; its log reaches ``train.log`` once ``fit`` begins
     writing, so a refused start (config, data, checkpoint) leaves the directory as it was."""
     from .loop import fit
@@ -110,7 +177,7 @@ def _train(cfg: dict, out: str, world: int, applied: dict, claim: RunDir) -> int
                     f"{'es' if world > 1 else ''} into {out}")
     twin = import_twin(cfg["Global"]["framework"])
     trainer = twin.trainer.Trainer(cfg)
-    fit(trainer, cfg, logger, begin=claim.begin)
+    fit(trainer, cfg, logger, begin=claim.begin, progress_every=progress_every)
     twin.dist.shutdown(trainer.world_size)
     return 0
 

@@ -68,7 +68,10 @@ SCHEMA: dict[str, dict[str, Field]] = {
                       check=_seed, rule=f"in [0, {SEED_LIMIT})"),
         "dir": Field(None, str, "run directory (default output/<model>_<swa|sgd>_<framework>)",
                      nullable=True),
-        "resume": Field(None, str, "checkpoint to resume from", nullable=True),
+        "resume": Field(None, str, "continue a run: PATH continues that checkpoint's run (its "
+                        "config, folder and data path; only the keys of "
+                        "config.RESUME_SAFE_KEYS may change), auto the newest checkpoint in "
+                        "--dir with the config of this command line", nullable=True),
         "save_freq": Field(25, int, "checkpoint every N epochs", check=_positive, rule="> 0"),
         "eval_freq": Field(5, int, "evaluate every N epochs", check=_positive, rule="> 0"),
         "log_freq": Field(50, int, "training line every N iterations", check=_positive,
@@ -336,12 +339,9 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
                         help="override any key, e.g. -o Arch.width=0.25 (repeatable)")
 
 
-def resolve(args: argparse.Namespace, base: dict | None = None) -> dict:
-    """``base`` (a checkpoint's config) or the YAML or the defaults, then flags, then ``-o``."""
-    if base is not None:
-        cfg = merge(default_config(), base, "the checkpoint's config")
-    else:
-        cfg = load_yaml(args.config) if args.config else default_config()
+def command_line_update(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The flags and ``-o`` overrides of ``args`` as ``{section: {key: value}}`` (read, not yet
+    checked against the schema's ranges)."""
     update: dict[str, dict[str, Any]] = {}
     for flag in FLAGS:
         raw = getattr(args, flag, None)
@@ -353,7 +353,84 @@ def resolve(args: argparse.Namespace, base: dict | None = None) -> dict:
     for text in args.override:
         section, key, value = parse_override(text)
         update.setdefault(section, {})[key] = value
+    return update
+
+
+def resolve(args: argparse.Namespace, base: dict | None = None) -> dict:
+    """``base`` (a checkpoint's config) or the YAML or the defaults, then flags, then ``-o``."""
+    if base is not None:
+        cfg = merge(default_config(), base, "the checkpoint's config")
+    else:
+        cfg = load_yaml(args.config) if args.config else default_config()
+    update = command_line_update(args)
     return validate(merge(cfg, update, "the command line"), launched_world_size())
+
+
+# Keys a run continued from ``--resume PATH`` may change: where it writes and reads, how long it
+# runs (an extension), how often it logs and saves, where it computes. Every other key decided
+# what was trained, so a different value there would silently make another run.
+RESUME_SAFE_KEYS = frozenset({
+    ("Global", "epochs"), ("Global", "dir"), ("Global", "resume"), ("Global", "device"),
+    ("Global", "log_freq"), ("Global", "save_freq"), ("Data", "data_path"), ("Data", "md5"),
+    ("Data", "num_workers")})
+
+
+def resume_request(args: argparse.Namespace) -> str | None:
+    """``Global.resume`` as this command line sets it (flag, ``-o`` or the ``--config`` file):
+    ``auto``, a path, or None."""
+    update = command_line_update(args).get("Global", {})
+    if "resume" in update:
+        return update["resume"]
+    return load_yaml(args.config)["Global"]["resume"] if args.config else None
+
+
+def explicit_values(args: argparse.Namespace) -> dict[tuple[str, str], Any]:
+    """Every key this command line sets (the ``--config`` file's, the flags', ``-o``'s), with
+    the value it resolves to. ``Arch.num_classes: null`` means "the dataset's": not a choice."""
+    update = command_line_update(args)
+    named = {(s, k) for s, values in update.items() for k in values}
+    cfg = default_config()
+    if args.config:
+        cfg = load_yaml(args.config)
+        named |= yaml_keys(args.config)
+    cfg = merge(cfg, update, "the command line")
+    return {(s, k): cfg[s][k] for s, k in named
+            if not ((s, k) == ("Arch", "num_classes") and cfg[s][k] is None)}
+
+
+def yaml_keys(path: str) -> set[tuple[str, str]]:
+    """The (section, key) pairs a YAML config file names (``load_yaml`` has checked it)."""
+    with open(path, encoding="utf-8") as fh:
+        data = yaml.safe_load(fh) or {}
+    return {(s, k) for s, values in data.items() for k in values}
+
+
+def shown(value: Any) -> str:
+    """A value as a user would type it after ``-o KEY=`` (strings unquoted and cut at 80,
+    booleans as YAML writes them)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value[:80] if isinstance(value, str) else short(value)
+
+
+def continued_config(args: argparse.Namespace, saved: dict, path: str) -> dict:
+    """The config of the run that ``--resume PATH`` continues: the checkpoint's, in the
+    checkpoint's folder, with what the command line sets on top. A key outside
+    ``RESUME_SAFE_KEYS`` set to another value than the checkpoint's is refused, naming it."""
+    base = merge(default_config(), saved, f"the config of {path}")
+    explicit = explicit_values(args)
+    for (section, key), value in sorted(explicit.items()):
+        if (section, key) not in RESUME_SAFE_KEYS and value != base[section][key]:
+            raise ConfigError(
+                f"{section}.{key}={shown(value)} would change what {path} trained "
+                f"({section}.{key}={shown(base[section][key])}); drop it to continue that run, "
+                f"or start a new run without --resume (may change on resume: "
+                f"{', '.join(sorted('.'.join(k) for k in RESUME_SAFE_KEYS))})")
+    update: dict[str, dict[str, Any]] = {"Global": {"dir": os.path.dirname(path) or "."}}
+    for (section, key), value in explicit.items():
+        update.setdefault(section, {})[key] = value
+    update["Global"]["resume"] = path
+    return validate(merge(base, update, "the command line"), launched_world_size())
 
 
 def save_config(cfg: dict, path: str) -> None:

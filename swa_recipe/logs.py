@@ -84,6 +84,91 @@ def get_logger(run_dir: str | None = None, defer: bool = False) -> logging.Logge
     return logger
 
 
+PROGRESS_SECONDS = 60.0  # plain progress line interval without a terminal (train.py --progress)
+ESTIMATE_AFTER = 5  # timed steps (the first, warm-up, not counted) before the run-time estimate
+
+
+def duration(seconds: float) -> str:
+    """A time span as a person reads it: "40 s", "12 min", "3 h 05 min", "2 d 04 h"."""
+    s = max(int(round(seconds)), 0)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    if s < 86400:
+        return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    return f"{s // 86400} d {s % 86400 // 3600:02d} h"
+
+
+class ProgressClock:
+    """Times the training steps of a whole run, for whoever cannot see a progress bar.
+
+    After the first few steps it logs the estimated time to the end of the run (a user learns
+    at once whether the run takes minutes or days); without a terminal (``nohup``, a scheduler,
+    ``> log``) it also logs a plain progress line every ``interval`` seconds, since the tqdm bar
+    is not drawn there and training lines come only every ``log_freq`` steps. Lines go through
+    the run's logger: stdout and ``train.log``. Evaluation time is left out of the step rate
+    but counted in the run's estimate once an epoch has been timed whole.
+    """
+
+    def __init__(self, logger: logging.Logger, epochs: int, iters: int, batch_size: int,
+                 lines: bool, interval: float = PROGRESS_SECONDS):
+        self.logger, self.epochs, self.iters, self.batch_size = logger, epochs, iters, batch_size
+        self.lines, self.interval = lines, interval
+        self.timed_steps, self.step_seconds = 0, 0.0
+        self.window_steps = 0
+        self.epoch_seconds: list[float] = []
+        self.estimated, self._warm = False, False
+        self._tick = self._last_line = self._window_start = time.perf_counter()
+
+    def begin_epoch(self) -> None:
+        """Steps are timed from here: the time between epochs (evaluation) is not a step's."""
+        self._tick = self._window_start = time.perf_counter()
+        self.window_steps = 0
+
+    def end_epoch(self, seconds: float) -> None:
+        """A whole epoch's wall time (training and evaluation), for the run's estimate."""
+        self.epoch_seconds.append(seconds)
+
+    def step_done(self, epoch: int, done: int) -> None:
+        """Step ``done`` (1-based) of ``epoch`` (0-based) has finished."""
+        now = time.perf_counter()
+        elapsed, self._tick = now - self._tick, now
+        if not self._warm:  # the first step builds kernels and starts workers: not typical
+            self._warm = True
+            return
+        self.timed_steps += 1
+        self.step_seconds += elapsed
+        self.window_steps += 1
+        if not self.estimated and self.timed_steps >= ESTIMATE_AFTER:
+            self.estimated = True
+            self.logger.info(f"estimated time to the end of the run: "
+                             f"{duration(self.run_left(epoch, done))} "
+                             f"({self.step_seconds / self.timed_steps:.3f} s per iteration over "
+                             f"the first steps; {self.iters} iterations x {self.epochs} epochs)")
+        if self.lines and now - self._last_line >= self.interval:
+            self.logger.info(self.line(epoch, done, now - self._window_start))
+            self._last_line = self._window_start = now
+            self.window_steps = 0
+
+    def per_step(self) -> float:
+        return self.step_seconds / max(self.timed_steps, 1)
+
+    def run_left(self, epoch: int, done: int) -> float:
+        """Seconds to the end of the run: the epoch's steps left, then whole epochs (as timed,
+        evaluation included, once one has been; else from the step rate)."""
+        per_epoch = (sorted(self.epoch_seconds)[len(self.epoch_seconds) // 2]
+                     if self.epoch_seconds else self.iters * self.per_step())
+        return (self.iters - done) * self.per_step() + (self.epochs - epoch - 1) * per_epoch
+
+    def line(self, epoch: int, done: int, window: float) -> str:
+        ips = self.window_steps * self.batch_size / max(window, 1e-12)
+        epoch_left = (self.iters - done) * self.per_step()
+        return (f"progress: epoch {epoch + 1}/{self.epochs}, iteration {done}/{self.iters}, "
+                f"{ips:.1f} images/sec, epoch left {duration(epoch_left)}, "
+                f"run left {duration(self.run_left(epoch, done))}")
+
+
 class IterMeter:
     """Times the reader and the step, and averages loss and accuracy, for the training line.
 
@@ -92,10 +177,12 @@ class IterMeter:
 
     def __init__(self, epoch: int, epochs: int, iters: int, log_freq: int,
                  logger: logging.Logger | None, progress: bool = False,
-                 totals: list | None = None, start: int = 0):
+                 totals: list | None = None, start: int = 0,
+                 clock: ProgressClock | None = None):
         self.epoch, self.epochs, self.iters, self.log_freq = epoch, epochs, iters, log_freq
         self.logger = logger
         self.progress = progress
+        self.clock = clock
         self.start = start
         self.loss_sum, self.correct, self.samples = totals or (0.0, 0.0, 0.0)
         self._reset_window()
@@ -111,10 +198,14 @@ class IterMeter:
             from tqdm import tqdm
             batches = tqdm(loader, total=self.iters, initial=self.start, leave=False,
                            desc=f"epoch {self.epoch + 1}", dynamic_ncols=True)
+        if self.clock:
+            self.clock.begin_epoch()
         tick = time.perf_counter()
-        for batch in batches:
+        for done, batch in enumerate(batches, start=self.start + 1):
             self.reader_cost += time.perf_counter() - tick
             yield batch
+            if self.clock:
+                self.clock.step_done(self.epoch, done)
             tick = time.perf_counter()
 
     def step(self, it: int, lr: float, loss: float, correct: int, n: int) -> None:
@@ -228,7 +319,8 @@ class RunLog:
         with writing(self.table_path), open(self.table_path, "a") as fh:
             fh.write(text + "\n")
         if self.logger:
-            self.logger.info("\n" + text)
+            for line in text.split("\n"):  # one timestamp per line, no empty stamped lines
+                self.logger.info(line)
         return text
 
     def plot(self) -> str:

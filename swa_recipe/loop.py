@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shlex
 import signal
 import sys
 import time
@@ -29,11 +30,21 @@ from .checkpoint import (
     framework_of,
     latest_checkpoint,
     plain_layout,
+    position,
 )
 from .config import run_dir, save_config
 from .dropout import keep_masks
-from .logs import IterMeter, RunLog, get_logger, open_log_file, summarize
+from .logs import (
+    PROGRESS_SECONDS,
+    IterMeter,
+    ProgressClock,
+    RunLog,
+    get_logger,
+    open_log_file,
+    summarize,
+)
 from .rundir import writing
+from .runtime import launched_world_size
 from .safe_pickle import short
 
 # Under a launcher, ranks agree on a stop signal every this many steps (a collective each time),
@@ -70,7 +81,7 @@ class Trainer:
         g = self.cfg["Global"]
         return self.meter_class(epoch, g["epochs"], self.iters, g["log_freq"], logger,
                                 progress_wanted() and self.rank == 0, self.progress.totals,
-                                start)
+                                start, clock=getattr(self, "clock", None))
 
     def _dropout_masks(self, epoch: int, it: int) -> list[np.ndarray] | None:
         """This rank's dropout masks for step ``it``: drawn per sample of the global batch
@@ -206,7 +217,20 @@ class Interrupted(Exception):
     def __init__(self, signum: int, path: str):
         self.signum, self.path = signum, path
         name = signal.Signals(signum).name
-        super().__init__(f"stopped by {name}; resume with --resume {path}")
+        super().__init__(f"stopped by {name}; continue with: {resume_command(path)}")
+
+
+def resume_command(path: str) -> str:
+    """The whole command that continues the run from ``path``: the program that is running
+    (``python train.py`` or ``swa-train``) and ``--resume PATH``; the checkpoint holds the
+    config, folder and data path, so nothing else needs repeating."""
+    prog = sys.argv[0] if sys.argv else ""
+    if os.path.basename(prog) == "swa-train":
+        program = "swa-train"
+    else:
+        program = f"python {shlex.quote(prog if prog.endswith('train.py') else 'train.py')}"
+    launcher = " (under the same launcher)" if launched_world_size() > 1 else ""
+    return f"{program} --resume {shlex.quote(path)}{launcher}"
 
 
 class TrainingDiverged(RuntimeError):
@@ -325,12 +349,15 @@ def save_checkpoint(trainer: Trainer, out: str, epoch: int, iteration: int = 0) 
 
 
 def fit(trainer: Trainer, cfg: dict, logger: logging.Logger | None = None,
-        begin: Callable[[], None] | None = None) -> dict:
+        begin: Callable[[], None] | None = None,
+        progress_every: float = PROGRESS_SECONDS) -> dict:
     """Train for ``Global.epochs``; return the last epoch's row of the table.
 
     Every rank trains, evaluates and averages; only rank 0 writes files and logs, from the
     moment every refusal is past: then ``begin`` runs (``RunDir.begin``) and ``train.log``
-    opens (a logger from ``get_logger(defer=True)`` kept its lines until then).
+    opens (a logger from ``get_logger(defer=True)`` kept its lines until then). Rank 0 also
+    estimates the run time and, without a terminal, logs progress every ``progress_every``
+    seconds (``logs.ProgressClock``).
     """
     out = run_dir(cfg)
     main = trainer.rank == 0
@@ -345,7 +372,8 @@ def fit(trainer: Trainer, cfg: dict, logger: logging.Logger | None = None,
     if path:
         start_epoch = restore(trainer, cfg, path)  # refuses a bad file before anything is written
         if logger:
-            logger.info(f"resumed from {path} at epoch {start_epoch}")
+            at = position(start_epoch, trainer.progress.iteration, trainer.iters)
+            logger.info(f"resumed from {path} at {at}")
     if main:
         if begin is not None:
             begin()
@@ -356,6 +384,10 @@ def fit(trainer: Trainer, cfg: dict, logger: logging.Logger | None = None,
     if not path:
         save_checkpoint(trainer, out, 0)
     log = RunLog(out, swa, start_epoch, logger) if main else None
+    if main:
+        trainer.clock = ProgressClock(logger, cfg["Global"]["epochs"], trainer.iters,
+                                      cfg["Data"]["batch_size"], not progress_wanted(),
+                                      progress_every)
     with StopSignal() as stop:
         return _epochs(trainer, cfg, out, start_epoch, log, logger, stop)
 
@@ -389,6 +421,7 @@ def _epochs(trainer: Trainer, cfg: dict, out: str, start_epoch: int, log: RunLog
                "swa_te_acc": swa_res["accuracy"], "time": time.time() - t0}
         if log:
             log.add(row)
+            trainer.clock.end_epoch(row["time"])
         if stopping:
             raise Interrupted(stop.signum, path)
     if log:

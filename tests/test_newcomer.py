@@ -1,0 +1,162 @@
+"""What a new user meets in the first hour: an interrupted run continued with the command it
+prints, progress without a terminal, checkpoint names by position, a quiet library, commands
+that leave committed files alone, and a front page whose links resolve."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+
+ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
+# 100 images in batches of 4: 25 iterations an epoch, two epochs, SWA from the first.
+TINY = ["train.py", "--data_path", "{archive}", "--epochs", "2", "--swa", "--swa_start", "1",
+        "-o", "Arch.width=0.0625", "-o", "Data.batch_size=4", "-o", "Global.log_freq=1",
+        "-o", "Global.eval_freq=1", "-o", "Global.save_freq=1"]
+
+
+def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=ENV, capture_output=True,
+                          text=True, timeout=600)
+
+
+def tiny(archive: Path, *extra: str) -> list[str]:
+    return [a.format(archive=archive) for a in TINY] + list(extra)
+
+
+def refusal(proc: subprocess.CompletedProcess) -> str:
+    """The one ``error:`` line of a refused start (exit 2, no traceback)."""
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:") or "Traceback" in ln]
+    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr[-2000:]
+    return lines[0]
+
+
+def weights(path: Path) -> dict:
+    from swa_paddle import checkpoint
+
+    return checkpoint.to_numpy(checkpoint.load(str(path)))
+
+
+@pytest.fixture(scope="module")
+def reference(archive, tmp_path_factory) -> Path:
+    """The uninterrupted run, output redirected (no terminal), a progress line every 0.05 s."""
+    out = tmp_path_factory.mktemp("newcomer") / "ref"
+    proc = cli(*tiny(archive, "--dir", str(out), "--progress", "0.05"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out
+
+
+# ------------------------------------------------------------------------------ 1. resume
+
+
+def interrupt_at(args: list[str], log: Path, line: str) -> subprocess.CompletedProcess:
+    """Start a run, send SIGINT once ``line`` is in its log, wait for it to stop."""
+    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=ENV, text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (log.exists() and line in log.read_text()):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    return subprocess.CompletedProcess(args, proc.returncode, "", err)
+
+
+def test_printed_command_continues_the_same_run_exactly(reference, archive, tmp_path):
+    """Ctrl-C in epoch 2; the printed command, typed as printed from another directory and
+    without the data path, continues that run in its folder and ends bit-identical."""
+    run = tmp_path / "run"
+    proc = interrupt_at(tiny(archive, "--dir", str(run)), run / "train.log",
+                        "[Epoch 2/2, iter 3/25]")
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    said = re.search(r"interrupted: stopped by SIGINT; continue with: (.+)$", proc.stderr, re.M)
+    assert said, proc.stderr[-2000:]
+    command = shlex.split(said.group(1))
+    assert command[:2] == ["python", "train.py"] and command[2] == "--resume"
+    name = Path(command[3]).name
+    stopped = re.fullmatch(r"checkpoint-2-iter(\d+)\.pdparams", name)
+    assert stopped, name  # the position as the log counts it: epoch 2, 1-based iteration
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    resumed = cli(str(ROOT / "train.py"), *command[2:], cwd=elsewhere)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    log = (run / "train.log").read_text()
+    assert f"at epoch 2, iteration {stopped.group(1)}/25" in log
+    assert not (elsewhere / "output").exists()
+    a, b = weights(reference / "checkpoint-2.pdparams"), weights(run / "checkpoint-2.pdparams")
+    assert a["config"]["SWA"]["swa"] is b["config"]["SWA"]["swa"] is True
+    for key in ("state_dict", "swa_state_dict"):
+        for param in a[key]:
+            assert np.array_equal(a[key][param], b[key][param]), (key, param)
+    strip = lambda p: [ln.rsplit(",", 1)[0] for ln in p.read_text().splitlines()]  # noqa: E731
+    assert strip(reference / "metrics.csv") == strip(run / "metrics.csv")
+
+
+@pytest.mark.parametrize(("extra", "key"), [
+    (["--lr_init", "0.1"], "Optimizer.lr_init=0.1"),
+    (["-o", "SWA.swa=false"], "SWA.swa=false"),
+    (["--seed", "2"], "Global.seed=2"),
+    (["--model", "VGG19"], "Arch.model=VGG19"),
+])
+def test_override_that_changes_the_run_is_refused(reference, extra, key):
+    before = sorted(p.name for p in reference.iterdir())
+    line = refusal(cli("train.py", "--resume", str(reference / "checkpoint-1.pdparams"),
+                       *extra))
+    assert key in line and "would change what" in line, line
+    assert sorted(p.name for p in reference.iterdir()) == before
+
+
+def test_safe_overrides_and_same_values_are_accepted(reference, archive, tmp_path):
+    """An extension into a new folder, as the study runner asks for it: the full command line
+    again, with the same values, and Global.epochs and Global.dir changed."""
+    longer = tmp_path / "longer"
+    proc = cli(*tiny(archive, "--resume", str(reference / "checkpoint-2.pdparams"),
+                     "-o", "Global.epochs=3", "-o", f"Global.dir={longer}",
+                     "-o", "Global.log_freq=5", "-o", "Data.num_workers=0"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    log = (longer / "train.log").read_text()
+    assert "at the end of epoch 2" in log and "[Epoch 3/3, iter 25/25]" in log
+    assert "[Epoch 3/3, iter 24/25]" not in log  # log_freq 5 took effect
+    assert (longer / "checkpoint-3.pdparams").is_file()
+
+
+def test_help_documents_both_kinds_of_resume():
+    text = cli("train.py", "--help").stdout
+    assert "--resume PATH" in text and "--resume auto" in text and "Global.epochs" in text
+
+
+# ------------------------------------------------------------------- 2. progress, 3. names
+
+
+def test_progress_lines_without_a_terminal(reference):
+    log = (reference / "train.log").read_text()
+    assert re.search(r"estimated time to the end of the run: \d+ s \(", log), log[:2000]
+    lines = re.findall(r"progress: epoch \d/2, iteration \d+/25, [\d.]+ images/sec, "
+                       r"epoch left .+, run left .+", log)
+    assert lines, log[:2000]
+    assert not re.search(r"\d\d:\d\d:\d\d \n", log)  # no empty timestamped lines
+
+
+def test_checkpoint_names_by_position(tmp_path):
+    from swa_recipe.checkpoint import checkpoint_path, latest_checkpoint
+
+    assert checkpoint_path("d", 0, "paddle") == os.path.join("d", "checkpoint-0.pdparams")
+    assert checkpoint_path("d", 3, "torch") == os.path.join("d", "checkpoint-3.pt")
+    # 1 epoch done, 7 steps of the second: epoch 2, iteration 7
+    assert checkpoint_path("d", 1, "paddle", 7) == os.path.join("d", "checkpoint-2-iter7.pdparams")
+    names = ["checkpoint-0", "checkpoint-1", "checkpoint-2-iter7", "checkpoint-2-iter12"]
+    for name in names:
+        (tmp_path / f"{name}.pdparams").write_bytes(b"")
+    assert latest_checkpoint(str(tmp_path), "paddle").endswith("checkpoint-2-iter12.pdparams")
+    (tmp_path / "checkpoint-2.pdparams").write_bytes(b"")
+    assert latest_checkpoint(str(tmp_path), "paddle").endswith("checkpoint-2.pdparams")
