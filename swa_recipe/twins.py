@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 from .runtime import import_banner_hidden
 
-ROLES = ("models", "data", "checkpoint", "trainer", "dist")
+ROLES = ("models", "data", "checkpoint", "trainer", "dist", "landscape")
 
 
 def import_twin(framework: str) -> SimpleNamespace:
