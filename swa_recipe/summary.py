@@ -8,10 +8,14 @@ means. Writes ``results/<study>/README.md`` and ``results/<study>/study.png``.
 from __future__ import annotations
 
 import argparse
+import glob
+import math
 import os
+import re
 import statistics
 
 from .config import ConfigError
+from .landscape import summary_of
 from .runs import RunResult, read_study
 from .study import load_study
 
@@ -61,26 +65,47 @@ def sgd_partner(swa: RunResult, runs: list[RunResult]) -> RunResult | None:
 
 
 def gain_table(runs: list[RunResult]) -> str:
-    """SWA − SGD at the same seed, beside the spread of each method over seeds."""
+    """SWA − SGD at the same seed, with its standard error, beside the spread of each method
+    over seeds; per twin and over both twins' pairs (each pair one paired difference)."""
     head = ["model", "framework", "SWA vs SGD", "SWA − SGD per seed", "SWA − SGD",
-            "SGD std over seeds", "SWA std over seeds"]
+            "standard error", "SGD std over seeds", "SWA std over seeds"]
     lines = [_row(head), _row(["---"] * len(head))]
     swa_runs = [r for r in runs if r.method == "swa" and r.complete]
-    for model, framework, epochs in sorted({(r.model, r.framework, r.epochs) for r in swa_runs}):
-        pairs = []
-        for swa in sorted((r for r in swa_runs if (r.model, r.framework, r.epochs)
-                           == (model, framework, epochs)), key=lambda r: r.seed):
-            sgd = sgd_partner(swa, runs)
-            if sgd is not None:
-                pairs.append((swa.seed, sgd, swa))
-        if not pairs:
-            continue
-        diffs = [s.final - g.final for _, g, s in pairs]
-        per_seed = ", ".join(f"s{p[0]}: {d:+.2f}" for p, d in zip(pairs, diffs, strict=True))
-        lines.append(_row([model, framework, f"{epochs} vs {pairs[0][1].epochs} ep", per_seed,
-                           _signed(diffs), _std([g.final for _, g, _ in pairs]),
-                           _std([s.final for _, _, s in pairs])]))
+    for model, epochs in sorted({(r.model, r.epochs) for r in swa_runs}):
+        pooled = []
+        for framework in sorted({r.framework for r in swa_runs}):
+            pairs = paired(runs, swa_runs, model, framework, epochs)
+            if not pairs:
+                continue
+            pooled += pairs
+            diffs = [s.final - g.final for _, g, s in pairs]
+            per_seed = ", ".join(f"s{p[0]}: {d:+.2f}" for p, d in zip(pairs, diffs, strict=True))
+            lines.append(_row([model, framework, f"{epochs} vs {pairs[0][1].epochs} ep",
+                               per_seed, _signed(diffs), _se(diffs),
+                               _std([g.final for _, g, _ in pairs]),
+                               _std([s.final for _, _, s in pairs])]))
+        if len({s.framework for _, _, s in pooled}) > 1:
+            diffs = [s.final - g.final for _, g, s in pooled]
+            lines.append(_row([model, "both twins", f"{epochs} ep", f"{len(diffs)} pairs",
+                               _signed(diffs), _se(diffs), "", ""]))
     return "\n".join(lines) if len(lines) > 2 else "No complete SGD/SWA pair of one seed yet."
+
+
+def paired(runs: list[RunResult], swa_runs: list[RunResult], model: str, framework: str,
+           epochs: int) -> list[tuple[int, RunResult, RunResult]]:
+    """(seed, SGD run, SWA run) of every seed where both are complete."""
+    pairs = []
+    for swa in sorted((r for r in swa_runs if (r.model, r.framework, r.epochs)
+                       == (model, framework, epochs)), key=lambda r: r.seed):
+        sgd = sgd_partner(swa, runs)
+        if sgd is not None:
+            pairs.append((swa.seed, sgd, swa))
+    return pairs
+
+
+def _se(values: list[float]) -> str:
+    """Standard error of a mean of paired differences."""
+    return f"{statistics.stdev(values) / math.sqrt(len(values)):.2f}" if len(values) > 1 else "—"
 
 
 def _std(values: list[float]) -> str:
@@ -121,6 +146,51 @@ def runs_table(runs: list[RunResult], waiting: list[str] = ()) -> str:
                            f"{max(measured):.2f}" if measured else "—"]))
     lines += [_row([name, "not started", "—", "—"]) for name in waiting]
     return "\n".join(lines)
+
+
+def landscapes(out: str) -> list[dict]:
+    """The width summaries of ``tools/landscape.py`` in ``<study>/landscape/``."""
+    found = []
+    for path in sorted(glob.glob(os.path.join(out, "landscape", "*.json"))):
+        try:
+            found.append(summary_of(path))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{path} is not a landscape summary ({type(exc).__name__}); "
+                              f"delete it and run tools/landscape.py again") from None
+    return found
+
+
+def _num(summary: dict, key: str, fmt: str = ".3g") -> str:
+    value = summary.get(key)
+    return "—" if not isinstance(value, (int, float)) else format(value, fmt)
+
+
+def width_table(found: list[dict]) -> str:
+    """Per pair: the distance between the solutions, each solution's width along random rays
+    (where train loss has risen by 0.1), and the line's values at both ends."""
+    head = ["pair", "‖w_SGD − w_SWA‖", "width SWA", "width SGD", "SWA / SGD",
+            "line: train loss SWA / SGD", "line: test err SWA / SGD (%)",
+            "line: t of min train loss / test err"]
+    lines = [_row(head), _row(["---"] * len(head))]
+    for f in found:
+        ratio = (f["width_swa"] / f["width_sgd"] if isinstance(f.get("width_swa"), (int, float))
+                 and isinstance(f.get("width_sgd"), (int, float)) and f["width_sgd"] else None)
+        censored = sum(int(f.get(f"censored_{o}", 0)) for o in ("swa", "sgd"))
+        lines.append(_row([
+            _cell(f.get("pair", "?")), _num(f, "distance_swa_sgd"),
+            _num(f, "width_swa"), _num(f, "width_sgd"),
+            "—" if ratio is None else f"{ratio:.2f}" + (f" ({censored} rays censored)"
+                                                        if censored else ""),
+            f"{_num(f, 'line_swa_train_loss', '.4f')} / {_num(f, 'line_sgd_train_loss', '.4f')}",
+            f"{_num(f, 'line_swa_test_err', '.2f')} / {_num(f, 'line_sgd_test_err', '.2f')}",
+            f"{_num(f, 'line_min_train_loss_t', '+.1f')} / "
+            f"{_num(f, 'line_min_test_err_t', '+.1f')}"]))
+    return "\n".join(lines) if found else "No landscape measured yet (tools/landscape.py)."
+
+
+def _cell(text: str) -> str:
+    """A table cell of text read from a file: one line, no cell separators, bounded."""
+    return " ".join(str(text).split()).replace("|", "\\|")[:80]
 
 
 def _row(cells: list) -> str:
@@ -164,13 +234,13 @@ def plot(runs: list[RunResult], path: str) -> str:
     ax_acc.grid(alpha=0.3)
     ax_acc.legend(fontsize=6, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
     return path
 
 
 def report(out: str, runs: list[RunResult], planned: list[str] = (),
-           study: str | None = None) -> str:
+           study: str | None = None, widths: list[dict] = ()) -> str:
     """The study's README text; ``planned``: the run names of the grid in ``study``, so that
     runs not started yet are counted and listed too."""
     done, seen = sum(r.complete for r in runs), {r.name for r in runs}
@@ -184,6 +254,9 @@ def report(out: str, runs: list[RunResult], planned: list[str] = (),
         "## Final test accuracy (%), mean ± std over seeds\n\n" + accuracy_table(runs),
         "## SWA − SGD at the same seed (points)\n\n" + gain_table(runs),
         "## Paddle − torch at the same seed (points)\n\n" + twin_table(runs),
+        "## Width of the optima (`tools/landscape.py`)\n\n" + width_table(widths)
+        + "".join(f"\n\n![landscape of {f['pair']}](landscape/{f['pair']}.png)"
+                  for f in widths if PLAIN_NAME.fullmatch(str(f.get("pair", "")))),
         "## Runs\n\n" + runs_table(runs, waiting),
         "![test accuracy and learning rate of every run](study.png)",
     ]) + "\n"
@@ -193,9 +266,37 @@ def summarize_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Tables and plot of a study (results/<study>)")
     parser.add_argument("study_dir", help="results/<study>")
     parser.add_argument("--study", help="the study's configs/study/*.yaml: also count and list "
-                        "the runs of its grid not started yet")
+                        "the runs of its grid not started yet (default: the study file the "
+                        "folder's README was written from)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
     return parser
+
+
+PLAIN_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
+STUDY_RECORD = re.compile(r"Written by `tools/summarize\.py \S+ --study ([^`\s]+)`")
+
+
+def recorded_study(study_dir: str) -> str | None:
+    """The study file named in the folder's README, so that a plain ``summarize.py
+    results/cpu`` keeps the grid's runs not started yet instead of dropping them."""
+    try:
+        with open(os.path.join(study_dir, "README.md"), encoding="utf-8") as fh:
+            found = STUDY_RECORD.search(fh.read(1 << 20))
+    except (OSError, UnicodeDecodeError):
+        return None
+    return found.group(1) if found else None
+
+
+def write_atomic(path: str, write) -> None:
+    """``write(tmp)`` then rename over ``path``: the old file stays whole if writing fails, and
+    a symlink at ``path`` is replaced, never written through."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
 
 
 def summarize_main(args: argparse.Namespace) -> int:
@@ -203,10 +304,17 @@ def summarize_main(args: argparse.Namespace) -> int:
     if not runs:
         raise ConfigError(f"{args.study_dir} holds no run with metrics.csv yet; run "
                           f"tools/study.py first")
-    planned = [run.name for run in load_study(args.study).runs] if args.study else []
-    text = report(args.study_dir, runs, planned, args.study)
-    with open(os.path.join(args.study_dir, "README.md"), "w", encoding="utf-8") as fh:
-        fh.write(text)
-    plot(runs, os.path.join(args.study_dir, "study.png"))
+    study = args.study or recorded_study(args.study_dir)
+    planned = [run.name for run in load_study(study).runs] if study else []
+    text = report(args.study_dir, runs, planned, study, landscapes(args.study_dir))
+    readme, figure = (os.path.join(args.study_dir, n) for n in ("README.md", "study.png"))
+
+    def write_text(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+
+    write_atomic(readme, write_text)
+    write_atomic(figure, lambda tmp: plot(runs, tmp))
     print(text, end="")
+    print(f"wrote {readme} and {figure}")
     return 0

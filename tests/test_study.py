@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -78,13 +79,57 @@ def test_summary_tables(study_dir):
     assert table_row(accuracy, "VGG16", "torch") == ("| VGG16 | torch | 81.00 (n=1), 1 incomplete "
                                                  "| 82.50 (n=1) |")
     gains = text.split("## SWA − SGD")[1].split("##")[0]
-    assert "s1: +3.00, s2: +2.00 | +2.50 ± 0.71 (n=2) | 1.41 | 0.71" in gains
-    assert "s1: +1.50 | +1.50 (n=1)" in gains
+    assert "s1: +3.00, s2: +2.00 | +2.50 ± 0.71 (n=2) | 0.50 | 1.41 | 0.71" in gains
+    assert "s1: +1.50 | +1.50 (n=1) | — |" in gains
+    # over both twins: three paired differences +3, +2, +1.5, standard error 0.76 / sqrt(3)
+    assert "| VGG16 | both twins | 3 ep | 3 pairs | +2.17 ± 0.76 (n=3) | 0.44 |  |  |" in gains
     twins = text.split("## Paddle − torch")[1].split("##")[0]
     assert "| VGG16 | SGD 3 ep | s1: -1.00 | -1.00 (n=1) | 1.41 / — |" in twins
     assert "| VGG16 | SWA 3 ep | s1: +0.50 | +0.50 (n=1) | 0.71 / — |" in twins
     assert "| vgg16-sgd3-s2-torch | incomplete (epoch 2/3) | 55.00 | 55.00 |" in text
     assert "| vgg16-swa3-s1-paddle | complete | 83.00 | 83.00 |" in text
+
+
+def test_summary_shows_the_width_of_the_optima(study_dir):
+    from swa_recipe.summary import landscapes
+
+    (study_dir / "landscape").mkdir()
+    (study_dir / "landscape" / "vgg16-s1-paddle-swa3-sgd3.json").write_text(json.dumps({
+        "pair": "vgg16-s1-paddle-swa3-sgd3", "distance_swa_sgd": 12.5, "width_swa": 30.0,
+        "width_sgd": 20.0, "censored_swa": 1, "censored_sgd": 0, "line_swa_train_loss": 0.61,
+        "line_sgd_train_loss": 0.55, "line_swa_test_err": 17.0, "line_sgd_test_err": 18.5,
+        "line_min_train_loss_t": 0.9, "line_min_test_err_t": 0.1}))
+    text = report(str(study_dir), read_study(str(study_dir)), widths=landscapes(str(study_dir)))
+    assert ("| vgg16-s1-paddle-swa3-sgd3 | 12.5 | 30 | 20 | 1.50 (1 rays censored) | "
+            "0.6100 / 0.5500 | 17.00 / 18.50 | +0.9 / +0.1 |") in text
+    assert "![landscape of vgg16-s1-paddle-swa3-sgd3](landscape/vgg16-s1-paddle-swa3-sgd3.png)" \
+        in text
+    (study_dir / "landscape" / "bad.json").write_text('{"pair": {"nested": 1}}')
+    proc = summarize(study_dir)
+    assert_refused(proc, "bad.json is not a landscape summary")
+
+
+def test_summarize_keeps_the_grid_it_was_written_from(study_dir, tmp_path):
+    """A plain ``summarize.py DIR`` reuses the study file named in DIR's README (the runs not
+    started yet stay listed), and writes through no symlink."""
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump({"name": "cpu", "grid": {
+        "model": "VGG16", "method": ["sgd", "swa"], "budget": 3, "seed": [1, 2, 3],
+        "framework": ["paddle", "torch"]}}))
+    first = summarize(study_dir, "--study", grid)
+    assert first.returncode == 0, first.stderr
+    assert "6 of 12 runs complete, 5 not started" in first.stdout
+    target = tmp_path / "elsewhere.md"
+    target.write_text("keep")
+    readme = study_dir / "README.md"
+    text = readme.read_text()
+    readme.unlink()
+    readme.symlink_to(target)
+    target.write_text(text)  # the link's target holds the study's README
+    again = summarize(study_dir)
+    assert again.returncode == 0, again.stderr
+    assert "6 of 12 runs complete, 5 not started" in again.stdout
+    assert not readme.is_symlink() and target.read_text() == text
 
 
 def summarize(*args) -> subprocess.CompletedProcess:
@@ -102,7 +147,8 @@ def assert_refused(proc: subprocess.CompletedProcess, needle: str) -> None:
 def test_summarize_cli_writes_readme_and_plot(study_dir):
     proc = summarize(study_dir)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert (study_dir / "README.md").read_text() == proc.stdout
+    readme, figure = study_dir / "README.md", study_dir / "study.png"
+    assert proc.stdout == readme.read_text() + f"wrote {readme} and {figure}\n"
     assert (study_dir / "study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
