@@ -2,8 +2,9 @@
 
 ``python diff/align.py --data_path ../shared/data/cifar-10-python.tar.gz`` runs every step on CPU:
 for each step S it writes ``S_paddle.npy`` / ``S_torch.npy`` with ``reprod_log.ReprodLogger`` and
-``S_diff.log`` with ``reprod_log.ReprodDiffHelper.report``, prints a summary table and exits 1 if
-any step fails. ``--steps a,b`` runs a subset, ``--out DIR`` writes elsewhere than ``diff/``,
+``S_diff.log`` with ``reprod_log.ReprodDiffHelper.report`` into ``output/diff/`` (not committed),
+prints a summary table and exits 1 if any step fails. ``--out diff/`` refreshes the committed
+files, ``--out DIR`` writes anywhere else; ``--steps a,b`` runs a subset,
 ``--break KIND`` builds a deliberately broken Paddle twin (to see the right step fail and name the
 layer), ``--long`` adds the reduced-scale reproduction (``train_align_*``). See diff/README.md.
 """
@@ -17,6 +18,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DIFF_DIR = Path(__file__).resolve().parent
+# A run writes here unless told otherwise: the committed files under diff/ change only when a
+# refresh is asked for (--out diff/), never as a side effect of checking an install.
+DEFAULT_OUT = ROOT / "output" / "diff"
 for path in (ROOT, DIFF_DIR):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
@@ -46,7 +50,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", default="VGG16",
                         help=f"models of the forward, backward and swa steps: comma-separated "
                         f"from {','.join(MODELS)}, or all")
-    parser.add_argument("--out", default=str(DIFF_DIR), help="where the .npy/.log files go")
+    parser.add_argument("--out", default=str(DEFAULT_OUT),
+                        help="where the .npy/.log files go (default output/diff/, not committed; "
+                        "--out diff/ refreshes the committed files)")
     parser.add_argument("--break", dest="brk", default="none", choices=BREAKS,
                         help="build a deliberately broken Paddle twin (demonstrates localisation)")
     parser.add_argument("--backward_width", type=float, default=0.125,
@@ -112,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in ctx.rows:
         if r.gate and not r.passed and r.note:
             print(f"{r.step} / {r.compared}: {r.note}")
-    print(f"\n{'FAILED: ' + ', '.join(failed) if failed else 'all steps passed'}")
+    print(f"\nfiles written to {out}")
+    print(f"{'FAILED: ' + ', '.join(failed) if failed else 'all steps passed'}")
     return 1 if failed else 0
 
 

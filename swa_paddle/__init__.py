@@ -2,10 +2,18 @@
 
 As a library: ``from swa_paddle import AveragedModel, SWALR, update_bn`` (torch's
 ``swa_utils`` API) and ``from swa_paddle.callbacks import SWA`` (for ``paddle.Model.fit``).
-Importing it loads neither torch nor the CIFAR-10 code.
+Importing it loads neither torch nor the CIFAR-10 code, and prints nothing: Paddle's import
+banner and its warnings that ask nothing of the user are filtered where they arise
+(``swa_recipe.runtime.PADDLE_NOISE``); every other warning is shown.
 """
 
-from .swa_utils import (
+from swa_recipe.runtime import filter_paddle_warnings, import_banner_hidden
+
+filter_paddle_warnings()
+with import_banner_hidden(always=True):
+    import paddle  # noqa: F401  (first here, so that its import banner is dropped)
+
+from .swa_utils import (  # noqa: E402
     SWALR,
     AveragedModel,
     get_ema_avg_fn,

@@ -33,7 +33,7 @@ class Inputs:
 
     names: list[str]
     images: np.ndarray
-    labels: list[int] | None = None
+    labels: list[int | None] | None = None
 
 
 def class_names(cfg: dict) -> list[str]:
@@ -84,9 +84,35 @@ def image_files(path: str) -> list[str]:
     return files
 
 
+LABELS_FILE = "labels.txt"  # next to the images: "NAME LABEL" per line (tools/cifar_samples.py)
+
+
+def read_labels(folder: str) -> dict[str, int]:
+    """``folder/labels.txt`` as {file name: class index}; empty when there is none. A line that
+    is not ``NAME INDEX`` is refused, naming it, rather than scored wrongly."""
+    path = os.path.join(folder, LABELS_FILE)
+    if not os.path.isfile(path):
+        return {}
+    labels = {}
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, start=1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 2 or not parts[1].isdigit():
+                raise DataError(f"{path} line {number} is not 'FILE LABEL' (a class index); "
+                                f"fix or remove it")
+            labels[parts[0]] = int(parts[1])
+    return labels
+
+
 def read_images(path: str) -> Inputs:
+    """The images of ``path``, with their true labels when a ``labels.txt`` beside them names
+    them (None for an image it does not list)."""
     files = image_files(path)
-    return Inputs(files, np.stack([read_image(f) for f in files]))
+    known = read_labels(os.path.dirname(files[0]) or ".")
+    labels = [known.get(os.path.basename(f)) for f in files] if known else None
+    return Inputs(files, np.stack([read_image(f) for f in files]), labels)
 
 
 def test_images(cfg: dict, indices: list[int]) -> Inputs:
@@ -119,13 +145,28 @@ def top_k(logits: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
     return [[(int(c), float(p[c])) for c in row] for row, p in zip(order, probs, strict=True)]
 
 
+def true_label(inputs: Inputs, i: int, names: list[str]) -> int | None:
+    """Image ``i``'s true class, if known; a label outside the model's classes is refused."""
+    label = inputs.labels[i] if inputs.labels is not None else None
+    if label is not None and not 0 <= label < len(names):
+        raise DataError(f"{inputs.names[i]} is labelled {label}, outside the model's "
+                        f"{len(names)} classes; check {LABELS_FILE}")
+    return label
+
+
 def format_top_k(inputs: Inputs, logits: np.ndarray, names: list[str], k: int) -> list[str]:
-    """One line per image: ``NAME: cat (3) 0.8123, dog (5) 0.1000 [true: cat]``."""
-    lines = []
+    """One line per image: ``NAME: cat (3) 0.8123, dog (5) 0.1000 [true: cat]``; when true
+    labels are known, a last line with the top-1 accuracy over the images that have one."""
+    lines, right, labelled = [], 0, 0
     for i, row in enumerate(top_k(logits, k)):
         classes = ", ".join(f"{names[c]} ({c}) {p:.4f}" for c, p in row)
-        true = f" [true: {names[inputs.labels[i]]}]" if inputs.labels is not None else ""
+        label = true_label(inputs, i, names)
+        true = f" [true: {names[label]}]" if label is not None else ""
         lines.append(f"{inputs.names[i]}: {classes}{true}")
+        if label is not None:
+            labelled, right = labelled + 1, right + (row[0][0] == label)
+    if labelled:
+        lines.append(f"accuracy: {right}/{labelled} = {100 * right / labelled:.2f} % (top-1)")
     return lines
 
 

@@ -7,6 +7,7 @@ import ctypes.util
 import io
 import logging
 import os
+import re
 import sys
 import warnings
 from collections.abc import Iterator
@@ -91,6 +92,24 @@ def launched_rank(environ: dict | None = None) -> int:
 IMPORT_BANNER = ("WARNING: OMP_NUM_THREADS set to", "PLEASE USE OMP_NUM_THREADS WISELY.")
 _quiet = False
 
+# Warnings Paddle raises that ask nothing of the user, each by its message and the Paddle module
+# it comes from: importing Paddle without ccache (only C++ extension builds need it), every
+# ``paddle.Model`` batch (hapi converts its own tensors with ``to_tensor``), and every training
+# forward of a BatchNorm layer (it states Paddle's behaviour, unconditionally).
+PADDLE_NOISE = (
+    ("No ccache found", "paddle.utils.cpp_extension"),
+    ("To copy construct from a tensor", "paddle.tensor.creation"),
+    ("When training, we now always track global mean and variance", "paddle.nn.layer.norm"),
+)
+
+
+def filter_paddle_warnings() -> None:
+    """Ignore exactly the warnings of ``PADDLE_NOISE``, where Paddle raises them; every other
+    warning, Paddle's included, is shown as before."""
+    for message, module in PADDLE_NOISE:
+        warnings.filterwarnings("ignore", message=re.escape(message), category=UserWarning,
+                                module=re.escape(module))
+
 
 def quiet_console(environ: dict | None = None) -> None:
     """Hide Paddle's start-up noise so that the first lines a user sees are the project's.
@@ -104,16 +123,17 @@ def quiet_console(environ: dict | None = None) -> None:
     global _quiet
     env = os.environ if environ is None else environ
     env.setdefault("GLOG_minloglevel", "1")
-    warnings.filterwarnings("ignore", message="No ccache found", category=UserWarning)
+    filter_paddle_warnings()
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
     _quiet = True
 
 
 @contextmanager
-def import_banner_hidden() -> Iterator[None]:
-    """After :func:`quiet_console`: drop the OMP_NUM_THREADS banner that importing Paddle
-    prints to ``sys.stderr`` (there is no switch for it); every other line passes through."""
-    if not _quiet:
+def import_banner_hidden(always: bool = False) -> Iterator[None]:
+    """After :func:`quiet_console` (or ``always``: ``swa_paddle``'s own import of Paddle):
+    drop the OMP_NUM_THREADS banner that importing Paddle prints to ``sys.stderr`` (there is
+    no switch for it); every other line passes through."""
+    if not (_quiet or always):
         yield
         return
     real, captured = sys.stderr, io.StringIO()

@@ -3,6 +3,8 @@
 #   bash test_tipc/test_train_inference_python.sh CONFIG MODE
 # MODE: lite_train_lite_infer | whole_train_whole_infer | whole_infer (export train_model, infer).
 # Paths in CONFIG are relative to the repository root; run test_tipc/prepare.sh first.
+# Each mode writes its own folders, --dir/MODE and --save_dir/MODE, and starts them clean
+# (train.py --overwrite), so a chain can run again, and after another mode.
 set -uo pipefail
 
 CONFIG=$(realpath "$1")
@@ -71,15 +73,16 @@ if [ "$MODE" = whole_infer ]; then
         echo "error: whole_infer needs train_model: CHECKPOINT in $CONFIG" >&2
         exit 2
     fi
-    run_stage export "$python $infer_export_py $(set_param --model_path "$train_model") $(set_param --save_dir "$save_dir")"
-    infer_all "$save_dir"
+    run_stage export "$python $infer_export_py $(set_param --model_path "$train_model") $(set_param --save_dir "$save_dir/$MODE")"
+    infer_all "$save_dir/$MODE"
     exit 0
 fi
 
-run_stage train "$python $train_py $(set_param --dir "$out_dir") $(set_param --epochs "$epochs") $(set_param --batch_size "$batch_size") $(set_param --data_path "$data_path") $(set_param "$device_key" "$device")"
-model="$out_dir/$train_model_name"
+run_dir="$out_dir/$MODE"
+run_stage train "$python $train_py $(set_param --dir "$run_dir") --overwrite $(set_param --epochs "$epochs") $(set_param --batch_size "$batch_size") $(set_param --data_path "$data_path") $(set_param "$device_key" "$device")"
+model="$run_dir/$train_model_name"
 [ "$eval_py" != null ] && run_stage eval "$python $eval_py $(set_param --model_path "$model") $(set_param "$device_key" "$device")"
 if [ "$export_py" != null ]; then
-    run_stage export "$python $export_py $(set_param --model_path "$model") $(set_param --save_dir "$save_dir")"
-    infer_all "$save_dir"
+    run_stage export "$python $export_py $(set_param --model_path "$model") $(set_param --save_dir "$save_dir/$MODE")"
+    infer_all "$save_dir/$MODE"
 fi

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -124,7 +125,8 @@ def test_torch_export_loads_without_project(archive100, tmp_path):
 
 def predictions(stdout: str) -> list[str]:
     """The top-k part of each image line (names differ between --img_path and --index)."""
-    return [ln.split(": ", 1)[1].split(" [true")[0] for ln in stdout.splitlines()[1:]]
+    return [ln.split(": ", 1)[1].split(" [true")[0] for ln in stdout.splitlines()[1:]
+            if not ln.startswith("accuracy: ")]
 
 
 @pytest.mark.parametrize("framework", ["paddle", "torch"])
@@ -144,6 +146,10 @@ def test_predict_export_infer_agree(framework, checkpoints, pngs, archive100, tm
                str(tmp_path), "--img_path", str(pngs), "--batch_size", "2")
     assert predictions(ok(proc)) == predictions(by_png)
     assert "OMP_NUM_THREADS" not in proc.stderr  # Paddle's import banner is hidden
+    # labels.txt beside the PNGs: true labels and the accuracy, as with --index
+    assert proc.stdout.count("[true: ") == 5
+    assert proc.stdout.splitlines()[-1] == by_index.splitlines()[-1]
+    assert re.fullmatch(r"accuracy: \d/5 = [\d.]+ % \(top-1\)", by_index.splitlines()[-1])
 
 
 def refused(capsys, main, args) -> str:
@@ -223,6 +229,10 @@ def test_top_k_and_format():
     lines = format_top_k(Inputs(["x", "y"], np.zeros((2, 3, 32, 32)), [1, 0]), logits,
                          ["a", "b", "c"], 2)
     assert lines[0] == f"x: b (1) {p[1]:.4f}, c (2) {p[2]:.4f} [true: b]"
+    assert lines[2] == "accuracy: 2/2 = 100.00 % (top-1)"
+    lines = format_top_k(Inputs(["x", "y"], np.zeros((2, 3, 32, 32)), [None, 1]), logits,
+                         ["a", "b", "c"], 2)
+    assert lines[1].endswith("[true: b]") and lines[2] == "accuracy: 0/1 = 0.00 % (top-1)"
 
 
 def test_samples_round_trip(archive100, tmp_path):
@@ -248,17 +258,21 @@ def tipc_config(tmp_path: Path) -> Path:
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_tipc_lite_chain(lite_archive, tmp_path):
     """prepare.sh + test_train_inference_python.sh lite_train_lite_infer: train, eval, export,
-    infer at batch 1 and 4, every stage successful."""
+    infer at batch 1 and 4, every stage successful; and again, the mode starting clean."""
     config = tipc_config(tmp_path)
     env = {"CIFAR10_ARCHIVE": str(lite_archive)}
     ok(cli("bash", "test_tipc/prepare.sh", str(config), "lite_train_lite_infer", env=env))
-    ok(cli("bash", "test_tipc/test_train_inference_python.sh", str(config),
-           "lite_train_lite_infer"))
-    status = (tmp_path / "output" / "VGG16" / "logs" / "lite_train_lite_infer" /
-              "results_python.log").read_text().splitlines()
-    assert [ln.split(" - ")[1] for ln in status] == [
-        "train", "eval", "export", "infer_cpu_batchsize_1", "infer_cpu_batchsize_4"]
-    assert all(ln.startswith("Run successfully") for ln in status)
+    for _ in range(2):
+        ok(cli("bash", "test_tipc/test_train_inference_python.sh", str(config),
+               "lite_train_lite_infer"))
+        status = (tmp_path / "output" / "VGG16" / "logs" / "lite_train_lite_infer" /
+                  "results_python.log").read_text().splitlines()
+        assert [ln.split(" - ")[1] for ln in status] == [
+            "train", "eval", "export", "infer_cpu_batchsize_1", "infer_cpu_batchsize_4"]
+        assert all(ln.startswith("Run successfully") for ln in status)
+    run = tmp_path / "output" / "VGG16" / "lite_train_lite_infer"
+    assert (run / "checkpoint-2.pdparams").is_file()
+    assert "resumed" not in (run / "train.log").read_text()
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")

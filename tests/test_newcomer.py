@@ -160,3 +160,34 @@ def test_checkpoint_names_by_position(tmp_path):
     assert latest_checkpoint(str(tmp_path), "paddle").endswith("checkpoint-2-iter12.pdparams")
     (tmp_path / "checkpoint-2.pdparams").write_bytes(b"")
     assert latest_checkpoint(str(tmp_path), "paddle").endswith("checkpoint-2.pdparams")
+
+
+# ------------------------------------------------------------------------ 4. quiet library
+
+
+def test_importing_the_library_prints_nothing(tmp_path):
+    """Paddle's ccache warning and its OMP_NUM_THREADS banner are filtered where they arise."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    env.update(OMP_NUM_THREADS="2", PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-c", "import swa_paddle, swa_paddle.callbacks"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout == "" and proc.stderr == "", proc.stderr
+
+
+# ---------------------------------------------------- 5. nothing committed overwritten
+
+
+def git_status(*paths: str) -> str:
+    return subprocess.run(["git", "status", "--porcelain", "--", *paths], cwd=ROOT,
+                          capture_output=True, text=True, check=True).stdout
+
+
+@pytest.mark.skipif(not (ROOT / ".git").exists(), reason="needs the git checkout")
+def test_align_writes_outside_the_committed_files():
+    before, start = git_status("diff"), time.time()
+    proc = cli("diff/align.py", "--steps", "lr")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    written = ROOT / "output" / "diff" / "lr_paddle.npy"
+    assert written.stat().st_mtime >= start - 1
+    assert f"files written to {written.parent}" in proc.stdout
+    assert git_status("diff") == before and git_status("output") == ""
