@@ -47,6 +47,11 @@ class Probe(Protocol):
         ...
 
 
+def pair_name(model: str, seed: int, framework: str, swa_epochs: int, sgd_epochs: int) -> str:
+    """The file name (without extension) of a pair's landscape."""
+    return f"{model.lower()}-s{seed}-{framework}-swa{swa_epochs}-sgd{sgd_epochs}"
+
+
 def interpolate(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
     """``a + t (b - a)``, exactly ``a`` at 0 and exactly ``b`` at 1."""
     if t == 0:

@@ -30,6 +30,7 @@ import yaml
 from . import extend
 from .checkpoint import latest_checkpoint
 from .config import FRAMEWORKS, MODELS, ConfigError, load_yaml, parse_override, resolve
+from .landscape import pair_name
 from .provenance import Machine, first_difference, recorded_machine
 from .runs import read_study
 from .runtime import tune_cpu_env
@@ -405,6 +406,53 @@ def run_is_swa(rows: list[dict]) -> bool:
     return any(r.get("swa_te_acc") is not None for r in rows)
 
 
+def pairs(runs: list[Run]) -> list[tuple[Run, Run]]:
+    """(SWA run, SGD run) of one model, seed and twin: the SGD run of the largest budget that
+    the SWA run does not exceed (SWA 44 and 53 compare with SGD 35, as in the paper)."""
+    found = []
+    for swa in (r for r in runs if r.method == "swa"):
+        sgds = [r for r in runs if r.method == "sgd" and r.epochs <= swa.epochs
+                and (r.model, r.seed, r.framework) == (swa.model, swa.seed, swa.framework)]
+        if sgds:
+            found.append((swa, max(sgds, key=lambda r: r.epochs)))
+    return found
+
+
+def landscape_path(out: str, swa: Run, sgd: Run) -> str:
+    """The summary ``tools/landscape.py`` writes for the pair (its name rule)."""
+    name = pair_name(swa.model, swa.seed, swa.framework, swa.epochs, sgd.epochs)
+    return os.path.join(out, "landscape", name + ".json")
+
+
+def landscape_state(out: str, swa: Run, sgd: Run) -> str:
+    """``done``, ``ready`` (both runs' last checkpoints are here) or ``waiting``."""
+    if os.path.isfile(landscape_path(out, swa, sgd)):
+        return "done"
+    ready = all(status(r, os.path.join(out, r.name)) == "done" and extend.final_checkpoint(
+        os.path.join(out, r.name), r.epochs, r.framework) for r in (swa, sgd))
+    return "ready" if ready else "waiting"
+
+
+def landscape_step(study: Study, out: str, mode: str, data_path: str | None) -> int:
+    """Measure the landscape of every pair whose runs are finished here and whose summary is
+    not written yet (a step after the runs: it needs their last checkpoints)."""
+    for swa, sgd in pairs(study.runs):
+        if landscape_state(out, swa, sgd) != "ready":
+            continue
+        cmd = [sys.executable, os.path.join(ROOT, "tools", "landscape.py"), "--swa",
+               os.path.join(out, swa.name), "--sgd", os.path.join(out, sgd.name)]
+        cmd += (["--rays"] if mode == "rays" else []) + (
+            ["--data_path", data_path] if data_path else [])
+        print(f"{time.strftime('%H:%M:%S')} landscape {swa.name} / {sgd.name}: start",
+              flush=True)
+        code = subprocess.run(cmd, stdout=subprocess.DEVNULL).returncode
+        if code:
+            return code
+        print(f"{time.strftime('%H:%M:%S')} landscape {swa.name} / {sgd.name}: done",
+              flush=True)
+    return 0
+
+
 def select(runs: list[Run], only: list[str]) -> list[Run]:
     """Runs matching every ``key=value`` of ``--only`` (e.g. framework=paddle seed=1)."""
     for text in only:
@@ -430,6 +478,9 @@ def study_parser() -> argparse.ArgumentParser:
     parser.add_argument("--retrain", action="store_true", help="train again the finished runs "
                         "whose last checkpoint is gone (an extension or landscape needs it), "
                         "checking each row against the committed one")
+    parser.add_argument("--landscape", choices=("line", "rays"), default=None,
+                        help="after the runs, measure tools/landscape.py (the line, or the line "
+                             "and random rays) for every finished SWA/SGD pair without one")
     parser.add_argument("--epoch_time", type=float, default=None,
                         help="seconds per epoch for the estimate (default: measured ones)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
@@ -448,6 +499,9 @@ def study_main(args: argparse.Namespace) -> int:
     print(table)
     left = f"{hours:.1f} h" if hours is not None else "unknown (no epoch measured; --epoch_time)"
     print(f"{len(study.runs)} runs; time left: {left}")
+    if args.landscape:
+        print("\n".join(f"landscape {swa.name} / {sgd.name}: {landscape_state(out, swa, sgd)}"
+                        for swa, sgd in pairs(study.runs)))
     if args.dry_run:
         return 0
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
@@ -463,4 +517,4 @@ def study_main(args: argparse.Namespace) -> int:
         if code:
             return code
         print(f"{time.strftime('%H:%M:%S')} {run.name}: done", flush=True)
-    return 0
+    return landscape_step(study, out, args.landscape, args.data_path) if args.landscape else 0

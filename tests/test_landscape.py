@@ -125,3 +125,27 @@ def test_landscape_refuses_a_run_without_its_last_checkpoint(tmp_path):
                            "--sgd", str(tmp_path / "swa")], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 2 and "is an SGD run; pass it as --sgd" in proc.stderr
+
+
+def test_study_runner_measures_the_landscape_of_finished_pairs(lite_archive, tmp_path):
+    import yaml
+
+    study = tmp_path / "pair.yaml"
+    study.write_text(yaml.safe_dump({
+        "name": "pair", "config": "configs/lite.yaml",
+        "grid": {"model": "VGG16", "method": ["sgd", "swa"], "budget": 2, "seed": 1,
+                 "framework": "torch"},
+        "overrides": {"Data.train_subset": 200, "Data.test_subset": 100}}))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "tools/study.py", str(study), "--out", str(out), "--data_path",
+           str(lite_archive), "--landscape", "line"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "landscape vgg16-swa2-s1-torch / vgg16-sgd2-s1-torch: waiting" in proc.stdout
+    assert "landscape vgg16-swa2-s1-torch / vgg16-sgd2-s1-torch: done" in proc.stdout
+    summary = json.loads((out / "landscape" / "vgg16-s1-torch-swa2-sgd2.json").read_text())
+    assert "width_swa" not in summary and summary["line_sgd_train_loss"] > 0  # line only
+    dry = subprocess.run(cmd + ["--dry_run"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert "landscape vgg16-swa2-s1-torch / vgg16-sgd2-s1-torch: done" in dry.stdout

@@ -72,12 +72,6 @@ def check_pair(swa: dict, sgd: dict) -> None:
                               f"{sgd[section][key]}); a landscape compares one twin and seed")
 
 
-def pair_name(swa: dict, sgd: dict) -> str:
-    g = swa["Global"]
-    return (f"{swa['Arch']['model'].lower()}-s{g['seed']}-{g['framework']}-"
-            f"swa{g['epochs']}-sgd{sgd['Global']['epochs']}")
-
-
 def weights(twin, path: str, key: str) -> dict:
     state = twin.checkpoint.load(path)
     if not isinstance(state, dict) or not isinstance(state.get(key), dict):
@@ -111,7 +105,10 @@ def main(args: argparse.Namespace) -> int:
     w_sgd = probe.flat()
     probe.load(weights(twin, swa_path, "swa_state_dict"), swa_path)
     w_swa = probe.flat()
-    result = landscape.Landscape(pair_name(swa_cfg, sgd_cfg), cfg["Optimizer"]["wd"])
+    g = swa_cfg["Global"]
+    name = landscape.pair_name(swa_cfg["Arch"]["model"], g["seed"], g["framework"], g["epochs"],
+                               sgd_cfg["Global"]["epochs"])
+    result = landscape.Landscape(name, cfg["Optimizer"]["wd"])
     result.distance = float(((w_sgd - w_swa) ** 2).sum() ** 0.5)
     print(f"{result.pair}: {len(w_swa)} weights, |w_SGD - w_SWA| = {result.distance:.4g}, "
           f"{len(train.labels)} train / {len(test.labels)} test images", flush=True)
