@@ -17,6 +17,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+# swa_paddle first: it imports Paddle without Paddle's start-up warnings (swa_paddle/__init__.py)
+import swa_paddle  # noqa: E402, F401, I001
+
 import paddle  # noqa: E402
 
 from swa_paddle.callbacks import SWA  # noqa: E402
@@ -43,8 +46,11 @@ def main() -> None:
                         help="cifar-10-python.tar.gz or its extracted cifar-10-batches-py folder")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--swa_start", type=int, default=2)
-    parser.add_argument("--out", default="swa_hapi.pdparams", help="averaged weights")
+    parser.add_argument("--out", default=os.path.join("output", "swa_hapi.pdparams"),
+                        help="averaged weights (default output/swa_hapi.pdparams, a folder git "
+                        "ignores)")
     args = parser.parse_args()
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
 
     paddle.seed(1)
     train, test = load_cifar10(args.data_path, md5=None)

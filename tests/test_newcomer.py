@@ -191,3 +191,69 @@ def test_align_writes_outside_the_committed_files():
     assert written.stat().st_mtime >= start - 1
     assert f"files written to {written.parent}" in proc.stdout
     assert git_status("diff") == before and git_status("output") == ""
+
+
+# --------------------------------------------------------- 6. front page, docs, licence
+
+
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def prose(page: Path) -> list[str]:
+    """The lines of a Markdown page outside its code blocks."""
+    out, fenced = [], False
+    for line in page.read_text(encoding="utf-8").splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced:
+            out.append(line)
+    return out
+
+
+def anchors(page: Path) -> set[str]:
+    """GitHub's anchors of a page's headings: lower case, punctuation dropped, spaces to -."""
+    return {re.sub(r"[^\w\- ]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+            for line in prose(page) if line.startswith("#")}
+
+
+def local_links(page: Path) -> list[str]:
+    return [t for line in prose(page) for t in LINK.findall(line)
+            if not t.startswith(("http://", "https://", "mailto:"))]
+
+
+def test_every_link_of_the_readme_and_docs_resolves():
+    checked = 0
+    for page in PAGES:
+        for target in local_links(page):
+            path, _, anchor = target.partition("#")
+            file = (page.parent / path).resolve() if path else page
+            assert file.exists(), f"{page.name}: {target} does not exist"
+            if anchor:
+                assert anchor in anchors(file), f"{page.name}: no heading #{anchor} in {file.name}"
+            checked += 1
+    assert checked > 40
+
+
+def test_front_page_is_short_and_reaches_every_doc():
+    readme = ROOT / "README.md"
+    assert len(readme.read_text().splitlines()) <= 250
+    linked = {(ROOT / t.partition("#")[0]).resolve() for t in local_links(readme)}
+    assert {p.resolve() for p in PAGES[1:]} <= linked
+    text = readme.read_text()
+    assert "36" in text.split("## Results")[0] and "hours on a 2-core CPU" in text
+
+
+def test_licence_and_citation():
+    import yaml
+
+    assert (ROOT / "LICENSE").read_text().startswith("BSD 2-Clause License")
+    assert re.search(r'^license = "BSD-2-Clause"', (ROOT / "pyproject.toml").read_text(), re.M)
+    cff = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    paper = cff["preferred-citation"]
+    assert cff["cff-version"] == "1.2.0" and cff["license"] == "BSD-2-Clause"
+    assert paper["title"] == "Averaging Weights Leads to Wider Optima and Better Generalization"
+    assert paper["year"] == 2018 and "1803.05407" in paper["url"]
+    assert paper["authors"][0]["family-names"] == "Izmailov"
+    assert "UAI" in paper["conference"]["name"]
+    assert (ROOT / "CHANGELOG.md").read_text().startswith("# Changelog")
