@@ -257,3 +257,14 @@ def test_licence_and_citation():
     assert paper["authors"][0]["family-names"] == "Izmailov"
     assert "UAI" in paper["conference"]["name"]
     assert (ROOT / "CHANGELOG.md").read_text().startswith("# Changelog")
+
+
+@pytest.mark.skipif(not (ROOT / ".git").exists(), reason="needs the git checkout")
+def test_build_outputs_are_ignored():
+    """``pip install .`` leaves build/ and *.egg-info/ in the tree; align.py and the examples
+    write under output/: none of them shows in ``git status``."""
+    paths = ["build/", "swa_paddle.egg-info/", "output/diff/lr_paddle.npy",
+             "output/swa_hapi.pdparams"]
+    proc = subprocess.run(["git", "check-ignore", *paths], cwd=ROOT, capture_output=True,
+                          text=True)
+    assert proc.stdout.split() == paths
