@@ -202,11 +202,13 @@ def run_config(study: Study, run: Run, run_dir: str, extra: list[str]) -> dict:
 
 @dataclass
 class Extension:
-    """A not-yet-trained SWA run that continues ``source`` (None: trains from scratch, for
-    ``reason``)."""
+    """How a not-yet-trained SWA run starts: continuing ``source`` (finished here), after
+    ``pending`` (a shorter run of this grid that is still to finish), or from scratch, for
+    ``reason``."""
 
     source: Run | None
     reason: str
+    pending: Run | None = None
 
 
 def extension(study: Study, run: Run, out: str, extra: list[str]) -> Extension:
@@ -220,8 +222,12 @@ def extension(study: Study, run: Run, out: str, extra: list[str]) -> Extension:
         return Extension(None, NO_SHORTER)
     for source in shorter:
         src_dir = os.path.join(out, source.name)
-        if status(source, src_dir) != "done" or not extend.final_checkpoint(
-                src_dir, source.epochs, source.framework):
+        state = status(source, src_dir)
+        if state != "done":
+            if state in ("todo", "resume"):  # trained first by this runner: extend it then
+                return Extension(None, "", pending=source)
+            continue
+        if not extend.final_checkpoint(src_dir, source.epochs, source.framework):
             continue
         short = load_yaml(os.path.join(src_dir, "config.yaml"))
         short["Global"]["dir"] = src_dir
@@ -234,20 +240,34 @@ def extension(study: Study, run: Run, out: str, extra: list[str]) -> Extension:
 NO_SHORTER = "no shorter SWA run in the grid"
 
 
-def run_state(study: Study, run: Run, out: str, extra: list[str]) -> tuple[str, str, Run | None]:
-    """``status``, with ``extend`` for a run that continues a finished shorter one; a note
-    (what it extends, or why it trains from scratch); and the run it extends."""
+@dataclass
+class RunState:
+    """What the runner will do with a run: ``state`` (``status``, or ``extend`` /
+    ``retrain``), a note for the plan, the run it extends, and the epochs that run covers."""
+
+    state: str
+    note: str = ""
+    source: Run | None = None
+    covered: int = 0
+
+
+def run_state(study: Study, run: Run, out: str, extra: list[str]) -> RunState:
     run_dir = os.path.join(out, run.name)
     state = status(run, run_dir)
     if state == "done" and study.retrain and not extend.final_checkpoint(
             run_dir, run.epochs, run.framework):
-        return "retrain", "its last checkpoint is gone; rows checked against the committed", None
+        return RunState("retrain", "its last checkpoint is gone; rows checked against the "
+                                   "committed")
     if state not in ("todo", "restart") or run.method != "swa":
-        return state, "", None
+        return RunState(state)
     found = extension(study, run, out, extra)
     if found.source is not None:
-        return "extend", f"from {found.source.name}", found.source
-    return state, "" if found.reason == NO_SHORTER else f"afresh: {found.reason}", None
+        return RunState("extend", f"from {found.source.name}", found.source,
+                        found.source.epochs)
+    if found.pending is not None:
+        return RunState(state, f"extends {found.pending.name} once it finishes", None,
+                        found.pending.epochs)
+    return RunState(state, "" if found.reason == NO_SHORTER else f"afresh: {found.reason}")
 
 
 def plan(study: Study, out: str, epoch_time: float | None = None,
@@ -259,8 +279,9 @@ def plan(study: Study, out: str, epoch_time: float | None = None,
     lines, total = [f"{'run':32} {'state':8} {'epochs':>6} {'left (h)':>9}"], 0.0
     for run in study.runs:
         run_dir = os.path.join(out, run.name)
-        state, note, source = run_state(study, run, out, extra or [])
-        left = remaining_epochs(run, run_dir, state) - (source.epochs if source else 0)
+        what = run_state(study, run, out, extra or [])
+        state, note = what.state, what.note
+        left = remaining_epochs(run, run_dir, state) - what.covered
         per = epoch_time or measured.get((run.model, run.framework), fallback)
         hours = None if per is None else left * per / 3600
         total = None if hours is None or total is None else total + hours
@@ -327,7 +348,8 @@ def execute(study: Study, run: Run, out: str, extra: list[str]) -> int:
     """Run (or continue) one run as a ``train.py`` process; its exit code. A run trained again
     over committed rows is checked against them as it goes (see :func:`watch`)."""
     run_dir = os.path.join(out, run.name)
-    state, note, source = run_state(study, run, out, extra)
+    what = run_state(study, run, out, extra)
+    state, note, source = what.state, what.note, what.source
     committed = Committed.read(run_dir) if state in ("restart", "retrain") else None
     if state in ("restart", "extend", "retrain") and os.path.isdir(run_dir):
         shutil.rmtree(run_dir)  # committed tables of a run cut off elsewhere: start it afresh
@@ -507,7 +529,7 @@ def study_main(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     started = 0
     for run in study.runs:
-        if run_state(study, run, out, extra)[0] == "done":
+        if run_state(study, run, out, extra).state == "done":
             continue
         if args.max_runs is not None and started >= args.max_runs:
             break

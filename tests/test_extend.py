@@ -137,8 +137,12 @@ def test_study_runner_extends_the_shorter_swa_run(lite_archive, tmp_path):
         assert proc.returncode == 0, proc.stderr[-2000:]
         return proc
 
+    planned = run("--dry_run").stdout
+    assert "vgg16-swa4-s1-paddle             todo" in planned
+    assert "extends vgg16-swa2-s1-paddle once it finishes" in planned
     first = run("--max_runs", "1")
-    assert "vgg16-swa4-s1-paddle" in first.stdout and "extend" not in first.stdout
+    assert "vgg16-swa2-s1-paddle: done" in first.stdout
+    assert "vgg16-swa4-s1-paddle: start" not in first.stdout
     dry = run("--dry_run").stdout
     assert "vgg16-swa4-s1-paddle             extend" in dry
     assert "from vgg16-swa2-s1-paddle" in dry
