@@ -14,6 +14,8 @@ import os
 import re
 import statistics
 
+import numpy as np
+
 from .config import ConfigError
 from .landscape import summary_of
 from .runs import RunResult, read_study
@@ -197,42 +199,69 @@ def _row(cells: list) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
+def arm_curve(runs: list[RunResult]) -> tuple[list[int], np.ndarray]:
+    """Epochs and per-seed test accuracy of the method's weights (SWA runs: the average once
+    it exists, the iterate before), over the epochs every run of the arm has."""
+    def series(r: RunResult) -> dict[int, float]:
+        col = "swa_te_acc" if r.method == "swa" else "te_acc"
+        return {row["ep"]: row[col] if row.get(col) is not None else row.get("te_acc")
+                for row in r.rows if row.get(col) is not None or row.get("te_acc") is not None}
+
+    all_series = [series(r) for r in runs]
+    eps = sorted(set.intersection(*(set(s) for s in all_series)))
+    return eps, np.array([[s[e] for e in eps] for s in all_series])
+
+
 def plot(runs: list[RunResult], path: str) -> str:
-    """Learning rate and test accuracy over epochs of every run: SGD runs' weights, SWA runs'
-    average (solid markers) and their SGD weights (faint); Paddle solid, torch dashed."""
+    """Each arm (twin x method x budget) as the mean over seeds with a min-max band: the whole
+    run, and zoomed on the epochs where SWA averages; the learning rates above. SWA arms show
+    the average once it exists. Paddle solid, torch dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_lr, ax_acc) = plt.subplots(2, 1, figsize=(9, 8), sharex=True,
-                                        gridspec_kw={"height_ratios": [1, 3]})
-    maps = {"sgd": plt.get_cmap("Blues"), "swa": plt.get_cmap("Oranges")}
-    styles = {"paddle": "-", "torch": "--"}
-    shown_lr = set()
+    fig, (ax_lr, ax_acc, ax_zoom) = plt.subplots(3, 1, figsize=(10, 12),
+                                                 gridspec_kw={"height_ratios": [1, 3, 3]})
+    arms: dict[tuple, list[RunResult]] = {}
     for r in runs:
-        same = [x for x in runs if x.method == r.method]
-        shade = 0.5 + 0.45 * same.index(r) / max(len(same) - 1, 1)  # each run its own shade
-        colors = {m: cmap(shade) for m, cmap in maps.items()}
-        eps = [row["ep"] for row in r.rows]
-        if (r.method, r.epochs) not in shown_lr:
-            shown_lr.add((r.method, r.epochs))
-            ax_lr.plot(eps, [row["lr"] for row in r.rows], drawstyle="steps-post",
-                       color=colors[r.method], label=f"{r.method.upper()} {r.epochs} ep")
-        for col, alpha, label in (("te_acc", 1.0 if r.method == "sgd" else 0.25, "SGD weights"),
-                                  ("swa_te_acc", 1.0, "SWA average")):
-            pts = [(row["ep"], row[col]) for row in r.rows if row.get(col) is not None]
-            if pts:
-                eps, accs = zip(*pts, strict=True)
-                ax_acc.plot(eps, accs, styles.get(r.framework, "-"), alpha=alpha, lw=1.2,
-                            color=colors["swa" if col == "swa_te_acc" else r.method],
-                            label=f"{r.name} ({label})" if alpha == 1.0 else None)
+        if r.complete:
+            arms.setdefault((r.method, r.epochs, r.framework), []).append(r)
+    keys = sorted({(m, e) for m, e, _ in arms})
+    colours = {k: plt.get_cmap("tab10")(i % 10) for i, k in enumerate(keys)}
+    styles = {"paddle": "-", "torch": "--"}
+    starts, lows = [], []
+    for (method, epochs, framework), group in sorted(arms.items()):
+        eps, accs = arm_curve(group)
+        if not eps:
+            continue
+        colour, style = colours[(method, epochs)], styles.get(framework, ":")
+        label = f"{framework} {method.upper()} {epochs} ep (n={len(group)})"
+        for ax in (ax_acc, ax_zoom):
+            ax.plot(eps, accs.mean(axis=0), style, color=colour, lw=1.4, label=label)
+            ax.fill_between(eps, accs.min(axis=0), accs.max(axis=0), color=colour, alpha=0.15)
+        lows.append((np.array(eps), accs.min(axis=0)))
+        if framework == "paddle" or not any(k[:2] == (method, epochs) and k[2] == "paddle"
+                                            for k in arms):
+            ax_lr.plot([row["ep"] for row in group[0].rows], [row["lr"] for row in group[0].rows],
+                       drawstyle="steps-post", color=colour, label=f"{method.upper()} {epochs} ep")
+        if method == "swa":
+            starts += [row["ep"] for row in group[0].rows if row.get("swa_te_acc") is not None][:1]
     ax_lr.set_ylabel("learning rate")
-    ax_lr.legend(fontsize=7)
-    ax_acc.set_xlabel("epoch")
+    ax_lr.legend(fontsize=9)
     ax_acc.set_ylabel("test accuracy (%)")
-    ax_acc.grid(alpha=0.3)
-    ax_acc.legend(fontsize=6, ncol=2)
+    ax_acc.set_title("mean over seeds, band: min to max")
+    last = max((r.epochs for r in runs), default=1)
+    zoom_from = min(starts) - 3 if starts else max(1, last - 10)
+    ax_zoom.set_xlim(zoom_from, last + 0.5)
+    shown = [acc[eps >= zoom_from].min() for eps, acc in lows if (eps >= zoom_from).any()]
+    if shown:
+        ax_zoom.set_ylim(bottom=min(shown) - 0.5)
+    ax_zoom.set_title(f"from epoch {zoom_from}: where SWA averages")
+    for ax in (ax_acc, ax_zoom):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=9, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
