@@ -13,9 +13,11 @@ budget)`` (161 of 200) at ``swa_lr``.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import itertools
 import math
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -32,6 +34,7 @@ from .checkpoint import latest_checkpoint
 from .config import FRAMEWORKS, MODELS, ConfigError, load_yaml, parse_override, resolve
 from .landscape import pair_name
 from .provenance import Machine, first_difference, recorded_machine
+from .rundir import LOCK_NAME
 from .runs import read_study
 from .runtime import tune_cpu_env
 
@@ -129,6 +132,9 @@ def expand(spec: dict, path: str) -> list[Run]:
     return runs
 
 
+STUDY_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
 def half_up(x: float) -> int:
     """Rounding as the paper's budgets read (1.5 x 35 = 52.5 -> 53), not Python's to-even."""
     return math.floor(x + 0.5)
@@ -145,6 +151,10 @@ def load_study(path: str) -> Study:
         raise ConfigError(f"study file {path} is not valid YAML ({type(exc).__name__})") from None
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
         raise ConfigError(f"{path}: a study is a mapping with a 'name' and a 'grid'")
+    if not STUDY_NAME.fullmatch(spec["name"]) or spec["name"] in (".", ".."):
+        raise ConfigError(f"{path}: the study name must be a plain folder name (letters, "
+                          f"digits, '.', '_', '-'; results/<name> holds its runs), got "
+                          f"{spec['name'][:60]!r}")
     overrides = [f"{k}={_yaml_text(v)}" for k, v in (spec.get("overrides") or {}).items()]
     for text in overrides:
         parse_override(text)  # refuse an unknown key or bad value before any run starts
@@ -309,6 +319,23 @@ def git_commit() -> str:
         return "unknown"
 
 
+def refuse_if_in_use(run_dir: str) -> None:
+    """A run folder whose lock a live process holds (another runner, or a run loading its
+    data) is never deleted: its ``flock`` is tried, not waited for."""
+    lock = os.path.join(run_dir, LOCK_NAME)
+    if not os.path.isfile(lock) or os.path.islink(lock):
+        return
+    fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
+        raise ConfigError(f"another process (pid {holder}) is writing to {run_dir}; wait for it "
+                          f"to finish, or stop it, before running this study again") from None
+    finally:
+        os.close(fd)
+
+
 def portable(cmd: list[str]) -> str:
     """``cmd`` as a record that holds on any machine: ``python``, and paths relative to the
     repository."""
@@ -352,6 +379,7 @@ def execute(study: Study, run: Run, out: str, extra: list[str]) -> int:
     state, note, source = what.state, what.note, what.source
     committed = Committed.read(run_dir) if state in ("restart", "retrain") else None
     if state in ("restart", "extend", "retrain") and os.path.isdir(run_dir):
+        refuse_if_in_use(run_dir)
         shutil.rmtree(run_dir)  # committed tables of a run cut off elsewhere: start it afresh
     os.makedirs(run_dir, exist_ok=True)
     if source is not None:

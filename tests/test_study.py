@@ -276,3 +276,34 @@ def test_summary_of_a_study_just_started(tmp_path):
     assert "No complete SGD/SWA pair of one seed yet." in text
     assert "No run complete in both twins yet." in text
     assert "| vgg16-swa3-s1-paddle | incomplete (epoch 1/3) | — | — |" in text
+
+
+@pytest.mark.parametrize("name", ["../outside", "a/b", "..", "", "x" * 65, "new\nline"])
+def test_a_study_name_must_be_a_plain_folder_name(tmp_path, name):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": name, "grid": {
+        "model": "VGG16", "method": "sgd", "budget": 2, "seed": 1, "framework": "paddle"}}))
+    with pytest.raises(ConfigError, match="the study name must be a plain folder name"):
+        load_study(str(path))
+
+
+def test_runner_never_deletes_a_run_folder_in_use(tmp_path, archive):
+    """A run folder whose lock a live process holds is refused in one line, kept whole."""
+    import fcntl
+
+    study = tmp_path / "s.yaml"
+    study.write_text(yaml.safe_dump({"name": "s", "grid": {
+        "model": "VGG16", "method": "sgd", "budget": 3, "seed": 1, "framework": "paddle"}}))
+    out = tmp_path / "out"
+    run = write_run(out, "vgg16-sgd3-s1-paddle", "sgd", 1, "paddle", 3, [40])  # restart state
+    (run / "train.log").write_text("a live run's log\n")
+    with open(run / ".run.lock", "w") as lock:
+        lock.write("4242\n")
+        lock.flush()
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        proc = subprocess.run([sys.executable, "tools/study.py", str(study), "--out", str(out),
+                               "--data_path", str(archive)], cwd=ROOT, env=ENV,
+                              capture_output=True, text=True, timeout=300)
+    assert_refused(proc, "another process (pid 4242) is writing to")
+    assert (run / "train.log").read_text() == "a live run's log\n"
+    assert (run / "metrics.csv").exists()
