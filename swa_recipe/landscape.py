@@ -36,15 +36,24 @@ COLUMNS = ("kind", "origin", "direction", "position", "train_loss", "train_loss_
 
 
 class Probe(Protocol):
-    """What a twin provides: the model's trainable weights as one float64 vector."""
+    """What a twin provides: the model's trainable weights as one float64 vector, and its
+    evaluation on the fixed training subset or the test set (BatchNorm statistics recomputed
+    on the training subset first, for models that have them)."""
 
     def flat(self) -> np.ndarray: ...
 
     def set_flat(self, weights: np.ndarray) -> None: ...
 
-    def measure(self, test: bool = True) -> dict[str, float]:
-        """``train_loss``, ``train_err`` (and ``test_loss``, ``test_err``) at the weights set."""
-        ...
+    def evaluate(self, split: str) -> dict[str, float]: ...
+
+
+def measure(probe: Probe, test: bool = True) -> dict[str, float]:
+    """``train_loss``, ``train_err`` (and ``test_loss``, ``test_err``, %) at the weights set."""
+    out = {}
+    for split in ("train", "test")[:2 if test else 1]:
+        res = probe.evaluate(split)
+        out[f"{split}_loss"], out[f"{split}_err"] = res["loss"], 100.0 - res["accuracy"]
+    return out
 
 
 def pair_name(model: str, seed: int, framework: str, swa_epochs: int, sgd_epochs: int) -> str:
@@ -144,7 +153,7 @@ def measure_line(probe: Probe, w_swa: np.ndarray, w_sgd: np.ndarray, result: Lan
     for t in ts:
         w = interpolate(w_swa, w_sgd, float(t))
         probe.set_flat(w)
-        row = result.add("line", "", None, float(t), w, probe.measure())
+        row = result.add("line", "", None, float(t), w, measure(probe))
         log(f"line t={t:+.2f}: train loss {row['train_loss']:.4f}, test error "
             f"{row['test_err']:.2f} %")
 
@@ -154,10 +163,10 @@ def calibrate(probe: Probe, w: np.ndarray, d: np.ndarray, start: float, rise: fl
     """A ray length over which train loss rises by ``rise`` (train loss only: cheap): double
     from ``start`` until it does, so that the rays span the edge of the basin."""
     probe.set_flat(w)
-    base, r = probe.measure(test=False)["train_loss"], start
+    base, r = measure(probe, test=False)["train_loss"], start
     for _ in range(doublings):
         probe.set_flat(w + r * d)
-        if probe.measure(test=False)["train_loss"] >= base + rise:
+        if measure(probe, test=False)["train_loss"] >= base + rise:
             return r
         r *= 2
     return r
@@ -170,7 +179,7 @@ def measure_rays(probe: Probe, solutions: dict[str, np.ndarray], result: Landsca
     dim = len(next(iter(solutions.values())))
     for origin, w in solutions.items():
         probe.set_flat(w)
-        at_zero = probe.measure()
+        at_zero = measure(probe)
         for k in range(directions):
             d = direction(dim, seed, k)
             for r in distances:
@@ -179,7 +188,7 @@ def measure_rays(probe: Probe, solutions: dict[str, np.ndarray], result: Landsca
                     continue
                 point = w + r * d
                 probe.set_flat(point)
-                result.add("ray", origin, k, float(r), point, probe.measure())
+                result.add("ray", origin, k, float(r), point, measure(probe))
             found = result.widths(origin)[-1]
             log(f"ray {origin} {k}: width "
                 f"{f'> {distances[-1]:.3g}' if found is None else f'{found:.3g}'}")

@@ -38,13 +38,8 @@ class Probe:
             p.copy_(torch.from_numpy(weights[start:start + n].reshape(p.shape)).to(p.dtype))
             start += n
 
-    def measure(self, test: bool = True) -> dict[str, float]:
-        """Train (and test) loss and error (%) at the weights set; BatchNorm statistics are
-        recomputed on the training subset first, as the paper does at every point."""
-        if has_batch_norm(self.model):
+    def evaluate(self, split: str) -> dict[str, float]:
+        """Mean loss and accuracy (%) on ``train`` or ``test``, as the run's evaluation."""
+        if split == "train" and has_batch_norm(self.model):  # the paper's update_bn per point
             update_bn(self.train, self.model)
-        out = {}
-        for name, loader in (("train", self.train), ("test", self.test))[:2 if test else 1]:
-            res = evaluate(self.model, loader)
-            out[f"{name}_loss"], out[f"{name}_err"] = res["loss"], 100.0 - res["accuracy"]
-        return out
+        return evaluate(self.model, self.train if split == "train" else self.test)
