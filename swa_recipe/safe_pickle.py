@@ -9,8 +9,11 @@ constructors so that a file cannot forge what they would trust:
   addresses taken from the file.
 - ``_reconstruct`` + ``ndarray.__setstate__``: the array's raw bytes must be in the file and
   match its shape and dtype exactly, so arrays never take more memory than the file itself.
-- Before unpickling, every length the file claims (bytes, strings) is checked against what the
-  file holds, so a tiny file cannot make Python allocate gigabytes.
+- Before unpickling, every size the file claims is checked against what the file holds, so a
+  tiny file cannot make Python allocate gigabytes: lengths of bytes, strings and integers, the
+  length of a protocol-4 frame (the C unpickler asks the file for that many bytes at once), and
+  memo indices (the C unpickler sizes and zeroes its memo to twice the largest index stored:
+  ``LONG_BINPUT 2**28`` in 9 bytes would take 4 GiB).
 
 What is returned is then walked once per object (``walk``): nesting depth and cycles are bounded
 so that later walks, copies and messages stay linear in the file's size.
@@ -31,6 +34,12 @@ import numpy as np
 
 MAX_DEPTH = 64  # a checkpoint nests 4 deep, a CIFAR batch 2
 MAX_OPCODES = 50_000_000  # far above a 200 MB checkpoint's count
+# How far a memo index may run ahead of the entries stored so far: Python 2's cPickle numbers
+# its memo from 1 and pickle.py's ``keep_alive`` takes a slot it never writes; a few more cost
+# nothing.
+MEMO_SLACK = 16
+MEMO_PUTS = ("PUT", "BINPUT", "LONG_BINPUT")
+MEMO_GETS = ("GET", "BINGET", "LONG_BINGET")
 NUMERIC_DTYPE = re.compile(r"[biufc]\d{1,2}")
 
 
@@ -38,10 +47,20 @@ class UnsafePickle(ValueError):
     """The file is refused; callers add its name and turn it into their user error."""
 
 
+class _Brief(reprlib.Repr):
+    """``reprlib.Repr`` that also cuts integers: ``repr`` of an integer over 4300 digits raises
+    ValueError (Python's int/str limit), and a file or flag can hold one."""
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > 4 * self.maxother:  # more digits than could be shown anyway
+            return f"<an integer of {x.bit_length()} bits>"
+        return super().repr_int(x, level)
+
+
 def short(value: object, limit: int = 80) -> str:
     """``repr`` cut to ``limit`` characters, in time bounded whatever the value's size or
     nesting: error messages quote values taken from files and the command line."""
-    brief = reprlib.Repr()
+    brief = _Brief()
     brief.maxlevel, brief.maxstring, brief.maxother = 3, limit, limit
     text = brief.repr(value)
     return text if len(text) <= limit else text[:limit - 3] + "..."
@@ -216,14 +235,70 @@ class _Bounded:
         return data
 
 
+class _Memo:
+    """The memo indices a pickle stores and reads, checked as the opcodes are walked.
+
+    The C unpickler grows its memo to twice the largest index stored and zeroes it, so an index
+    must stay within ``MEMO_SLACK`` of the number of entries stored before it (a pickle of ``n``
+    bytes then sizes the memo by ``O(n)``); a read must name an index stored before. One byte
+    per index records what was stored.
+    """
+
+    def __init__(self):
+        self.stored = bytearray()
+        self.puts = 0
+        self.distinct = 0
+
+    def put(self, index: int) -> None:
+        if not 0 <= index <= self.puts + MEMO_SLACK:
+            raise UnsafePickle(f"the file stores memo entry {short(index)} after "
+                               f"{self.puts} entries (pickles number them in order; a large "
+                               f"index would make the unpickler allocate gigabytes)")
+        if index >= len(self.stored):
+            self.stored.extend(bytes(index + 1 - len(self.stored)))
+        if not self.stored[index]:
+            self.stored[index] = 1
+            self.distinct += 1
+        self.puts += 1
+
+    def get(self, index: int) -> None:
+        if not (0 <= index < len(self.stored) and self.stored[index]):
+            raise UnsafePickle(f"the file reads memo entry {short(index)}, which it never "
+                               f"stored")
+
+    def check(self, name: str, arg) -> None:
+        """One opcode: ``MEMOIZE`` stores at the count of distinct entries, as the C unpickler
+        does."""
+        if name in MEMO_PUTS:
+            self.put(arg)
+        elif name == "MEMOIZE":
+            self.put(self.distinct)
+        elif name in MEMO_GETS:
+            self.get(arg)
+
+
+def check_frame(reader: _Bounded, length: int) -> None:
+    """A protocol-4 frame must fit in what is left of the file: the C unpickler asks the file
+    for the whole frame in one read, and a buffered file allocates what is asked."""
+    if length > reader.left:
+        raise UnsafePickle(f"the file claims a frame of {short(length)} bytes and holds "
+                           f"{reader.left} more (truncated or forged)")
+
+
 def check_lengths(fh, size: int) -> None:
-    """Walk the opcodes once: every claimed length must fit in the file, and a pickle ends."""
+    """Walk the opcodes once: every claimed length, frame and memo index must fit in the file,
+    and a pickle ends."""
     count = 0
+    reader, memo = _Bounded(fh, size), _Memo()
     try:
-        for _ in pickletools.genops(_Bounded(fh, size)):
+        for op, arg, _ in pickletools.genops(reader):
             count += 1
             if count > MAX_OPCODES:
                 raise UnsafePickle(f"more than {MAX_OPCODES} pickle operations")
+            if op.name == "FRAME":
+                check_frame(reader, arg)
+            else:
+                memo.check(op.name, arg)
     except UnsafePickle:
         raise
     except Exception as exc:  # ValueError: a length beyond the end, an unknown opcode

@@ -72,6 +72,28 @@ def claimed_bytes8(n: int) -> bytes:
     return b"\x80\x04\x8e" + struct.pack("<Q", n) + b"x" * 8 + b"."
 
 
+def memo_bomb(index: int = 2**28) -> bytes:
+    """9 bytes: an empty list stored at memo index ``index`` (LONG_BINPUT); the C unpickler
+    would size and zero a memo of ``2 * index`` pointers (4 GiB for 2**28)."""
+    return b"\x80\x02]r" + struct.pack("<I", index) + b"."
+
+
+def memo_and_frame_claims() -> dict[str, tuple[bytes, list[str]]]:
+    """Sizes a pickle claims through its memo and its frames, each a few bytes."""
+    return {
+        "memo_long_binput_2_28": (memo_bomb(), ["memo entry 268435456", "after 0 entries"]),
+        "memo_put_text_10_8": (b"(lp99999999\n.", ["memo entry 99999999"]),
+        "memo_put_negative": (b"(lp-1\n.", ["memo entry -1"]),
+        "memo_binput_after_puts": (b"\x80\x02]q\x00]q\x01]r" + struct.pack("<I", 2**31 - 1)
+                                   + b"\x87.", ["memo entry 2147483647", "after 2 entries"]),
+        "memo_get_never_stored": (b"\x80\x02j" + struct.pack("<I", 2**31 - 1) + b".",
+                                  ["memo entry 2147483647", "never stored"]),
+        "memo_memoize_then_binget": (b"\x80\x04]\x94h\x05.", ["memo entry 5", "never stored"]),
+        "frame_claims_1tib": (b"\x80\x04\x95" + struct.pack("<Q", 2**40) + b"N.",
+                              ["frame of 1099511627776 bytes"]),
+    }
+
+
 def dump(obj, protocol: int = 4) -> bytes:
     """``paddle.save`` writes protocol 4; the official CIFAR batches are protocol 2."""
     return pickle.dumps(obj, protocol=protocol)
@@ -107,6 +129,7 @@ def paddle_files(root: Path, marker: Path) -> dict[str, tuple[bytes, list[str]]]
         "ndarray_called": (dump({"w": Reduce(np.ndarray, ((2**40,), "f4"))}),
                            ["numpy.ndarray directly"]),
         "bytes8_claims_2gib": (claimed_bytes8(2**31), ["truncated"]),
+        **memo_and_frame_claims(),
         "unicode8_claims_2gib": (b"\x80\x04\x8d" + struct.pack("<Q", 2**31) + b"abc.",
                                  ["truncated"]),
         "tuple_of_megabyte_string": (dump(Reduce(tuple, ("x" * 100_000,))),
@@ -248,6 +271,8 @@ def cifar_archives(marker: Path) -> dict[str, tuple[bytes, list[str]]]:
         "too_many_members": (tar_bytes([(f"junk{i}", b"") for i in range(1001)]),
                              ["more than 1000 members"]),
         "gzip_garbage_tail": (gzip.compress(b"\0" * 1024), ["lacks data_batch_1"]),
+        "memo_bomb_batch": (tar_bytes([(n, memo_bomb()) if n == "test_batch" else (n, b)
+                                       for n, b in clean]), ["test_batch", "memo entry"]),
     }
 
 
