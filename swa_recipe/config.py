@@ -407,7 +407,9 @@ def yaml_keys(path: str) -> set[tuple[str, str]]:
 
 def shown(value: Any) -> str:
     """A value as a user would type it after ``-o KEY=`` (strings unquoted and cut at 80,
-    booleans as YAML writes them)."""
+    booleans and None as YAML writes them)."""
+    if value is None:
+        return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
     return value[:80] if isinstance(value, str) else short(value)

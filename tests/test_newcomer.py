@@ -135,6 +135,42 @@ def test_help_documents_both_kinds_of_resume():
     assert "--resume PATH" in text and "--resume auto" in text and "Global.epochs" in text
 
 
+def test_continued_config_takes_the_checkpoints_and_names_the_changed_key(archive):
+    """In process, no training: the checkpoint's config and folder, the command line's same
+    values and safe keys on top; ``--config`` repeated with the run's own file is accepted."""
+    from conftest import tiny_config
+    from swa_recipe.cli import train_parser
+    from swa_recipe.config import ConfigError, continued_config
+
+    saved = tiny_config(archive, Global={"dir": "elsewhere", "seed": 7})
+    path = os.path.join("runs", "a", "checkpoint-2-iter3.pdparams")
+
+    def continued(*argv: str) -> dict:
+        return continued_config(train_parser().parse_args(["--resume", path, *argv]), saved,
+                                path)
+
+    cfg = continued()
+    assert cfg["Global"]["dir"] == os.path.join("runs", "a") and cfg["Global"]["resume"] == path
+    assert cfg["Global"]["seed"] == 7 and cfg["SWA"]["swa"] is True
+    assert cfg["Data"]["data_path"] == str(archive) and cfg["Arch"]["width"] == 0.0625
+    cfg = continued("--seed", "7", "--swa", "--epochs", "5", "-o", "Data.num_workers=1",
+                    "-o", "Global.save_freq=2")
+    assert (cfg["Global"]["epochs"], cfg["Data"]["num_workers"]) == (5, "1")
+    with pytest.raises(ConfigError, match=r"^Optimizer\.momentum=0\.5 would change what"):
+        continued("-o", "Optimizer.momentum=0.5")
+    lite = tiny_config(archive, Global={"epochs": 3, "log_freq": 4}, Data={"batch_size": 128})
+    lite["Data"].update(train_subset=1000, test_subset=500)
+    lite["SWA"]["swa_start"] = 2
+    cfg = continued_config(train_parser().parse_args(["--resume", path, "--config",
+                                                      str(ROOT / "configs" / "lite.yaml")]), lite,
+                           path)
+    assert cfg["Arch"]["dropout"] == 0.0  # the checkpoint's, which lite.yaml does not name
+    with pytest.raises(ConfigError, match=r"^Arch\.dropout=null would change"):
+        continued_config(train_parser().parse_args(["--resume", path, "--config",
+                                                    str(ROOT / "configs" / "lite.yaml"), "-o",
+                                                    "Arch.dropout=null"]), lite, path)
+
+
 # ------------------------------------------------------------------- 2. progress, 3. names
 
 
@@ -145,6 +181,45 @@ def test_progress_lines_without_a_terminal(reference):
                        r"epoch left .+, run left .+", log)
     assert lines, log[:2000]
     assert not re.search(r"\d\d:\d\d:\d\d \n", log)  # no empty timestamped lines
+
+
+def test_progress_clock_estimates_from_the_step_rate(monkeypatch):
+    """Steps of 0.5 s after a slow first one (not counted in the rate): a line whenever a
+    second has passed, and after five timed steps the estimate of the whole run."""
+    import logging
+
+    from swa_recipe import logs
+
+    ticks = iter([0.0, 0.0, 10.0] + [10.0 + 0.5 * k for k in range(1, 20)])
+    monkeypatch.setattr(logs.time, "perf_counter", lambda: next(ticks))
+    records: list[str] = []
+    logger = logging.getLogger("test-progress-clock")
+    logger.handlers = []
+    logger.addHandler(type("Keep", (logging.Handler,), {
+        "emit": lambda self, r: records.append(r.getMessage())})())
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    clock = logs.ProgressClock(logger, epochs=3, iters=10, batch_size=8, lines=True,
+                               interval=1.0)
+    clock.begin_epoch()
+    for done in range(1, 8):
+        clock.step_done(0, done)
+    progress = [r for r in records if r.startswith("progress:")]
+    assert [r.split(", ")[1] for r in progress] == ["iteration 2/10", "iteration 4/10",
+                                                    "iteration 6/10"]
+    # after step 6: 4 steps of 0.5 s left in epoch 1, then 2 epochs of 10 steps
+    assert progress[2] == ("progress: epoch 1/3, iteration 6/10, 16.0 images/sec, "
+                           "epoch left 2 s, run left 12 s")
+    estimates = [r for r in records if r.startswith("estimated")]
+    assert len(estimates) == 1 and len(records) == 4
+    assert estimates[0].startswith("estimated time to the end of the run: 12 s (0.500 s per")
+
+
+def test_duration_reads_as_a_person_would():
+    from swa_recipe.logs import duration
+
+    assert [duration(s) for s in (0.4, 40, 750, 3 * 3600 + 300, 2 * 86400 + 4 * 3600)] == [
+        "0 s", "40 s", "12 min 30 s", "3 h 05 min", "2 d 04 h"]
 
 
 def test_checkpoint_names_by_position(tmp_path):
