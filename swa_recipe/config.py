@@ -68,10 +68,10 @@ SCHEMA: dict[str, dict[str, Field]] = {
                       check=_seed, rule=f"in [0, {SEED_LIMIT})"),
         "dir": Field(None, str, "run directory (default output/<model>_<swa|sgd>_<framework>)",
                      nullable=True),
-        "resume": Field(None, str, "continue a run: PATH continues that checkpoint's run (its "
-                        "config, folder and data path; only the keys of "
-                        "config.RESUME_SAFE_KEYS may change), auto the newest checkpoint in "
-                        "--dir with the config of this command line", nullable=True),
+        "resume": Field(None, str, "PATH: continue that checkpoint's run with its config, "
+                        "folder and data path (train.py --help ends with the keys that may "
+                        "change); auto: the newest checkpoint in --dir, with the config of "
+                        "this command line", nullable=True),
         "save_freq": Field(25, int, "checkpoint every N epochs", check=_positive, rule="> 0"),
         "eval_freq": Field(5, int, "evaluate every N epochs", check=_positive, rule="> 0"),
         "log_freq": Field(50, int, "training line every N iterations", check=_positive,
