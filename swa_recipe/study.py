@@ -32,7 +32,7 @@ import yaml
 from . import extend
 from .checkpoint import latest_checkpoint
 from .config import FRAMEWORKS, MODELS, ConfigError, load_yaml, parse_override, resolve
-from .landscape import pair_name
+from .landscape import pair_name, summary_of
 from .provenance import Machine, first_difference, recorded_machine
 from .rundir import LOCK_NAME
 from .runs import read_study
@@ -474,10 +474,18 @@ def landscape_path(out: str, swa: Run, sgd: Run) -> str:
     return os.path.join(out, "landscape", name + ".json")
 
 
-def landscape_state(out: str, swa: Run, sgd: Run) -> str:
-    """``done``, ``ready`` (both runs' last checkpoints are here) or ``waiting``."""
-    if os.path.isfile(landscape_path(out, swa, sgd)):
-        return "done"
+def landscape_state(out: str, swa: Run, sgd: Run, mode: str = "line") -> str:
+    """``done`` (its summary holds what ``mode`` measures), ``ready`` (both runs' last
+    checkpoints are here) or ``waiting``."""
+    path = landscape_path(out, swa, sgd)
+    if os.path.isfile(path):
+        try:
+            measured = summary_of(path)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{path} is not a landscape summary ({type(exc).__name__}); "
+                              f"delete it to measure the pair again") from None
+        if mode == "line" or "width_swa" in measured:
+            return "done"
     ready = all(status(r, os.path.join(out, r.name)) == "done" and extend.final_checkpoint(
         os.path.join(out, r.name), r.epochs, r.framework) for r in (swa, sgd))
     return "ready" if ready else "waiting"
@@ -487,7 +495,7 @@ def landscape_step(study: Study, out: str, mode: str, data_path: str | None) -> 
     """Measure the landscape of every pair whose runs are finished here and whose summary is
     not written yet (a step after the runs: it needs their last checkpoints)."""
     for swa, sgd in pairs(study.runs):
-        if landscape_state(out, swa, sgd) != "ready":
+        if landscape_state(out, swa, sgd, mode) != "ready":
             continue
         cmd = [sys.executable, os.path.join(ROOT, "tools", "landscape.py"), "--swa",
                os.path.join(out, swa.name), "--sgd", os.path.join(out, sgd.name)]
@@ -550,7 +558,8 @@ def study_main(args: argparse.Namespace) -> int:
     left = f"{hours:.1f} h" if hours is not None else "unknown (no epoch measured; --epoch_time)"
     print(f"{len(study.runs)} runs; time left: {left}")
     if args.landscape:
-        print("\n".join(f"landscape {swa.name} / {sgd.name}: {landscape_state(out, swa, sgd)}"
+        print("\n".join(f"landscape {swa.name} / {sgd.name}: "
+                        f"{landscape_state(out, swa, sgd, args.landscape)}"
                         for swa, sgd in pairs(study.runs)))
     if args.dry_run:
         return 0

@@ -20,8 +20,9 @@ class Probe:
         self.model = build_model(cfg)
         self.load(weights, path)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.train = data.make_loader(train, False, cfg)
-        self.test = data.make_loader(test, False, cfg)
+        # the batches, read and normalised once: every point of a landscape evaluates them
+        self.train = list(data.make_loader(train, False, cfg))
+        self.test = list(data.make_loader(test, False, cfg))
 
     def load(self, weights: dict, path: str) -> None:
         """Set a state dict (checked against the model) as the weights to measure."""

@@ -147,3 +147,6 @@ def test_study_runner_measures_the_landscape_of_finished_pairs(lite_archive, tmp
     dry = subprocess.run(cmd + ["--dry_run"], cwd=ROOT, capture_output=True, text=True,
                          timeout=300, env=env)
     assert "landscape vgg16-swa2-s1-torch / vgg16-sgd2-s1-torch: done" in dry.stdout
+    rays = subprocess.run(cmd[:-1] + ["rays", "--dry_run"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env=env)
+    assert "landscape vgg16-swa2-s1-torch / vgg16-sgd2-s1-torch: ready" in rays.stdout

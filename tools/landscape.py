@@ -112,8 +112,12 @@ def main(args: argparse.Namespace) -> int:
     result.distance = float(((w_sgd - w_swa) ** 2).sum() ** 0.5)
     print(f"{result.pair}: {len(w_swa)} weights, |w_SGD - w_SWA| = {result.distance:.4g}, "
           f"{len(train.labels)} train / {len(test.labels)} test images", flush=True)
+    out = args.out or landscape.default_out(args.swa)
+    os.makedirs(out, exist_ok=True)
+    base = os.path.join(out, result.pair)
     if not args.no_line:
         landscape.measure_line(probe, w_swa, w_sgd, result, log=log)
+        write(result, base)  # the line stands on its own if the rays are cut short
     if args.rays:
         d0 = landscape.direction(len(w_swa), args.seed, 0)
         reach = args.max_distance or landscape.calibrate(probe, w_sgd, d0, result.distance / 8)
@@ -121,14 +125,16 @@ def main(args: argparse.Namespace) -> int:
         distances = [reach * i / args.distances for i in range(args.distances + 1)]
         landscape.measure_rays(probe, {"swa": w_swa, "sgd": w_sgd}, result, args.directions,
                                distances, args.seed, log=log)
-    out = args.out or landscape.default_out(args.swa)
-    os.makedirs(out, exist_ok=True)
-    base = os.path.join(out, result.pair)
+        write(result, base)
+    return 0
+
+
+def write(result: landscape.Landscape, base: str) -> None:
+    """``base``.csv (every point), .json (the width summary) and .png, each atomically."""
     write_text(base + ".csv", landscape.to_csv(result))
     write_text(base + ".json", landscape.to_json(result))
     landscape.plot(result, lambda save: atomic_save(save, base + ".png"))
     print(f"wrote {base}.csv, .json and .png", flush=True)
-    return 0
 
 
 def log(line: str) -> None:
