@@ -307,3 +307,18 @@ def test_runner_never_deletes_a_run_folder_in_use(tmp_path, archive):
     assert_refused(proc, "another process (pid 4242) is writing to")
     assert (run / "train.log").read_text() == "a live run's log\n"
     assert (run / "metrics.csv").exists()
+
+
+def test_summarize_again_rewrites_nothing(study_dir, tmp_path):
+    """Run by default on a folder it summarised before, summarize.py writes the same bytes (a
+    committed summary stays as it is in git)."""
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump({"name": "cpu", "grid": {
+        "model": "VGG16", "method": ["sgd", "swa"], "budget": 3, "seed": [1, 2, 3],
+        "framework": ["paddle", "torch"]}}))
+    assert summarize(study_dir, "--study", grid).returncode == 0
+    before = {p.name: p.read_bytes() for p in (study_dir / "README.md", study_dir / "study.png")}
+    again = summarize(study_dir)
+    assert again.returncode == 0, again.stderr
+    assert before == {p.name: p.read_bytes() for p in (study_dir / "README.md",
+                                                       study_dir / "study.png")}
