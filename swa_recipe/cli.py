@@ -34,6 +34,7 @@ from .runtime import (
     launched_rank,
     launched_world_size,
     quiet_console,
+    show_paddle_output,
     tune_cpu_env,
 )
 from .twins import import_twin
@@ -44,7 +45,9 @@ USER_ERRORS = (ConfigError, DataError, CheckpointError, TrainingDiverged, RunDir
 def run(main: Callable[[], int | None], debug: bool) -> int:
     """Run ``main``; a user error becomes one line on stderr and exit 2 (traceback: --debug).
     Paddle's start-up noise is hidden unless --debug."""
-    if not debug:
+    if debug:
+        show_paddle_output()
+    else:
         quiet_console()
     try:
         return main() or 0

@@ -91,6 +91,7 @@ def launched_rank(environ: dict | None = None) -> int:
 # What ``paddle/base/__init__.py`` prints to sys.stderr at import when OMP_NUM_THREADS > 1.
 IMPORT_BANNER = ("WARNING: OMP_NUM_THREADS set to", "PLEASE USE OMP_NUM_THREADS WISELY.")
 _quiet = False
+_loud = False  # --debug: Paddle's lines as Paddle prints them, the library's filters included
 
 # Warnings Paddle raises that ask nothing of the user, each by its message and the Paddle module
 # it comes from: importing Paddle without ccache (only C++ extension builds need it), every
@@ -103,9 +104,18 @@ PADDLE_NOISE = (
 )
 
 
+def show_paddle_output() -> None:
+    """``--debug``: nothing of Paddle's is hidden, not even by ``swa_paddle``'s own import
+    (a user chasing a problem needs Paddle's own words)."""
+    global _loud
+    _loud = True
+
+
 def filter_paddle_warnings() -> None:
     """Ignore exactly the warnings of ``PADDLE_NOISE``, where Paddle raises them; every other
-    warning, Paddle's included, is shown as before."""
+    warning, Paddle's included, is shown as before. Not under ``--debug``."""
+    if _loud:
+        return
     for message, module in PADDLE_NOISE:
         warnings.filterwarnings("ignore", message=re.escape(message), category=UserWarning,
                                 module=re.escape(module))
@@ -120,7 +130,8 @@ def quiet_console(environ: dict | None = None) -> None:
     (``generated new fontManager``) reach the root-logger handler Paddle installs; and
     :func:`import_banner_hidden` drops the OMP_NUM_THREADS banner. ``--debug`` skips all this.
     """
-    global _quiet
+    global _quiet, _loud
+    _loud = False
     env = os.environ if environ is None else environ
     env.setdefault("GLOG_minloglevel", "1")
     filter_paddle_warnings()
@@ -132,8 +143,8 @@ def quiet_console(environ: dict | None = None) -> None:
 def import_banner_hidden(always: bool = False) -> Iterator[None]:
     """After :func:`quiet_console` (or ``always``: ``swa_paddle``'s own import of Paddle):
     drop the OMP_NUM_THREADS banner that importing Paddle prints to ``sys.stderr`` (there is
-    no switch for it); every other line passes through."""
-    if not (_quiet or always):
+    no switch for it); every other line passes through. Never under ``--debug``."""
+    if _loud or not (_quiet or always):
         yield
         return
     real, captured = sys.stderr, io.StringIO()
