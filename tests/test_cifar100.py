@@ -5,6 +5,7 @@ the README lists, on small synthetic archives in the official format."""
 from __future__ import annotations
 
 import csv
+import re
 import shutil
 
 import numpy as np
@@ -135,9 +136,10 @@ def test_predict_names_cifar100_classes(c100_run, cifar100_archive):
     proc = cli("predict.py", "--model_path", str(out / f"checkpoint-2{EXT[framework]}"),
                "--index", "0", "1", "--data_path", str(cifar100_archive), env=ONE_THREAD)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    lines = proc.stdout.splitlines()[1:]
+    *lines, accuracy = proc.stdout.splitlines()[1:]
     true = [ln.split("[true: ")[1].rstrip("]") for ln in lines]
     assert len(lines) == 2 and set(true) <= set(C100.class_names), proc.stdout
+    assert re.fullmatch(r"accuracy: [0-2]/2 = [\d.]+ % \(top-1\)", accuracy), accuracy
     assert "class " not in proc.stdout
 
 
