@@ -67,6 +67,7 @@ class Trainer:
     checkpoint: ModuleType
     dist: ModuleType
     meter_class = IterMeter  # diff/align.py swaps in a meter that records every step
+    clock: ProgressClock | None = None  # fit() sets rank 0's: estimate and progress lines
 
     def _begin_epoch(self, epoch: int, logger: logging.Logger | None) -> IterMeter:
         """Position loader and SWALR at ``self.progress`` (0, or where a mid-epoch checkpoint
@@ -81,7 +82,7 @@ class Trainer:
         g = self.cfg["Global"]
         return self.meter_class(epoch, g["epochs"], self.iters, g["log_freq"], logger,
                                 progress_wanted() and self.rank == 0, self.progress.totals,
-                                start, clock=getattr(self, "clock", None))
+                                start, clock=self.clock)
 
     def _dropout_masks(self, epoch: int, it: int) -> list[np.ndarray] | None:
         """This rank's dropout masks for step ``it``: drawn per sample of the global batch
@@ -332,8 +333,9 @@ def check_resumable(trainer: Trainer, state, cfg: dict, path: str) -> None:
 def save_checkpoint(trainer: Trainer, out: str, epoch: int, iteration: int = 0) -> str:
     """Every rank gathers the state (it may involve collectives); rank 0 writes it.
 
-    ``epoch`` counts completed epochs; ``iteration`` > 0 marks a checkpoint written mid-epoch
-    (``checkpoint-{epoch}-iter{iteration}``). A failed write stops the run with a clear message
+    ``epoch`` counts completed epochs; ``iteration`` > 0 marks a checkpoint written mid-epoch,
+    after that many steps of the next epoch (named ``checkpoint-{epoch + 1}-iter{iteration}``,
+    the position as the log shows it). A failed write stops the run with a clear message
     and leaves earlier checkpoints as they were.
     """
     path = checkpoint_path(out, epoch, trainer.framework, iteration)
