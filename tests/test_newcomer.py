@@ -19,9 +19,10 @@ import pytest
 from conftest import ROOT
 
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
-# 100 images in batches of 4: 25 iterations an epoch, two epochs, SWA from the first.
+# 100 images in batches of 2: 50 iterations an epoch (time to interrupt one), two epochs, SWA
+# from the first.
 TINY = ["train.py", "--data_path", "{archive}", "--epochs", "2", "--swa", "--swa_start", "1",
-        "-o", "Arch.width=0.0625", "-o", "Data.batch_size=4", "-o", "Global.log_freq=1",
+        "-o", "Arch.width=0.0625", "-o", "Data.batch_size=2", "-o", "Global.log_freq=1",
         "-o", "Global.eval_freq=1", "-o", "Global.save_freq=1"]
 
 
@@ -77,7 +78,7 @@ def test_printed_command_continues_the_same_run_exactly(reference, archive, tmp_
     without the data path, continues that run in its folder and ends bit-identical."""
     run = tmp_path / "run"
     proc = interrupt_at(tiny(archive, "--dir", str(run)), run / "train.log",
-                        "[Epoch 2/2, iter 3/25]")
+                        "[Epoch 2/2, iter 3/50]")
     assert proc.returncode == 130, proc.stderr[-2000:]
     said = re.search(r"interrupted: stopped by SIGINT; continue with: (.+)$", proc.stderr, re.M)
     assert said, proc.stderr[-2000:]
@@ -91,7 +92,7 @@ def test_printed_command_continues_the_same_run_exactly(reference, archive, tmp_
     resumed = cli(str(ROOT / "train.py"), *command[2:], cwd=elsewhere)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     log = (run / "train.log").read_text()
-    assert f"at epoch 2, iteration {stopped.group(1)}/25" in log
+    assert f"at epoch 2, iteration {stopped.group(1)}/50" in log
     assert not (elsewhere / "output").exists()
     a, b = weights(reference / "checkpoint-2.pdparams"), weights(run / "checkpoint-2.pdparams")
     assert a["config"]["SWA"]["swa"] is b["config"]["SWA"]["swa"] is True
@@ -125,8 +126,8 @@ def test_safe_overrides_and_same_values_are_accepted(reference, archive, tmp_pat
                      "-o", "Global.log_freq=5", "-o", "Data.num_workers=0"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     log = (longer / "train.log").read_text()
-    assert "at the end of epoch 2" in log and "[Epoch 3/3, iter 25/25]" in log
-    assert "[Epoch 3/3, iter 24/25]" not in log  # log_freq 5 took effect
+    assert "at the end of epoch 2" in log and "[Epoch 3/3, iter 50/50]" in log
+    assert "[Epoch 3/3, iter 49/50]" not in log  # log_freq 5 took effect
     assert (longer / "checkpoint-3.pdparams").is_file()
 
 
@@ -177,7 +178,7 @@ def test_continued_config_takes_the_checkpoints_and_names_the_changed_key(archiv
 def test_progress_lines_without_a_terminal(reference):
     log = (reference / "train.log").read_text()
     assert re.search(r"estimated time to the end of the run: \d+ s \(", log), log[:2000]
-    lines = re.findall(r"progress: epoch \d/2, iteration \d+/25, [\d.]+ images/sec, "
+    lines = re.findall(r"progress: epoch \d/2, iteration \d+/50, [\d.]+ images/sec, "
                        r"epoch left .+, run left .+", log)
     assert lines, log[:2000]
     assert not re.search(r"\d\d:\d\d:\d\d \n", log)  # no empty timestamped lines
