@@ -1,9 +1,19 @@
-"""Export to a static program (``paddle.jit``) and run it with Paddle Inference."""
+"""Export to a static program (``paddle.jit``) and run it with Paddle Inference.
+
+An exported program is data, not a program to trust: Paddle Inference runs whatever operators it
+holds, ``save``/``save_combine`` (writing any file) and ``load``/``load_combine`` included.
+``check_program`` admits only the operators ``export`` writes for the project's models, before a
+predictor is created.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import stat
+import tempfile
 
 import numpy as np
 import paddle
@@ -14,12 +24,26 @@ from swa_recipe.checkpoint import CheckpointError
 from swa_recipe.config import ConfigError
 from swa_recipe.predict import IMAGE_SIZE, PREFIX
 from swa_recipe.runtime import usable_cpus
+from swa_recipe.safe_pickle import short
 
 from .models import build_model
 from .trainer import set_device
 
 # Legacy IR (FLAGS_enable_pir_api=0) writes a .pdmodel, PIR a .json; both load either way.
 MODEL_SUFFIXES = (".json", ".pdmodel")
+PARAMS = PREFIX + ".pdiparams"
+# Everything ``export`` may write, the parameters (how infer.py knows a Paddle export) last.
+PADDLE_FILES = (PREFIX + ".pdmodel", PREFIX + ".json", PARAMS + ".info", PARAMS)
+TORCH_FILES = (PREFIX + ".pt2",)  # the torch twin's export: a folder holds one twin's files
+# The operators ``export`` writes for every model of the project (tests/test_hardening.py
+# exports each under both IRs): legacy ``OpDesc.type`` and PIR's serialized op names.
+LEGACY_OPERATORS = frozenset({
+    "feed", "fetch", "conv2d", "batch_norm", "relu", "elementwise_add", "pool2d",
+    "flatten_contiguous_range", "matmul_v2", "reshape2", "dropout"})
+PIR_OPERATORS = frozenset({
+    "p", "1.data", "1.fetch", "1.conv2d", "1.batch_norm", "1.batch_norm_", "1.relu", "1.relu_",
+    "1.add", "1.add_", "1.pool2d", "1.flatten", "1.full", "1.full_int_array", "1.matmul",
+    "1.reshape", "1.dropout"})
 
 
 @paddle.no_grad()
@@ -37,12 +61,61 @@ def dynamic_model(cfg: dict, device: str) -> nn.Layer:
 
 def export(model: nn.Layer, save_dir: str) -> list[str]:
     """``paddle.jit.to_static`` + ``paddle.jit.save`` for any batch of 3 x 32 x 32 images;
-    return the files written."""
+    return the files written.
+
+    ``paddle.jit.save`` writes into a staging folder inside ``save_dir``; the files then replace
+    the folder's earlier export (either twin's) by rename, parameters last: a folder holds one
+    export, a crash leaves no mix of two, and a symlink at a destination is replaced, never
+    written through.
+    """
     model.eval()
     spec = [paddle.static.InputSpec([None, 3, IMAGE_SIZE, IMAGE_SIZE], "float32", "x")]
     static = paddle.jit.to_static(model, input_spec=spec, full_graph=True)
-    paddle.jit.save(static, os.path.join(save_dir, PREFIX))
-    return sorted(f for f in os.listdir(save_dir) if f.startswith(PREFIX + "."))
+    check_destinations(save_dir, PADDLE_FILES + TORCH_FILES)
+    try:
+        staging = tempfile.mkdtemp(prefix=".export-", dir=save_dir)
+    except OSError as exc:
+        raise CheckpointError(f"cannot write the export to {save_dir} "
+                              f"({exc.strerror or exc}); pass a writable --save_dir") from None
+    try:
+        paddle.jit.save(static, os.path.join(staging, PREFIX))
+        written = [f for f in PADDLE_FILES if os.path.isfile(os.path.join(staging, f))]
+        install(staging, save_dir, written)
+    except OSError as exc:
+        raise CheckpointError(f"cannot write the export to {save_dir} "
+                              f"({exc.strerror or exc}); pass a writable --save_dir") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return sorted(written)
+
+
+def check_destinations(save_dir: str, names: tuple[str, ...]) -> None:
+    """Refuse, before anything is written or removed, a destination that is a folder or a
+    special file: a rename cannot replace it, and removing it is not the export's to do."""
+    for name in names:
+        path = os.path.join(save_dir, name)
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            continue
+        if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+            raise CheckpointError(f"{path} is a directory or a special file, not an exported "
+                                  f"model's file; remove it or pass another --save_dir")
+
+
+def install(staging: str, save_dir: str, written: list[str]) -> None:
+    """Move the staged files into ``save_dir``: first remove the earlier export (parameters
+    first, so the folder reads as holding no model rather than a mix), then rename the new
+    files in, parameters last."""
+    staged = [f for f in PADDLE_FILES if f in written]  # PARAMS is the last
+    for name in staged:
+        with open(os.path.join(staging, name), "rb+") as fh:
+            os.fsync(fh.fileno())
+    for name in (PARAMS, *TORCH_FILES, *PADDLE_FILES):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(save_dir, name))
+    for name in staged:
+        os.replace(os.path.join(staging, name), os.path.join(save_dir, name))
 
 
 def model_file(model_dir: str) -> str:
@@ -56,22 +129,67 @@ def model_file(model_dir: str) -> str:
     return max(found, key=os.path.getmtime)
 
 
-def check_program(path: str) -> None:
-    """Refuse a program file that is not one: Paddle Inference crashes (SIGSEGV) on some."""
-    with open(path, "rb") as fh:
-        raw = fh.read()
+def legacy_operators(raw: bytes) -> list[str] | None:
+    """Operator types of every block of a ``.pdmodel`` (None: not a program)."""
+    program = framework_pb2.ProgramDesc()
+    program.ParseFromString(raw)
+    if not program.blocks:
+        return None
+    return [op.type for block in program.blocks for op in block.ops]
+
+
+def pir_operators(raw: bytes) -> list[str] | None:
+    """Serialized names of every operation of a PIR ``.json`` program, nested regions included
+    (None: not a program): any list under an ``ops`` key, wherever it is."""
+    program = json.loads(raw)
+    if not isinstance(program, dict) or not isinstance(program.get("program"), dict):
+        return None
+    found, stack = [], [program["program"]]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            ops = item.get("ops")
+            if ops is not None:
+                if not isinstance(ops, list) or not all(isinstance(op, dict) for op in ops):
+                    return None
+                found.extend(op.get("#") for op in ops)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
+
+
+def read_program(path: str) -> bytes:
+    """The program file's bytes; a FIFO, a device or a folder is refused before it is opened."""
     try:
-        if path.endswith(".json"):
-            valid = isinstance(json.loads(raw), dict)
-        else:
-            program = framework_pb2.ProgramDesc()
-            program.ParseFromString(raw)
-            valid = len(program.blocks) > 0
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise CheckpointError(f"{path} is not a regular file; pass the folder written by "
+                                  f"tools/export_model.py")
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path} ({exc.strerror or exc})") from None
+
+
+def check_program(path: str) -> None:
+    """Refuse a program file that is not one (Paddle Inference crashes, SIGSEGV, on some) or
+    that holds an operator ``export`` never writes: file I/O (``save``, ``load``), control flow,
+    anything unknown."""
+    raw = read_program(path)
+    try:
+        ops = pir_operators(raw) if path.endswith(".json") else legacy_operators(raw)
     except Exception:  # protobuf's DecodeError, json's JSONDecodeError, UnicodeDecodeError
-        valid = False
-    if not valid:
+        ops = None
+    if ops is None:
         raise CheckpointError(f"{path} is not a Paddle program (truncated or another file); "
                               f"export the model again with tools/export_model.py")
+    allowed = PIR_OPERATORS if path.endswith(".json") else LEGACY_OPERATORS
+    odd = [op for op in ops if op not in allowed]
+    if odd:
+        raise CheckpointError(f"{path}: refusing to load: it runs the operator {short(odd[0])}, "
+                              f"which no exported model of this project holds (it could read "
+                              f"or write files); export the model again with "
+                              f"tools/export_model.py")
 
 
 def inference_device(device: str) -> str:

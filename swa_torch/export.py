@@ -1,8 +1,25 @@
-"""Export with ``torch.export`` (a ``.pt2`` that loads without this project) and run it."""
+"""Export with ``torch.export`` (a ``.pt2`` that loads without this project) and run it.
+
+An exported model is data, not a program: ``torch.export.load`` unpickles payloads flagged
+``use_pickle`` (and falls back to it) with ``weights_only=False``, ``exec``s the archive's
+``guards_code``, ``sympify``s (``eval``) its symbolic expressions, loads AOTInductor libraries and
+calls any ``torch.*`` callable a graph node names (``torch.os.system``). ``Predictor`` reads the
+archive once, checks it against what ``export`` writes (entries, payload configs, operators,
+expressions) and only then hands the same bytes to ``torch.export.load``, with every
+``torch.load`` forced to ``weights_only=True``.
+"""
 
 from __future__ import annotations
 
+import ast
+import contextlib
+import io
+import json
 import os
+import re
+import stat
+import tempfile
+import zipfile
 
 import numpy as np
 import torch
@@ -11,9 +28,31 @@ from torch import nn
 from swa_recipe.checkpoint import CheckpointError
 from swa_recipe.config import ConfigError
 from swa_recipe.predict import IMAGE_SIZE, PREFIX
+from swa_recipe.safe_pickle import short
 
 from .models import build_model
 from .trainer import torch_device
+
+ARCHIVE = PREFIX + ".pt2"
+# The Paddle twin's export (``swa_paddle.export``): a folder holds one twin's files.
+PADDLE_FILES = (PREFIX + ".pdiparams", PREFIX + ".pdmodel", PREFIX + ".json",
+                PREFIX + ".pdiparams.info")
+MAX_ARCHIVE_BYTES = 2 << 30  # WideResNet28x10's archive is 146 MB
+# What ``export`` writes for every model of the project (tests/test_hardening.py exports each).
+OPERATORS = frozenset(f"torch.ops.aten.{op}" for op in (
+    "conv2d.default", "batch_norm.default", "relu.default", "relu_.default", "add.Tensor",
+    "add_.Tensor", "max_pool2d.default", "avg_pool2d.default", "flatten.using_ints",
+    "linear.default", "dropout.default"))
+ENTRIES = re.compile(r"archive_format|archive_version|byteorder|\.data/version"
+                     r"|\.data/serialization_id|models/model\.json"
+                     r"|data/sample_inputs/model\.pt|data/weights/model_weights_config\.json"
+                     r"|data/weights/weight_\d{1,6}|data/constants/model_constants_config\.json"
+                     r"|data/constants/tensor_\d{1,6}")
+PAYLOAD = re.compile(r"(weight|tensor)_\d{1,6}")
+# A symbol's name (``s77``) in range constraints and symbolic sizes.
+SYMBOL = re.compile(r"[a-z][a-z0-9_]{0,31}")
+# What a symbolic size's ``srepr`` may call (``Symbol('s77', positive=True, integer=True)``).
+SYMPY_CALLS = frozenset({"Symbol", "Integer", "Add", "Mul"})
 
 
 @torch.no_grad()
@@ -31,13 +70,54 @@ def dynamic_model(cfg: dict, device: str) -> nn.Module:
 
 def export(model: nn.Module, save_dir: str) -> list[str]:
     """``torch.export`` with a dynamic batch dimension + ``torch.export.save``; return the
-    files written."""
+    files written.
+
+    The archive is written beside its destination and renamed onto it, after the Paddle twin's
+    files are removed: the folder then holds this export alone (``infer.py`` picks the twin by
+    its files), a crash leaves the old export or none, and a symlink at the destination is
+    replaced, never written through.
+    """
     model.eval()
     example = (torch.zeros(2, 3, IMAGE_SIZE, IMAGE_SIZE),)
     program = torch.export.export(model, example,
                                   dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))
-    torch.export.save(program, os.path.join(save_dir, PREFIX + ".pt2"))
-    return [PREFIX + ".pt2"]
+    check_destinations(save_dir, (ARCHIVE, *PADDLE_FILES))
+    fd, tmp = tempfile.mkstemp(prefix=f".{ARCHIVE}.", suffix=".tmp", dir=save_dir)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.export.save(program, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        remove_files(save_dir, PADDLE_FILES)
+        os.replace(tmp, os.path.join(save_dir, ARCHIVE))
+    except OSError as exc:
+        raise CheckpointError(f"cannot write the export to {save_dir} "
+                              f"({exc.strerror or exc}); pass a writable --save_dir") from None
+    finally:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+    return [ARCHIVE]
+
+
+def check_destinations(save_dir: str, names: tuple[str, ...]) -> None:
+    """Refuse, before anything is written or removed, a destination that is a folder or a
+    special file: a rename cannot replace it, and removing it is not the export's to do."""
+    for name in names:
+        path = os.path.join(save_dir, name)
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            continue
+        if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+            raise CheckpointError(f"{path} is a directory or a special file, not an exported "
+                                  f"model's file; remove it or pass another --save_dir")
+
+
+def remove_files(save_dir: str, names: tuple[str, ...]) -> None:
+    """Remove files (or symlinks, not their targets) of an earlier export, if present."""
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(save_dir, name))
 
 
 def inference_device(device: str) -> str:
@@ -48,17 +128,201 @@ def inference_device(device: str) -> str:
     return "gpu" if device == "gpu" or (device == "auto" and cuda) else "cpu"
 
 
+class ArchiveRefused(ValueError):
+    """The archive is not what ``export`` writes; the message says what differs."""
+
+
+def read_archive(path: str) -> bytes:
+    """The archive's bytes, read once (what is checked is what is loaded); a FIFO, a device or
+    a folder is refused before it is opened, a file over ``MAX_ARCHIVE_BYTES`` before it is
+    read."""
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise CheckpointError(f"{path} is not a regular file; pass the folder written by "
+                                  f"tools/export_model.py")
+        if info.st_size > MAX_ARCHIVE_BYTES:
+            raise CheckpointError(f"{path} holds {info.st_size} bytes, more than any model of "
+                                  f"this project exports ({MAX_ARCHIVE_BYTES})")
+        with open(path, "rb") as fh:
+            return fh.read(MAX_ARCHIVE_BYTES + 1)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path} ({exc.strerror or exc})") from None
+
+
+def unique_entries(raw: bytes) -> None:
+    """Zip readers disagree on which of two same-named entries counts: refuse duplicates, so
+    that the entries checked are the entries loaded."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(raw)) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise ArchiveRefused(f"not a zip archive ({exc})") from None
+    if len(names) != len(set(names)):
+        raise ArchiveRefused("it holds two entries of the same name")
+
+
+def check_payloads(reader, kind: str) -> None:
+    """``data/{kind}/model_{kind}_config.json``: every payload raw tensor bytes (never
+    ``use_pickle``), named as ``torch.export.save`` names them, claiming no more elements than
+    its record holds (an empty record would be filled with ``torch.zeros(sizes)``)."""
+    config = json.loads(reader.read_string(f"data/{kind}/model_{kind}_config.json"))
+    entries = config.get("config") if isinstance(config, dict) else None
+    if not isinstance(entries, dict):
+        raise ArchiveRefused(f"its {kind} config is not a mapping")
+    for name, meta in entries.items():
+        if not isinstance(meta, dict) or meta.get("use_pickle") is not False:
+            raise ArchiveRefused(f"{kind} {short(name)} is pickled (use_pickle), which would "
+                                 f"run code on loading")
+        path, tensor = meta.get("path_name"), meta.get("tensor_meta")
+        if not isinstance(path, str) or not PAYLOAD.fullmatch(path) or not isinstance(
+                tensor, dict) or not isinstance(tensor.get("sizes"), list):
+            raise ArchiveRefused(f"{kind} {short(name)} is not a plain tensor payload")
+        numel = 1
+        for size in tensor["sizes"]:
+            value = size.get("as_int") if isinstance(size, dict) else None
+            if type(value) is not int or value < 0:
+                raise ArchiveRefused(f"{kind} {short(name)} has a size {short(size)}")
+            numel *= value
+        if numel > reader.archive_file.get_record_size(f"data/{kind}/{path}"):
+            raise ArchiveRefused(f"{kind} {short(name)} claims more elements than its record "
+                                 f"holds")
+
+
+def plain_sympy(node: ast.AST) -> bool:
+    """An ``srepr`` of sizes: ``Symbol``/``Integer``/``Add``/``Mul`` calls of names, integers,
+    booleans and symbol names, ``+ - *``; no attribute, subscript or other call."""
+    if isinstance(node, ast.Call):
+        return (isinstance(node.func, ast.Name) and node.func.id in SYMPY_CALLS
+                and all(plain_sympy(a) for a in node.args)
+                and all(k.arg is not None and plain_sympy(k.value) for k in node.keywords))
+    if isinstance(node, ast.Constant):
+        value = node.value
+        return type(value) in (int, bool) or (isinstance(value, str)
+                                              and SYMBOL.fullmatch(value) is not None)
+    if isinstance(node, ast.Name):
+        return SYMBOL.fullmatch(node.id) is not None
+    if isinstance(node, ast.BinOp):
+        return (isinstance(node.op, (ast.Add, ast.Sub, ast.Mult)) and plain_sympy(node.left)
+                and plain_sympy(node.right))
+    if isinstance(node, ast.UnaryOp):
+        return isinstance(node.op, ast.USub) and plain_sympy(node.operand)
+    return False
+
+
+def check_expression(expr) -> None:
+    """One ``expr_str``: the deserializer hands it to ``sympy.sympify``, which ``eval``s it."""
+    try:
+        tree = ast.parse(expr, mode="eval") if isinstance(expr, str) and len(expr) < 200 \
+            else None
+    except SyntaxError:
+        tree = None
+    if tree is None or not plain_sympy(tree.body):
+        raise ArchiveRefused(f"a symbolic size {short(expr)} is not plain arithmetic of sizes")
+
+
+def check_expressions(node) -> None:
+    """Every symbolic expression (``expr_str``) anywhere in the program, checked."""
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if "expr_str" in item:
+                check_expression(item["expr_str"])
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def check_program(program) -> None:
+    """``models/model.json``: only the operators ``export`` writes, no guard code (``exec``d on
+    loading), range constraints of plain names and integers, plain symbolic sizes."""
+    graph = program.get("graph_module", {}).get("graph") if isinstance(program, dict) else None
+    nodes = graph.get("nodes") if isinstance(graph, dict) else None
+    if not isinstance(nodes, list):
+        raise ArchiveRefused("it holds no graph")
+    for node in nodes:
+        target = node.get("target") if isinstance(node, dict) else None
+        if target not in OPERATORS:
+            raise ArchiveRefused(f"it calls {short(target)}, which no exported model of this "
+                                 f"project calls")
+    if program.get("guards_code"):
+        raise ArchiveRefused("it holds guard code, which would run on loading")
+    ranges = program.get("range_constraints")
+    if not isinstance(ranges, dict) or not all(
+            isinstance(k, str) and SYMBOL.fullmatch(k) and isinstance(v, dict)
+            and all(b is None or type(b) is int for b in v.values()) for k, v in ranges.items()):
+        raise ArchiveRefused("its range constraints are not plain names and integers")
+    check_expressions(program)
+
+
+def check_archive(raw: bytes) -> None:
+    """Raise ``ArchiveRefused`` unless the archive holds what ``export`` writes: the listed
+    entries only (no AOTInductor library, custom or opaque objects, legacy pickled weights),
+    payloads of raw tensor bytes, the project's operators, sample inputs that load with
+    ``weights_only=True``."""
+    from torch.export.pt2_archive import PT2ArchiveReader
+
+    unique_entries(raw)
+    try:
+        with PT2ArchiveReader(io.BytesIO(raw)) as reader:
+            names = reader.get_file_names()
+            odd = [n for n in names if not ENTRIES.fullmatch(n)]
+            if odd:
+                raise ArchiveRefused(f"it holds {short(odd[0])}, which torch.export.save "
+                                     f"writes for no model of this project")
+            for kind in ("weights", "constants"):
+                check_payloads(reader, kind)
+            check_program(json.loads(reader.read_string("models/model.json")))
+            torch.load(io.BytesIO(reader.read_bytes("data/sample_inputs/model.pt")),
+                       weights_only=True)
+    except ArchiveRefused:
+        raise
+    except Exception as exc:  # a missing entry, bad JSON, a sample that needs pickle
+        raise ArchiveRefused(f"it is damaged or not an export of this project "
+                             f"({exc.__class__.__name__})") from None
+
+
+@contextlib.contextmanager
+def weights_only_loads():
+    """While loading, every ``torch.load`` unpickles with ``weights_only=True``: torch.export
+    asks for ``weights_only=False`` for pickled payloads and as a fallback."""
+    original = torch.load
+
+    def load(*args, **kwargs):
+        kwargs["weights_only"] = True
+        return original(*args, **kwargs)
+
+    torch.load = load
+    try:
+        yield
+    finally:
+        torch.load = original
+
+
+def load_exported(path: str) -> nn.Module:
+    """The module of the archive at ``path``, checked before ``torch.export.load`` sees it."""
+    raw = read_archive(path)
+    try:
+        check_archive(raw)
+    except ArchiveRefused as exc:
+        raise CheckpointError(f"{path}: refusing to load: {exc}; export the model again with "
+                              f"tools/export_model.py") from None
+    try:
+        with weights_only_loads():
+            return torch.export.load(io.BytesIO(raw)).module()
+    except Exception as exc:  # torch raises several types for a damaged archive
+        raise CheckpointError(f"{path} cannot be loaded by torch.export "
+                              f"({exc.__class__.__name__}); export the model again") from None
+
+
 class Predictor:
-    """An exported ``.pt2`` program, loaded with ``torch.export.load``."""
+    """An exported ``.pt2`` program, checked (``load_exported``), loaded with
+    ``torch.export.load``."""
 
     def __init__(self, model_dir: str, device: str = "auto"):
         self.device = inference_device(device)
-        path = os.path.join(model_dir, PREFIX + ".pt2")
-        try:
-            module = torch.export.load(path).module()
-        except Exception as exc:  # torch raises several types for a damaged archive
-            raise CheckpointError(f"{path} cannot be loaded by torch.export "
-                                  f"({exc.__class__.__name__}); export the model again") from None
+        module = load_exported(os.path.join(model_dir, ARCHIVE))
         self.target = torch_device(self.device)
         self.module = module.to(self.target)
 

@@ -8,14 +8,19 @@ The CLI paths of the crafted pickles run under the hostile suite's memory cap
 from __future__ import annotations
 
 import io
+import json
+import os
 import pickle
+import shutil
 import struct
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import ROOT
 from swa_recipe import safe_pickle
 from swa_recipe.safe_pickle import UnsafePickle
 
@@ -84,3 +89,342 @@ def test_short_cuts_integers_beyond_pythons_digit_limit():
     assert safe_pickle.short(1 << 20000) == "<an integer of 20001 bits>"
     assert "integer of 20001 bits" in safe_pickle.short([1 << 20000, 2])
     assert safe_pickle.short(12345) == "12345"
+
+
+# --- exported models are data, not programs -------------------------------------------------
+
+EXPORT_MODELS = {"VGG16": {"dropout": 0.5}, "VGG16BN": {"dropout": 0.5},
+                 "PreResNet110": {"depth": 8}, "PreResNet164": {"depth": 47},
+                 "WideResNet28x10": {"depth": 10, "dropout": 0.3}}
+
+
+class Reduce:
+    """Pickles as the given ``__reduce__`` tuple: how an attacker names any callable."""
+
+    def __init__(self, *reduce):
+        self.reduce = reduce
+
+    def __reduce__(self):
+        return self.reduce
+
+
+def small_config(model: str, framework: str, **arch) -> dict:
+    from conftest import tiny_config
+
+    return tiny_config("/nonexistent", Arch={"model": model, **arch},
+                       Global={"framework": framework})
+
+
+def export_twin(framework: str, save_dir: Path, model: str = "VGG16", **arch) -> list[str]:
+    """The project's own export of a small model (framework convolutions, as export_model)."""
+    from swa_recipe.inference import import_module
+    from swa_recipe.predict import export_config
+    from swa_recipe.twins import import_twin
+
+    cfg = export_config(small_config(model, framework, **arch))
+    save_dir.mkdir(parents=True, exist_ok=True)
+    module = import_twin(framework).models.build_model(cfg)
+    return import_module(framework, "export").export(module, str(save_dir))
+
+
+@pytest.fixture(scope="module")
+def torch_export(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("torch_export")
+    export_twin("torch", folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def paddle_export(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("paddle_export")
+    export_twin("paddle", folder)
+    return folder
+
+
+def test_every_model_exports_only_the_allowed_operators(tmp_path):
+    """The allow-lists are exactly wide enough: every model of the project, both twins, both
+    Paddle IRs (PIR in a subprocess: the flag is read at import), passes the checks and
+    runs."""
+    from swa_paddle import export as paddle_export_module
+    from swa_torch import export as torch_export_module
+
+    x = np.zeros((2, 3, 32, 32), np.float32)
+    for model, arch in EXPORT_MODELS.items():
+        for framework, module in (("torch", torch_export_module),
+                                  ("paddle", paddle_export_module)):
+            folder = tmp_path / framework / model
+            export_twin(framework, folder, model, **arch)
+            assert module.Predictor(str(folder), "cpu")(x).shape == (2, 10), (model, framework)
+    code = ("import sys; sys.path[:0] = [sys.argv[1], sys.argv[1] + '/tests']\n"
+            "from pathlib import Path\n"
+            "from test_hardening import EXPORT_MODELS, export_twin\n"
+            "from swa_paddle.export import Predictor\n"
+            "import numpy as np\n"
+            "for model, arch in EXPORT_MODELS.items():\n"
+            "    folder = Path(sys.argv[2]) / model\n"
+            "    assert export_twin('paddle', folder, model, **arch) == "
+            "['inference.json', 'inference.pdiparams'], model\n"
+            "    Predictor(str(folder), 'cpu')(np.zeros((1, 3, 32, 32), np.float32))\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(ROOT), str(tmp_path / "pir")],
+                          env={**os.environ, "FLAGS_enable_pir_api": "1"}, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def rewrite_pt2(src: Path, dst: Path, change) -> None:
+    """A copy of the archive with ``change(name, data) -> data | None`` applied to each entry
+    (None drops it); ``change("", None)`` may return extra ``(name, data)`` entries."""
+    import zipfile
+
+    dst.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(src / "inference.pt2") as zin, \
+            zipfile.ZipFile(dst / "inference.pt2", "w", zipfile.ZIP_STORED) as zout:
+        prefix = zin.namelist()[0].split("/", 1)[0]
+        for info in zin.infolist():
+            data = change(info.filename.split("/", 1)[1], zin.read(info.filename))
+            if data is not None:
+                zout.writestr(info.filename, data)
+        for name, data in change("", None) or ():
+            zout.writestr(f"{prefix}/{name}", data)
+
+
+def edit_json(name: str, data: bytes, want: str, edit) -> bytes:
+    if name != want:
+        return data
+    content = json.loads(data)
+    edit(content)
+    return json.dumps(content).encode()
+
+
+def pickled_weight(marker: Path):
+    """weight_0 flagged ``use_pickle`` and holding a pickle that runs ``touch marker``."""
+    import torch
+
+    def change(name, data):
+        if name == "data/weights/weight_0":
+            buf = io.BytesIO()
+            torch.save(Reduce(os.system, (f"touch {marker}",)), buf)
+            return buf.getvalue()
+        return edit_json(name, data, "data/weights/model_weights_config.json",
+                         lambda c: c["config"]["features.0.weight"].update(use_pickle=True))
+    return change
+
+
+def test_pickled_weights_in_a_pt2_never_run(torch_export, tmp_path):
+    """A weight flagged ``use_pickle`` is refused before torch sees it; and even past the
+    check, ``torch.load`` is forced to ``weights_only=True`` while loading."""
+    import torch
+
+    from swa_recipe.checkpoint import CheckpointError
+    from swa_torch import export
+
+    marker = tmp_path / "pwned"
+    rewrite_pt2(torch_export, tmp_path / "m", pickled_weight(marker))
+    with pytest.raises(CheckpointError, match="features.0.weight' is pickled"):
+        export.Predictor(str(tmp_path / "m"), "cpu")
+    assert not marker.exists()
+    with export.weights_only_loads(), pytest.raises(Exception):  # noqa: B017, PT011
+        torch.export.load(str(tmp_path / "m" / "inference.pt2"))
+    assert not marker.exists()
+    assert torch.load.__module__ == "torch.serialization"  # restored
+
+
+def set_target(target: str):
+    def edit(program):
+        program["graph_module"]["graph"]["nodes"][0]["target"] = target
+    return lambda n, d: edit_json(n, d, "models/model.json", edit)
+
+
+def set_field(key: str, value):
+    return lambda n, d: edit_json(n, d, "models/model.json", lambda p: p.update({key: value}))
+
+
+def sample_inputs_pickle(marker: Path):
+    import torch
+
+    def change(name, data):
+        if name == "data/sample_inputs/model.pt":
+            buf = io.BytesIO()
+            torch.save(Reduce(os.system, (f"touch {marker}",)), buf)
+            return buf.getvalue()
+        return data
+    return change
+
+
+def sympy_code(marker: Path):
+    expr = f"getattr(__import__(str(os)), str(system))('touch {marker}')"
+
+    def edit(program):
+        for value in program["graph_module"]["graph"]["tensor_values"].values():
+            for size in value["sizes"]:
+                if "as_expr" in size:
+                    size["as_expr"]["expr_str"] = expr
+                    return
+    return lambda n, d: edit_json(n, d, "models/model.json", edit)
+
+
+def extra_entry(name: str, content: bytes = b"\x7fELF"):
+    return lambda n, d: [(name, content)] if n == "" else d
+
+
+@pytest.mark.parametrize(("case", "words"), [
+    ("os_system_target", "it calls 'torch.os.system'"),
+    ("torch_save_target", "it calls 'torch.save'"),
+    ("guards_code", "guard code"),
+    ("range_constraint_string", "range constraints"),
+    ("sympy_eval", "symbolic size"),
+    ("sample_inputs_pickle", "damaged or not an export"),
+    ("aoti_library", "data/aotinductor/model/x.so"),
+    ("custom_object", "data/constants/custom_obj_0"),
+    ("no_graph", "damaged or not an export"),
+])
+def test_a_pt2_that_could_run_code_is_refused(torch_export, tmp_path, case, words):
+    """Each way ``torch.export.load`` or the loaded module could run code or read files."""
+    from swa_recipe.checkpoint import CheckpointError
+    from swa_torch import export
+
+    marker = tmp_path / "pwned"
+    change = {
+        "os_system_target": set_target("torch.os.system"),
+        "torch_save_target": set_target("torch.save"),
+        "guards_code": set_field("guards_code", [f"__import__('os').system('touch {marker}')"]),
+        "range_constraint_string": set_field("range_constraints", {
+            "s77": {"min_val": f"__import__('os').system('touch {marker}')", "max_val": None}}),
+        "sympy_eval": sympy_code(marker),
+        "sample_inputs_pickle": sample_inputs_pickle(marker),
+        "aoti_library": extra_entry("data/aotinductor/model/x.so"),
+        "custom_object": extra_entry("data/constants/custom_obj_0"),
+        "no_graph": lambda n, d: None if n == "models/model.json" else d,
+    }[case]
+    rewrite_pt2(torch_export, tmp_path / "m", change)
+    with pytest.raises(CheckpointError, match="refusing to load") as info:
+        export.Predictor(str(tmp_path / "m"), "cpu")
+    assert words in str(info.value)
+    assert "\n" not in str(info.value)
+    assert not marker.exists()
+
+
+def test_a_pt2_that_is_a_fifo_is_refused_without_opening(tmp_path):
+    from swa_recipe.checkpoint import CheckpointError
+    from swa_torch import export
+
+    os.mkfifo(tmp_path / "inference.pt2")
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        export.Predictor(str(tmp_path), "cpu")
+
+
+def paddle_program_with(src: Path, dst: Path, op_type: str) -> Path:
+    """The exported ``.pdmodel`` with one more operator of ``op_type`` (a ``save`` of the
+    input to ``dst/written``, overwrite on)."""
+    from paddle.base.proto import framework_pb2
+
+    program = framework_pb2.ProgramDesc()
+    program.ParseFromString((src / "inference.pdmodel").read_bytes())
+    op = program.blocks[0].ops.add()
+    op.type = op_type
+    var = op.inputs.add()
+    var.parameter, var.arguments[:] = "X", ["x"]
+    attr = op.attrs.add()
+    attr.name, attr.type, attr.s = "file_path", framework_pb2.STRING, str(dst / "written")
+    dst.mkdir()
+    for name in ("inference.pdiparams", "inference.pdiparams.info"):
+        shutil.copy(src / name, dst / name)
+    (dst / "inference.pdmodel").write_bytes(program.SerializeToString())
+    return dst
+
+
+@pytest.mark.parametrize("op_type", ["save", "save_combine", "load", "load_combine",
+                                     "print", "while", "some_unknown_op"])
+def test_a_paddle_program_with_file_io_or_unknown_operators_is_refused(paddle_export, tmp_path,
+                                                                      op_type):
+    from swa_paddle import export
+    from swa_recipe.checkpoint import CheckpointError
+
+    folder = paddle_program_with(paddle_export, tmp_path / "m", op_type)
+    with pytest.raises(CheckpointError, match=f"runs the operator '{op_type}'"):
+        export.Predictor(str(folder), "cpu")
+    assert not (folder / "written").exists()
+
+
+def test_a_pir_program_with_a_save_operation_is_refused(tmp_path):
+    from swa_paddle import export
+    from swa_recipe.checkpoint import CheckpointError
+
+    program = {"base_code": {"magic": "pir", "version": 4}, "program": {"regions": [{
+        "blocks": [{"ops": [{"#": "1.data"}, {"#": "1.if", "regions": [{"blocks": [{
+            "ops": [{"#": "1.save_combine"}]}]}]}]}]}]}}
+    (tmp_path / "inference.json").write_text(json.dumps(program))
+    (tmp_path / "inference.pdiparams").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="runs the operator '1.if'"):
+        export.Predictor(str(tmp_path), "cpu")
+    program["program"]["regions"][0]["blocks"][0]["ops"][1]["#"] = "1.relu"
+    (tmp_path / "inference.json").write_text(json.dumps(program))
+    with pytest.raises(CheckpointError, match="runs the operator '1.save_combine'"):
+        export.Predictor(str(tmp_path), "cpu")
+
+
+def test_infer_gets_the_refusal_as_one_line(torch_export, paddle_export, tmp_path, capsys):
+    """``infer.py``'s path (``swa_recipe.inference.infer_main``) reaches the checks."""
+    from swa_recipe.cli import run
+    from swa_recipe.inference import infer_main, infer_parser
+
+    marker = tmp_path / "pwned"
+    rewrite_pt2(torch_export, tmp_path / "t", pickled_weight(marker))
+    paddle_program_with(paddle_export, tmp_path / "p", "save")
+    for folder in ("t", "p"):
+        args = infer_parser().parse_args(["--model_dir", str(tmp_path / folder), "--img_path",
+                                          str(ROOT / "test_images"), "--device", "cpu"])
+        assert run(lambda a=args: infer_main(a), False) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: ") and "refusing" in err, err
+    assert not marker.exists() and not (tmp_path / "p" / "written").exists()
+
+
+def test_export_replaces_the_other_twins_export(tmp_path):
+    """One twin's files per folder: infer.py picks the twin by its files, and a stale Paddle
+    program beside a torch export would run instead of it."""
+    from swa_recipe.predict import exported_framework
+
+    folder = tmp_path / "both"
+    export_twin("paddle", folder)
+    (folder / "inference.json").write_bytes(b"{}")  # a stale program of the other IR
+    assert export_twin("torch", folder) == ["inference.pt2"]
+    assert sorted(p.name for p in folder.iterdir()) == ["inference.pt2"]
+    assert exported_framework(str(folder)) == "torch"
+    assert export_twin("paddle", folder) == ["inference.pdiparams", "inference.pdiparams.info",
+                                             "inference.pdmodel"]
+    assert sorted(p.name for p in folder.iterdir()) == ["inference.pdiparams",
+                                                        "inference.pdiparams.info",
+                                                        "inference.pdmodel"]
+    assert exported_framework(str(folder)) == "paddle"
+
+
+@pytest.mark.parametrize("framework", ["paddle", "torch"])
+def test_export_never_writes_through_a_symlink(tmp_path, framework):
+    """A symlink at a destination is replaced by the new file; its target is untouched."""
+    folder, victim = tmp_path / "out", tmp_path / "victim.txt"
+    folder.mkdir()
+    victim.write_text("keep me")
+    for name in ("inference.pt2", "inference.pdiparams", "inference.pdmodel",
+                 "inference.pdiparams.info"):
+        (folder / name).symlink_to(victim)
+    files = export_twin(framework, folder)
+    assert victim.read_text() == "keep me"
+    assert all((folder / f).is_file() and not (folder / f).is_symlink() for f in files)
+    assert not any(p.is_symlink() for p in folder.iterdir())
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no staging left
+
+
+@pytest.mark.parametrize("framework", ["paddle", "torch"])
+def test_export_onto_a_folder_named_like_its_file_is_one_error(tmp_path, framework):
+    from swa_recipe.checkpoint import CheckpointError
+
+    folder = tmp_path / "out"
+    export_twin("paddle" if framework == "torch" else "torch", folder)
+    before = sorted(p.name for p in folder.iterdir())
+    (folder / ("inference.pt2" if framework == "torch" else "inference.pdiparams")).mkdir(
+        exist_ok=True)
+    with pytest.raises(CheckpointError, match="is a directory or a special file"):
+        export_twin(framework, folder)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        {*before, "inference.pt2" if framework == "torch" else "inference.pdiparams"})
