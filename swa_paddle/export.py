@@ -159,12 +159,22 @@ def pir_operators(raw: bytes) -> list[str] | None:
     return found
 
 
-def read_program(path: str) -> bytes:
-    """The program file's bytes; a FIFO, a device or a folder is refused before it is opened."""
+def check_regular(path: str) -> None:
+    """A FIFO, a device or a folder is refused before it is opened: reading one would hang or
+    never end."""
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            raise CheckpointError(f"{path} is not a regular file; pass the folder written by "
-                                  f"tools/export_model.py")
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path} ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(mode):
+        raise CheckpointError(f"{path} is not a regular file; pass the folder written by "
+                              f"tools/export_model.py")
+
+
+def read_program(path: str) -> bytes:
+    """The program file's bytes, once it is known to be a regular file."""
+    check_regular(path)
+    try:
         with open(path, "rb") as fh:
             return fh.read()
     except OSError as exc:
@@ -208,7 +218,9 @@ class Predictor:
         self.device = inference_device(device)
         program = model_file(model_dir)
         check_program(program)
-        config = inference.Config(program, os.path.join(model_dir, PREFIX + ".pdiparams"))
+        params = os.path.join(model_dir, PARAMS)
+        check_regular(params)
+        config = inference.Config(program, params)
         config.disable_glog_info()
         if self.device == "gpu":
             config.enable_use_gpu(256, 0)

@@ -428,3 +428,13 @@ def test_export_onto_a_folder_named_like_its_file_is_one_error(tmp_path, framewo
         export_twin(framework, folder)
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         {*before, "inference.pt2" if framework == "torch" else "inference.pdiparams"})
+
+
+def test_paddle_parameters_that_are_a_fifo_are_refused_without_opening(paddle_export, tmp_path):
+    from swa_paddle import export
+    from swa_recipe.checkpoint import CheckpointError
+
+    shutil.copy(paddle_export / "inference.pdmodel", tmp_path / "inference.pdmodel")
+    os.mkfifo(tmp_path / "inference.pdiparams")
+    with pytest.raises(CheckpointError, match="inference.pdiparams is not a regular file"):
+        export.Predictor(str(tmp_path), "cpu")
