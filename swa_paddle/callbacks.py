@@ -12,6 +12,7 @@ average is ``swa_utils.AveragedModel`` and the BatchNorm statistics come from ``
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 
 import paddle
@@ -20,9 +21,36 @@ from paddle import nn
 from swa_recipe import schedules
 
 from .averaging import build_average
-from .swa_utils import AveragedModel, update_bn
+from .swa_utils import AveragedModel, check_anneal, is_finite, is_int, require, update_bn
 
 SCHEDULES = ("original", "cyclic", "swalr", "constant")
+
+
+def check_arguments(swa_start, swa_lr, swa_c_epochs, schedule, lr_init, anneal_epochs,
+                    anneal_strategy, avg, ema_decay, bn_loader, swap, save_path) -> None:
+    """Every argument of ``SWA``, at construction, one ``ValueError`` naming the first bad one:
+    ``fit`` would otherwise run epochs before a NaN ``swa_start`` never starts averaging, a
+    negative ``swa_lr`` trains uphill, or ``anneal_strategy='bogus'`` fails at ``swa_start``."""
+    require(schedule is None or schedule in SCHEDULES, "schedule",
+            f"one of {', '.join(SCHEDULES)} or None", schedule)
+    require(avg in ("swa", "ema"), "avg", "'swa' or 'ema'", avg)
+    least = 2 if schedule == "constant" else 1
+    require(is_int(swa_start) and swa_start >= least, "swa_start",
+            f"an integer >= {least}{' for schedule constant' if least == 2 else ''}", swa_start)
+    require(is_int(swa_c_epochs) and swa_c_epochs >= 1, "swa_c_epochs", "an integer >= 1",
+            swa_c_epochs)
+    require(swa_lr is None or (is_finite(swa_lr) and swa_lr >= 0), "swa_lr",
+            "None or a finite number >= 0", swa_lr)
+    require(lr_init is None or (is_finite(lr_init) and lr_init > 0), "lr_init",
+            "None or a finite number > 0", lr_init)
+    check_anneal(anneal_epochs, anneal_strategy)
+    require(is_finite(ema_decay) and 0 <= ema_decay <= 1, "ema_decay", "a number in [0, 1]",
+            ema_decay)
+    require(bn_loader is None or isinstance(bn_loader, Iterable), "bn_loader",
+            "None or an iterable of batches", bn_loader)
+    require(isinstance(swap, bool), "swap", "a bool", swap)
+    require(save_path is None or isinstance(save_path, (str, os.PathLike)), "save_path",
+            "None or a path", save_path)
 
 
 def has_batch_norm(network: nn.Layer) -> bool:
@@ -55,14 +83,10 @@ class SWA(paddle.callbacks.Callback):
                  ema_decay: float = 0.9999, bn_loader: Iterable | None = None,
                  swap: bool = True, save_path: str | None = None):
         super().__init__()
-        if schedule is not None and schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)} or None, "
-                             f"got {schedule!r}")
-        if avg not in ("swa", "ema"):
-            raise ValueError(f"avg must be 'swa' or 'ema', got {avg!r}")
-        if swa_start < (2 if schedule == "constant" else 1) or swa_c_epochs < 1:
-            raise ValueError(f"swa_start must be >= 1 (>= 2 for schedule constant) and "
-                             f"swa_c_epochs >= 1, got {swa_start} and {swa_c_epochs}")
+        check_arguments(swa_start=swa_start, swa_lr=swa_lr, swa_c_epochs=swa_c_epochs,
+                        schedule=schedule, lr_init=lr_init, anneal_epochs=anneal_epochs,
+                        anneal_strategy=anneal_strategy, avg=avg, ema_decay=ema_decay,
+                        bn_loader=bn_loader, swap=swap, save_path=save_path)
         self.schedule, self.swa_lr, self.lr_init = schedule, swa_lr, lr_init
         self.swa = {"swa": True, "swa_start": swa_start, "swa_lr": swa_lr,
                     "swa_c_epochs": swa_c_epochs, "anneal_epochs": anneal_epochs,

@@ -11,6 +11,8 @@ variance.
 from __future__ import annotations
 
 import copy
+import math
+import numbers
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -19,6 +21,7 @@ import paddle
 from paddle import nn
 
 from swa_recipe.bn import AllReduce, BatchStats
+from swa_recipe.safe_pickle import short
 from swa_recipe.schedules import anneal
 
 __all__ = ["AveragedModel", "SWALR", "get_ema_avg_fn", "get_ema_multi_avg_fn", "get_swa_avg_fn",
@@ -28,10 +31,37 @@ AvgFn = Callable[[paddle.Tensor, paddle.Tensor, int], paddle.Tensor]
 MultiAvgFn = Callable[[list, list, int], None]
 
 
+def require(ok: bool, name: str, rule: str, value: object) -> None:
+    """One ``ValueError`` naming the argument, at construction (as torch's ``swa_utils``): a
+    bad value found later would surface as a wrong learning rate or a broadcast average."""
+    if not ok:
+        raise ValueError(f"{name} must be {rule}, got {short(value)}")
+
+
+def is_int(value: object) -> bool:
+    """An integer, not a bool (``True`` is an ``int`` to Python, never a count here)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_finite(value: object) -> bool:
+    """A finite real number, not a bool: NaN compares false with every bound, so range checks
+    alone let it through."""
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def check_anneal(anneal_epochs: object, anneal_strategy: object) -> None:
+    """SWALR's annealing, as torch's ``SWALR`` checks it."""
+    require(anneal_strategy in ("cos", "linear"), "anneal_strategy", "'cos' or 'linear'",
+            anneal_strategy)
+    require(is_int(anneal_epochs) and anneal_epochs >= 0, "anneal_epochs",
+            "an integer >= 0", anneal_epochs)
+
+
 def _check_decay(decay: float) -> None:
-    if not 0.0 <= decay <= 1.0:
-        raise ValueError(f"Invalid decay value {decay} provided. Please provide a value in "
-                         f"[0,1] range.")
+    if not (is_finite(decay) and 0.0 <= decay <= 1.0):
+        raise ValueError(f"Invalid decay value {short(decay)} provided. Please provide a value "
+                         f"in [0,1] range.")
 
 
 def get_ema_avg_fn(decay: float = 0.999) -> AvgFn:
@@ -81,13 +111,33 @@ def _bn_stats(layer: nn.Layer) -> list[str]:
     return ["_mean", "_variance"] if isinstance(layer, nn.layer.norm._BatchNormBase) else []
 
 
-def averaged_tensors(model: nn.Layer, use_buffers: bool) -> list[paddle.Tensor]:
-    """What torch averages: every parameter (frozen ones too), then with ``use_buffers`` the BN
-    statistics, which are parameters in Paddle but buffers in torch."""
-    stats = [getattr(m, n) for m in model.sublayers(include_self=True) for n in _bn_stats(m)]
-    stat_ids = {id(t) for t in stats}
-    params = [p for p in model.parameters() if id(p) not in stat_ids]
+def named_averaged(model: nn.Layer, use_buffers: bool) -> list[tuple[str, paddle.Tensor]]:
+    """What torch averages, by name: every parameter (frozen ones too), then with
+    ``use_buffers`` the BN statistics, which are parameters in Paddle but buffers in torch."""
+    stats = [(f"{prefix}.{n}" if prefix else n, getattr(m, n))
+             for prefix, m in model.named_sublayers(include_self=True) for n in _bn_stats(m)]
+    stat_ids = {id(t) for _, t in stats}
+    params = [(name, p) for name, p in model.named_parameters() if id(p) not in stat_ids]
     return params + stats if use_buffers else params
+
+
+def averaged_tensors(model: nn.Layer, use_buffers: bool) -> list[paddle.Tensor]:
+    """The tensors of ``named_averaged``, in its order."""
+    return [t for _, t in named_averaged(model, use_buffers)]
+
+
+def check_same_structure(averaged: list[tuple[str, paddle.Tensor]],
+                         current: list[tuple[str, paddle.Tensor]]) -> None:
+    """Refuse a model of another structure: ``set_value`` and the averaging arithmetic would
+    broadcast a tensor of another shape, or ``zip`` pair the wrong tensors, silently."""
+    if len(averaged) != len(current):
+        raise ValueError(f"model has {len(current)} averaged tensors, the AveragedModel "
+                         f"{len(averaged)}; pass a model of the structure it was built from")
+    for (name, a), (other, c) in zip(averaged, current, strict=True):
+        if name != other or a.shape != c.shape:
+            raise ValueError(f"model has {short(other)} of shape {list(c.shape)} where the "
+                             f"AveragedModel has {short(name)} of shape {list(a.shape)}; pass a "
+                             f"model of the structure it was built from")
 
 
 class AveragedModel(nn.Layer):
@@ -102,6 +152,11 @@ class AveragedModel(nn.Layer):
 
     def __init__(self, model: nn.Layer, avg_fn: AvgFn | None = None,
                  multi_avg_fn: MultiAvgFn | None = None, use_buffers: bool = False):
+        require(isinstance(model, nn.Layer), "model", "a paddle.nn.Layer", model)
+        require(avg_fn is None or callable(avg_fn), "avg_fn", "None or a callable", avg_fn)
+        require(multi_avg_fn is None or callable(multi_avg_fn), "multi_avg_fn",
+                "None or a callable", multi_avg_fn)
+        require(isinstance(use_buffers, bool), "use_buffers", "a bool", use_buffers)
         super().__init__()
         self.module = copy.deepcopy(model)
         self.register_buffer("n_averaged", paddle.to_tensor(0, dtype="int64"), persistable=True)
@@ -114,9 +169,13 @@ class AveragedModel(nn.Layer):
 
     @paddle.no_grad()
     def update_parameters(self, model: nn.Layer) -> None:
+        require(isinstance(model, nn.Layer), "model", "a paddle.nn.Layer", model)
         n = int(self.n_averaged)
-        averaged = averaged_tensors(self.module, self.use_buffers)
-        current = [t.detach() for t in averaged_tensors(model, self.use_buffers)]
+        named = named_averaged(self.module, self.use_buffers)
+        named_current = named_averaged(model, self.use_buffers)
+        check_same_structure(named, named_current)
+        averaged = [t for _, t in named]
+        current = [t.detach() for _, t in named_current]
         if n == 0:
             for a, c in zip(averaged, current, strict=True):
                 a.set_value(c)
@@ -138,10 +197,10 @@ class SWALR(paddle.optimizer.lr.LRScheduler):
 
     def __init__(self, learning_rate: float, swa_lr: float, anneal_epochs: int = 10,
                  anneal_strategy: str = "cos", last_epoch: int = -1, verbose: bool = False):
-        if anneal_strategy not in ("cos", "linear"):
-            raise ValueError(f"anneal_strategy must be 'cos' or 'linear', got {anneal_strategy}")
-        if not isinstance(anneal_epochs, int) or anneal_epochs < 0:
-            raise ValueError(f"anneal_epochs must be an integer >= 0, got {anneal_epochs}")
+        require(is_finite(learning_rate) and learning_rate >= 0, "learning_rate",
+                "a finite number >= 0", learning_rate)
+        require(is_finite(swa_lr) and swa_lr >= 0, "swa_lr", "a finite number >= 0", swa_lr)
+        check_anneal(anneal_epochs, anneal_strategy)
         self.swa_lr = swa_lr
         self.anneal_epochs = anneal_epochs
         self.anneal_strategy = anneal_strategy
@@ -184,6 +243,10 @@ def update_bn(loader: Iterable, model: nn.Layer, all_reduce: AllReduce | None = 
     statistics. ``all_reduce`` (summing a float64 array over ranks) makes those the statistics
     of the global batch when each rank holds a shard of it (see ``swa_recipe.bn``).
     """
+    require(isinstance(model, nn.Layer), "model", "a paddle.nn.Layer", model)
+    require(isinstance(loader, Iterable), "loader", "an iterable of batches", loader)
+    require(all_reduce is None or callable(all_reduce), "all_reduce", "None or a callable",
+            all_reduce)
     layers = [m for m in model.sublayers(include_self=True) if _bn_stats(m)]
     if not layers:
         return

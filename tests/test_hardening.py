@@ -438,3 +438,120 @@ def test_paddle_parameters_that_are_a_fifo_are_refused_without_opening(paddle_ex
     os.mkfifo(tmp_path / "inference.pdiparams")
     with pytest.raises(CheckpointError, match="inference.pdiparams is not a regular file"):
         export.Predictor(str(tmp_path), "cpu")
+
+
+# --- library API: arguments checked at construction -----------------------------------------
+
+@pytest.mark.parametrize(("kwargs", "name"), [
+    ({"anneal_strategy": "bogus"}, "anneal_strategy"),
+    ({"swa_lr": -0.01}, "swa_lr"),
+    ({"swa_lr": float("nan")}, "swa_lr"),
+    ({"swa_lr": float("inf")}, "swa_lr"),
+    ({"anneal_epochs": -1}, "anneal_epochs"),
+    ({"anneal_epochs": 2.5}, "anneal_epochs"),
+    ({"swa_start": float("nan")}, "swa_start"),
+    ({"swa_start": -3}, "swa_start"),
+    ({"swa_start": 0}, "swa_start"),
+    ({"swa_start": 2.5}, "swa_start"),
+    ({"swa_start": True}, "swa_start"),
+    ({"swa_c_epochs": 0}, "swa_c_epochs"),
+    ({"lr_init": 0.0}, "lr_init"),
+    ({"lr_init": float("nan")}, "lr_init"),
+    ({"ema_decay": 1.5}, "ema_decay"),
+    ({"ema_decay": float("nan")}, "ema_decay"),
+    ({"bn_loader": 3}, "bn_loader"),
+    ({"swap": "yes"}, "swap"),
+    ({"save_path": 7}, "save_path"),
+    ({"schedule": "step"}, "schedule"),
+    ({"avg": "polyak"}, "avg"),
+])
+def test_swa_callback_refuses_each_bad_argument_by_name(kwargs, name):
+    from swa_paddle.callbacks import SWA
+
+    with pytest.raises(ValueError, match=f"^{name} must be") as info:
+        SWA(**{"swa_start": 2, **kwargs})
+    assert "\n" not in str(info.value)
+
+
+def test_swa_callback_accepts_what_it_documents():
+    from swa_paddle.callbacks import SWA
+
+    SWA(swa_start=np.int64(3), swa_lr=0, anneal_epochs=0, anneal_strategy="linear",
+        avg="ema", ema_decay=1, lr_init=0.1, bn_loader=[], swap=False, save_path=Path("x"))
+    SWA(swa_start=2, schedule="constant")
+    SWA(swa_start=1, schedule=None)
+
+
+@pytest.mark.parametrize(("args", "kwargs", "name"), [
+    ((0.1, -0.05), {}, "swa_lr"),
+    ((0.1, float("nan")), {}, "swa_lr"),
+    ((float("inf"), 0.05), {}, "learning_rate"),
+    ((0.1, 0.05), {"anneal_strategy": "bogus"}, "anneal_strategy"),
+    ((0.1, 0.05), {"anneal_epochs": -1}, "anneal_epochs"),
+    ((0.1, 0.05), {"anneal_epochs": 1.5}, "anneal_epochs"),
+])
+def test_swalr_refuses_each_bad_argument_by_name(args, kwargs, name):
+    from swa_paddle.swa_utils import SWALR
+
+    with pytest.raises(ValueError, match=f"^{name} must be"):
+        SWALR(*args, **kwargs)
+
+
+def test_torch_swalr_refuses_the_same_annealing():
+    """The twin's reference: torch refuses these two at construction too."""
+    import torch
+
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    for kwargs in ({"anneal_strategy": "bogus"}, {"anneal_epochs": -1}):
+        with pytest.raises(ValueError, match=next(iter(kwargs))):
+            torch.optim.swa_utils.SWALR(opt, 0.05, **kwargs)
+
+
+def test_averaged_model_and_update_bn_refuse_bad_arguments_by_name():
+    from paddle import nn
+
+    from swa_paddle.swa_utils import AveragedModel, get_ema_avg_fn, update_bn
+
+    net = nn.Linear(2, 3)
+    cases = [(lambda: AveragedModel("not a layer"), "model"),
+             (lambda: AveragedModel(net, avg_fn=3), "avg_fn"),
+             (lambda: AveragedModel(net, multi_avg_fn="x"), "multi_avg_fn"),
+             (lambda: AveragedModel(net, use_buffers=1), "use_buffers"),
+             (lambda: update_bn([], "not a layer"), "model"),
+             (lambda: update_bn(5, net), "loader"),
+             (lambda: update_bn([], net, all_reduce=1), "all_reduce")]
+    for call, name in cases:
+        with pytest.raises(ValueError, match=f"^{name} must be"):
+            call()
+    with pytest.raises(ValueError, match="decay"):
+        get_ema_avg_fn("0.5")
+
+
+@pytest.mark.parametrize("use_buffers", [False, True])
+def test_update_parameters_refuses_a_model_of_another_structure(use_buffers):
+    """A [3, 2] weight must not be averaged with a [1, 2] one by broadcasting, nor a model
+    with other parameter names or another count of tensors."""
+    import paddle
+    from paddle import nn
+
+    from swa_paddle.swa_utils import AveragedModel
+
+    def net(width=3, bn=True):
+        return nn.Sequential(nn.Linear(2, width), *([nn.BatchNorm1D(width)] if bn else []))
+
+    paddle.seed(0)
+    avg = AveragedModel(net(), use_buffers=use_buffers)
+    avg.update_parameters(net())
+    before = {k: v.numpy().copy() for k, v in avg.state_dict().items()}
+    for other, words in ((net(width=1), "of shape"), (net(bn=False), "averaged tensors"),
+                         (nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 3)),
+                          "'1.weight' of shape|averaged tensors"),
+                         (nn.Sequential(nn.Identity(), nn.Linear(2, 3), nn.BatchNorm1D(3)),
+                          "0.weight")):
+        with pytest.raises(ValueError, match=words):
+            avg.update_parameters(other)
+    after = avg.state_dict()
+    assert all(np.array_equal(before[k], after[k].numpy()) for k in before)
+    assert int(avg.n_averaged) == 1
+    avg.update_parameters(net())  # the same structure still averages
+    assert int(avg.n_averaged) == 2
