@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import tarfile
 import urllib.request
 import zlib
@@ -51,11 +52,52 @@ def default_data_path(layout: Layout = CIFAR10) -> Path:
 
 
 def file_md5(path: Path) -> str:
-    digest = hashlib.md5()
     with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
+        return stream_md5(fh)
+
+
+def stream_md5(fh) -> str:
+    """MD5 of an open file from its current position to its end."""
+    digest = hashlib.md5()
+    for chunk in iter(lambda: fh.read(1 << 20), b""):
+        digest.update(chunk)
     return digest.hexdigest()
+
+
+NOT_REGULAR = ("is not a regular file (a FIFO, a device or a socket: reading it would hang or "
+               "never end); pass --data_path pointing at {archive} or its extracted {folder} "
+               "folder")
+
+
+def check_regular(path: Path, layout: Layout = CIFAR10) -> None:
+    """Refuse a path that exists but is neither a folder nor a regular file, before anything
+    opens it: ``open`` of a FIFO blocks until a writer comes, a device never ends."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return  # missing: the caller says what it expected there
+    if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+        raise DataError(f"{short(str(path))} " + NOT_REGULAR.format(archive=layout.archive,
+                                                                    folder=layout.folder))
+
+
+def open_regular(path: Path, layout: Layout = CIFAR10):
+    """``open(path, "rb")`` that cannot block or read a device: opened non-blocking (a FIFO
+    opens at once), checked on the descriptor it then reads (no window between check and
+    open), then switched back to blocking reads."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise DataError(f"cannot read {short(str(path))} ({exc.strerror or exc})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise DataError(f"{short(str(path))} " + NOT_REGULAR.format(
+                archive=layout.archive, folder=layout.folder))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def download(url: str, dest: Path, md5: str | None, layout: Layout = CIFAR10) -> None:
@@ -92,14 +134,18 @@ def expected_md5(data_path: str | None, md5: str | None, layout: Layout = CIFAR1
 
 
 def locate(data_path: str | None, md5: str | None = "auto", layout: Layout = CIFAR10) -> Path:
-    """Return the archive or extracted folder to read; download the archive if none is given."""
+    """Return the archive or extracted folder to read; download the archive if none is given.
+    A FIFO, a device or a socket is refused here, before it is opened."""
     if data_path is None:
         path = default_data_path(layout)
+        check_regular(path, layout)
         if not path.exists():
             download(layout.url, path, expected_md5(None, md5, layout), layout)
         return path
     path = Path(data_path).expanduser()
+    check_regular(path, layout)
     if path.is_dir():
+        check_regular(path / layout.archive, layout)
         if (path / layout.folder).is_dir():
             return path / layout.folder
         if (path / layout.archive).is_file():
@@ -123,13 +169,18 @@ def _unpickle(raw: bytes, name: str, origin: Path) -> dict:
 
 
 def _read_folder(folder: Path, names: tuple[str, ...], layout: Layout = CIFAR10) -> list[dict]:
-    missing = [n for n in names if not (folder / n).is_file()]
+    missing = [n for n in names if not (folder / n).exists()]
     if missing:
         raise DataError(f"{folder} lacks {', '.join(missing)}; re-extract {layout.archive} "
                         f"there or pass the archive itself with --data_path")
-    for n in names:
-        check_member_size((folder / n).stat().st_size, n, folder, layout)
-    return [_unpickle((folder / n).read_bytes(), n, folder) for n in names]
+    return [_unpickle(_read_batch_file(folder / n, layout), n, folder) for n in names]
+
+
+def _read_batch_file(path: Path, layout: Layout = CIFAR10) -> bytes:
+    """One extracted batch: a regular file (``open_regular``) no larger than any batch."""
+    with open_regular(path, layout) as fh:
+        check_member_size(os.fstat(fh.fileno()).st_size, path.name, path.parent, layout)
+        return fh.read()
 
 
 def _wanted_member(member: tarfile.TarInfo, index: int, names: tuple[str, ...], found: dict,
@@ -155,12 +206,20 @@ def _wanted_member(member: tarfile.TarInfo, index: int, names: tuple[str, ...], 
 
 def _read_archive(archive: Path, names: tuple[str, ...], md5: str | None,
                   layout: Layout = CIFAR10) -> list[dict]:
-    if md5 and (found := file_md5(archive)) != md5:
-        raise DataError(f"{archive} has MD5 {found}, expected {md5}; replace the file, or for "
-                        f"a trusted local copy pass -o Data.md5=null")
+    with open_regular(archive, layout) as fh:
+        if md5 and (found := stream_md5(fh)) != md5:
+            raise DataError(f"{archive} has MD5 {found}, expected {md5}; replace the file, or "
+                            f"for a trusted local copy pass -o Data.md5=null")
+        fh.seek(0)
+        return _read_members(fh, archive, names, layout)
+
+
+def _read_members(fh, archive: Path, names: tuple[str, ...], layout: Layout = CIFAR10
+                  ) -> list[dict]:
+    """The batches ``names`` of the open gzip'd tar ``fh`` (``archive`` names it)."""
     raw = {}
     try:
-        with tarfile.open(archive, "r:gz") as tar:
+        with tarfile.open(fileobj=fh, mode="r:gz") as tar:
             for index, member in enumerate(tar):
                 if base := _wanted_member(member, index, names, raw, archive, layout):
                     raw[base] = tar.extractfile(member).read()

@@ -555,3 +555,63 @@ def test_update_parameters_refuses_a_model_of_another_structure(use_buffers):
     assert int(avg.n_averaged) == 1
     avg.update_parameters(net())  # the same structure still averages
     assert int(avg.n_averaged) == 2
+
+
+# --- data files that are not regular files ----------------------------------------------------
+
+@pytest.fixture
+def alarm():
+    """A hang fails the test after 20 s instead of blocking the suite."""
+    import signal
+
+    def on_alarm(signum, frame):
+        raise TimeoutError("hung on a non-regular file")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(20)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def fifo_places(tmp_path: Path, archive: Path) -> dict[str, Path]:
+    """--data_path values that put a FIFO (or a device) where the reader would open a file."""
+    from conftest import make_batches, write_folder
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    link = tmp_path / "link.tar.gz"
+    link.symlink_to(fifo)
+    holder = tmp_path / "holder"
+    holder.mkdir()
+    os.mkfifo(holder / "cifar-10-python.tar.gz")
+    extracted = write_folder(tmp_path / "extracted", make_batches())
+    (extracted / "test_batch").unlink()
+    os.mkfifo(extracted / "test_batch")
+    return {"fifo": fifo, "symlink_to_fifo": link, "fifo_archive_in_folder": holder,
+            "fifo_batch_in_folder": extracted, "device": Path("/dev/zero")}
+
+
+def test_a_data_path_that_is_a_fifo_or_a_device_is_refused_without_hanging(tmp_path, archive,
+                                                                           alarm):
+    from swa_recipe.cifar import load_cifar10
+    from swa_recipe.datacheck import DataError
+
+    for name, path in fifo_places(tmp_path, archive).items():
+        with pytest.raises(DataError, match="is not a regular file") as info:
+            load_cifar10(str(path), md5=None)
+        assert "\n" not in str(info.value), name
+    assert len(load_cifar10(str(archive), md5=None)[1].labels) == 50  # a real one still reads
+
+
+def test_open_regular_refuses_a_fifo_swapped_in_after_the_check(tmp_path, alarm):
+    """The descriptor read is the one checked: no window between check and open."""
+    from swa_recipe.cifar import open_regular
+    from swa_recipe.datacheck import DataError
+
+    os.mkfifo(tmp_path / "f")
+    with pytest.raises(DataError, match="not a regular file"):
+        open_regular(tmp_path / "f")
+    (tmp_path / "r").write_bytes(b"abc")
+    with open_regular(tmp_path / "r") as fh:
+        assert fh.read() == b"abc"

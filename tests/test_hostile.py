@@ -378,6 +378,8 @@ def config_cases(root: Path) -> dict[str, tuple[list[str], list[str]]]:
     bomb.write_text("Global:\n  dir:\n" + "".join(f"    - {lv[3:]}\n" for lv in levels))
     latin = root / "latin.yaml"
     latin.write_bytes(b"Global:\n  dir: caf\xe9\n")
+    fifo = root / "data.fifo"
+    os.mkfifo(fifo)
     return {
         "alias_bomb": (["--config", str(bomb)], ["Global.dir must be a string"]),
         "not_utf8": (["--config", str(latin)], ["not UTF-8"]),
@@ -391,6 +393,8 @@ def config_cases(root: Path) -> dict[str, tuple[list[str], list[str]]]:
         "epochs_2_70": (["--epochs", str(2**70)], ["Global.epochs must be between"]),
         "huge_value": (["-o", "Arch.model=" + "V" * 1_000_000], ["Arch.model must be one of"]),
         "unknown_key": (["-o", "Global.dropout=1"], ["unknown config key 'Global.dropout'"]),
+        "data_path_fifo": (["--data_path", str(fifo)], ["data.fifo' is not a regular file"]),
+        "data_path_device": (["--data_path", "/dev/zero"], ["'/dev/zero' is not a regular file"]),
     }
 
 
