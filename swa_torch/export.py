@@ -150,16 +150,24 @@ def read_archive(path: str) -> bytes:
         raise CheckpointError(f"cannot read {path} ({exc.strerror or exc})") from None
 
 
-def unique_entries(raw: bytes) -> None:
+def check_zip(raw: bytes) -> None:
     """Zip readers disagree on which of two same-named entries counts: refuse duplicates, so
-    that the entries checked are the entries loaded."""
+    that the entries checked are the entries loaded. ``torch.export.save`` stores entries
+    uncompressed: a compressed one could inflate a small file to gigabytes."""
     try:
         with zipfile.ZipFile(io.BytesIO(raw)) as zf:
-            names = zf.namelist()
+            infos = zf.infolist()
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise ArchiveRefused(f"not a zip archive ({exc})") from None
+        raise ArchiveRefused(f"not a zip archive ({short(str(exc))})") from None
+    names = [i.filename for i in infos]
     if len(names) != len(set(names)):
         raise ArchiveRefused("it holds two entries of the same name")
+    packed = [i.filename for i in infos if i.compress_type != zipfile.ZIP_STORED]
+    if packed:
+        raise ArchiveRefused(f"it holds {short(packed[0])} compressed, which "
+                             f"torch.export.save never writes")
+    if sum(i.file_size for i in infos) > len(raw):
+        raise ArchiveRefused("its entries claim more bytes than the file holds")
 
 
 def check_payloads(reader, kind: str) -> None:
@@ -263,7 +271,7 @@ def check_archive(raw: bytes) -> None:
     ``weights_only=True``."""
     from torch.export.pt2_archive import PT2ArchiveReader
 
-    unique_entries(raw)
+    check_zip(raw)
     try:
         with PT2ArchiveReader(io.BytesIO(raw)) as reader:
             names = reader.get_file_names()

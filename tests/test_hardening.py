@@ -171,14 +171,14 @@ def test_every_model_exports_only_the_allowed_operators(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-def rewrite_pt2(src: Path, dst: Path, change) -> None:
+def rewrite_pt2(src: Path, dst: Path, change, compression: int = 0) -> None:
     """A copy of the archive with ``change(name, data) -> data | None`` applied to each entry
     (None drops it); ``change("", None)`` may return extra ``(name, data)`` entries."""
     import zipfile
 
     dst.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(src / "inference.pt2") as zin, \
-            zipfile.ZipFile(dst / "inference.pt2", "w", zipfile.ZIP_STORED) as zout:
+            zipfile.ZipFile(dst / "inference.pt2", "w", compression) as zout:
         prefix = zin.namelist()[0].split("/", 1)[0]
         for info in zin.infolist():
             data = change(info.filename.split("/", 1)[1], zin.read(info.filename))
@@ -302,6 +302,21 @@ def test_a_pt2_that_could_run_code_is_refused(torch_export, tmp_path, case, word
     assert words in str(info.value)
     assert "\n" not in str(info.value)
     assert not marker.exists()
+
+
+def test_a_pt2_whose_entries_inflate_is_refused(torch_export, tmp_path):
+    """A weight record of 256 MiB of zeros, deflated to 256 KiB: refused before any reader
+    inflates it."""
+    import zipfile
+
+    from swa_recipe.checkpoint import CheckpointError
+    from swa_torch import export
+
+    rewrite_pt2(torch_export, tmp_path / "m", lambda n, d: bytes(256 << 20)
+                if n == "data/weights/weight_0" else d, zipfile.ZIP_DEFLATED)
+    assert (tmp_path / "m" / "inference.pt2").stat().st_size < 1 << 20
+    with pytest.raises(CheckpointError, match="compressed"):
+        export.Predictor(str(tmp_path / "m"), "cpu")
 
 
 def test_a_pt2_that_is_a_fifo_is_refused_without_opening(tmp_path):
