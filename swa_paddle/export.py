@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import stat
+import struct
 import tempfile
 
 import numpy as np
@@ -171,6 +173,54 @@ def check_regular(path: str) -> None:
                               f"tools/export_model.py")
 
 
+FLOAT32 = framework_pb2.VarType.FP32  # every tensor export writes (weights, BN statistics)
+MAX_DESC_BYTES = 1 << 10  # a TensorDesc is a dtype and a few dims: 4 to 20 bytes
+
+
+def next_tensor(fh, left: int) -> int:
+    """Walk one tensor of a ``save_combine`` file (version, LoD levels, version, TensorDesc,
+    raw data) without reading its data; return the bytes it takes. Refuse what export never
+    writes (LoD, another dtype or version) and a size larger than what is ``left``: Paddle
+    allocates what a tensor claims before reading it."""
+    head = fh.read(16)
+    if len(head) < 16:
+        raise ValueError("a tensor header is cut short")
+    version, lod_levels, tensor_version = struct.unpack("<IQI", head)
+    if version or lod_levels or tensor_version:
+        raise ValueError("a tensor has a version or LoD levels export never writes")
+    size_raw = fh.read(4)
+    desc_size = struct.unpack("<i", size_raw)[0] if len(size_raw) == 4 else -1
+    if not 0 < desc_size <= min(MAX_DESC_BYTES, left - 20):
+        raise ValueError(f"a tensor description claims {desc_size} bytes")
+    desc = framework_pb2.VarType.TensorDesc()
+    desc.ParseFromString(fh.read(desc_size))
+    if desc.data_type != FLOAT32 or len(desc.dims) > 8 or any(d < 0 for d in desc.dims):
+        raise ValueError(f"a tensor of type {desc.data_type} and shape {short(list(desc.dims))}"
+                         f" (export writes float32 tensors)")
+    need = 20 + desc_size + math.prod(desc.dims) * 4
+    if need > left:
+        raise ValueError(f"a tensor of shape {short(list(desc.dims))} claims {need} bytes, "
+                         f"{left} are left in the file")
+    fh.seek(need - 20 - desc_size, os.SEEK_CUR)
+    return need
+
+
+def check_params(path: str) -> None:
+    """Every tensor of ``inference.pdiparams`` fits in the file, and the tensors fill it
+    exactly: a few bytes claiming a [2**34] tensor must not reach Paddle Inference."""
+    check_regular(path)
+    try:
+        with open(path, "rb") as fh:
+            left = os.fstat(fh.fileno()).st_size
+            while left > 0:
+                left -= next_tensor(fh, left)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path} ({exc.strerror or exc})") from None
+    except Exception as exc:  # ValueError above, protobuf's DecodeError
+        raise CheckpointError(f"{path}: refusing to load: {str(exc)[:200]}; export the "
+                              f"model again with tools/export_model.py") from None
+
+
 def read_program(path: str) -> bytes:
     """The program file's bytes, once it is known to be a regular file."""
     check_regular(path)
@@ -219,7 +269,7 @@ class Predictor:
         program = model_file(model_dir)
         check_program(program)
         params = os.path.join(model_dir, PARAMS)
-        check_regular(params)
+        check_params(params)
         config = inference.Config(program, params)
         config.disable_glog_info()
         if self.device == "gpu":

@@ -630,3 +630,34 @@ def test_open_regular_refuses_a_fifo_swapped_in_after_the_check(tmp_path, alarm)
     (tmp_path / "r").write_bytes(b"abc")
     with open_regular(tmp_path / "r") as fh:
         assert fh.read() == b"abc"
+
+
+def params_claiming(src: Path, dst: Path, dims: list[int], tail: bytes = b"") -> Path:
+    """The export with a ``.pdiparams`` of one tensor whose description claims ``dims``
+    float32 elements and holds 16 bytes of data."""
+    from paddle.base.proto import framework_pb2
+
+    desc = framework_pb2.VarType.TensorDesc()
+    desc.data_type = framework_pb2.VarType.FP32
+    desc.dims.extend(dims)
+    raw = desc.SerializeToString()
+    dst.mkdir()
+    shutil.copy(src / "inference.pdmodel", dst / "inference.pdmodel")
+    (dst / "inference.pdiparams").write_bytes(struct.pack("<IQIi", 0, 0, 0, len(raw)) + raw
+                                              + bytes(16) + tail)
+    return dst
+
+
+@pytest.mark.parametrize(("dims", "tail", "words"), [
+    ([2**34], b"", "claims 68719476764 bytes, 44 are left"),
+    ([2**20, 2**20, 2**20], b"", "claims"),
+    ([4], b"\0" * 7, "cut short"),
+])
+def test_paddle_parameters_claiming_more_than_the_file_are_refused(paddle_export, tmp_path,
+                                                                  dims, tail, words):
+    from swa_paddle import export
+    from swa_recipe.checkpoint import CheckpointError
+
+    folder = params_claiming(paddle_export, tmp_path / "m", dims, tail)
+    with pytest.raises(CheckpointError, match=words):
+        export.Predictor(str(folder), "cpu")
