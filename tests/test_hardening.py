@@ -661,3 +661,15 @@ def test_paddle_parameters_claiming_more_than_the_file_are_refused(paddle_export
     folder = params_claiming(paddle_export, tmp_path / "m", dims, tail)
     with pytest.raises(CheckpointError, match=words):
         export.Predictor(str(folder), "cpu")
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    (["--n", "0"], "--n: must be an integer in 1..10000"),
+    (["--n", "9" * 5000], "--n: must be an integer"),
+    (["--tol", "nan"], "--tol: must be a finite number"),
+])
+def test_check_export_refuses_bad_counts_in_one_line(argv, words):
+    proc = subprocess.run([sys.executable, "tools/check_export.py", "--data_path", "x", *argv],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and words in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
