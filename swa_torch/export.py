@@ -264,6 +264,21 @@ def check_program(program) -> None:
     check_expressions(program)
 
 
+def check_sample_inputs(raw: bytes) -> None:
+    """The example inputs (a ``torch.save`` zip inside the archive): stored records that fit in
+    it, read with ``weights_only=True`` (torch.export would fall back to
+    ``weights_only=False``): ``((images,), {})``, each tensor claiming no more than its storage
+    holds."""
+    check_zip(raw)
+    sample = torch.load(io.BytesIO(raw), weights_only=True)
+    if not (isinstance(sample, tuple) and len(sample) == 2 and isinstance(sample[0], tuple)
+            and sample[1] == {} and all(isinstance(t, torch.Tensor) for t in sample[0])):
+        raise ArchiveRefused("its sample inputs are not the (images,) export writes")
+    for tensor in sample[0]:
+        if tensor.numel() * tensor.element_size() > tensor.untyped_storage().nbytes():
+            raise ArchiveRefused("its sample inputs claim more elements than they hold")
+
+
 def check_archive(raw: bytes) -> None:
     """Raise ``ArchiveRefused`` unless the archive holds what ``export`` writes: the listed
     entries only (no AOTInductor library, custom or opaque objects, legacy pickled weights),
@@ -282,8 +297,7 @@ def check_archive(raw: bytes) -> None:
             for kind in ("weights", "constants"):
                 check_payloads(reader, kind)
             check_program(json.loads(reader.read_string("models/model.json")))
-            torch.load(io.BytesIO(reader.read_bytes("data/sample_inputs/model.pt")),
-                       weights_only=True)
+            check_sample_inputs(reader.read_bytes("data/sample_inputs/model.pt"))
     except ArchiveRefused:
         raise
     except Exception as exc:  # a missing entry, bad JSON, a sample that needs pickle

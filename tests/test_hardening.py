@@ -673,3 +673,24 @@ def test_check_export_refuses_bad_counts_in_one_line(argv, words):
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and words in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+
+
+def test_pt2_sample_inputs_are_bounded(torch_export, tmp_path, alarm):
+    """Sample inputs that contain themselves, or a tensor claiming 2**31 elements over a
+    one-element storage, are refused (in time)."""
+    import torch
+
+    from swa_recipe.checkpoint import CheckpointError
+    from swa_torch import export
+
+    looped: list = []
+    looped.append(looped)
+    for name, sample, words in (("loop", (looped, {}), "not the \\(images,\\) export writes"),
+                                ("stride0", ((torch.zeros(1).expand(2**31),), {}),
+                                 "claim more elements")):
+        buf = io.BytesIO()
+        torch.save(sample, buf)
+        rewrite_pt2(torch_export, tmp_path / name, lambda n, d, raw=buf.getvalue(): raw
+                    if n == "data/sample_inputs/model.pt" else d)
+        with pytest.raises(CheckpointError, match=words):
+            export.Predictor(str(tmp_path / name), "cpu")
