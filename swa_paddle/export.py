@@ -217,7 +217,8 @@ def check_params(path: str) -> None:
     except OSError as exc:
         raise CheckpointError(f"cannot read {path} ({exc.strerror or exc})") from None
     except Exception as exc:  # ValueError above, protobuf's DecodeError
-        raise CheckpointError(f"{path}: refusing to load: {str(exc)[:200]}; export the "
+        raise CheckpointError(f"{path} cannot be loaded by Paddle Inference: refusing to "
+                              f"load it ({str(exc)[:200]}: truncated or forged); export the "
                               f"model again with tools/export_model.py") from None
 
 
