@@ -77,18 +77,22 @@ def export(model: nn.Layer, save_dir: str) -> list[str]:
     try:
         staging = tempfile.mkdtemp(prefix=".export-", dir=save_dir)
     except OSError as exc:
-        raise CheckpointError(f"cannot write the export to {save_dir} "
-                              f"({exc.strerror or exc}); pass a writable --save_dir") from None
+        raise write_error(save_dir, exc) from None
     try:
         paddle.jit.save(static, os.path.join(staging, PREFIX))
         written = [f for f in PADDLE_FILES if os.path.isfile(os.path.join(staging, f))]
         install(staging, save_dir, written)
     except OSError as exc:
-        raise CheckpointError(f"cannot write the export to {save_dir} "
-                              f"({exc.strerror or exc}); pass a writable --save_dir") from None
+        raise write_error(save_dir, exc) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return sorted(written)
+
+
+def write_error(save_dir: str, exc: OSError) -> CheckpointError:
+    """A failed write (read-only or full disk, missing folder) as the one-line user error."""
+    return CheckpointError(f"cannot write the export to {save_dir} ({exc.strerror or exc}); "
+                           f"pass a writable --save_dir")
 
 
 def check_destinations(save_dir: str, names: tuple[str, ...]) -> None:

@@ -82,7 +82,10 @@ def export(model: nn.Module, save_dir: str) -> list[str]:
     program = torch.export.export(model, example,
                                   dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))
     check_destinations(save_dir, (ARCHIVE, *PADDLE_FILES))
-    fd, tmp = tempfile.mkstemp(prefix=f".{ARCHIVE}.", suffix=".tmp", dir=save_dir)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{ARCHIVE}.", suffix=".tmp", dir=save_dir)
+    except OSError as exc:
+        raise write_error(save_dir, exc) from None
     try:
         with os.fdopen(fd, "wb") as fh:
             torch.export.save(program, fh)
@@ -90,13 +93,19 @@ def export(model: nn.Module, save_dir: str) -> list[str]:
             os.fsync(fh.fileno())
         remove_files(save_dir, PADDLE_FILES)
         os.replace(tmp, os.path.join(save_dir, ARCHIVE))
-    except OSError as exc:
-        raise CheckpointError(f"cannot write the export to {save_dir} "
-                              f"({exc.strerror or exc}); pass a writable --save_dir") from None
+    except (OSError, RuntimeError) as exc:  # torch's zip writer raises RuntimeError
+        raise write_error(save_dir, exc) from None
     finally:
         if os.path.lexists(tmp):
             os.remove(tmp)
     return [ARCHIVE]
+
+
+def write_error(save_dir: str, exc: Exception) -> CheckpointError:
+    """A failed write (read-only or full disk, missing folder) as the one-line user error."""
+    reason = getattr(exc, "strerror", None) or short(str(exc), 120)
+    return CheckpointError(f"cannot write the export to {save_dir} ({reason}); pass a "
+                           f"writable --save_dir")
 
 
 def check_destinations(save_dir: str, names: tuple[str, ...]) -> None:

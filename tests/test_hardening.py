@@ -694,3 +694,37 @@ def test_pt2_sample_inputs_are_bounded(torch_export, tmp_path, alarm):
                     if n == "data/sample_inputs/model.pt" else d)
         with pytest.raises(CheckpointError, match=words):
             export.Predictor(str(tmp_path / name), "cpu")
+
+
+@pytest.mark.parametrize("framework", ["paddle", "torch"])
+def test_export_into_a_missing_folder_is_one_error(tmp_path, framework):
+    from swa_recipe.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="cannot write the export to .*pass a writable"):
+        from swa_recipe.inference import import_module
+        from swa_recipe.predict import export_config
+        from swa_recipe.twins import import_twin
+
+        cfg = export_config(small_config("VGG16", framework))
+        module = import_twin(framework).models.build_model(cfg)
+        import_module(framework, "export").export(module, str(tmp_path / "missing"))
+
+
+def test_a_failed_torch_export_keeps_the_previous_export(tmp_path, monkeypatch):
+    """torch's zip writer fails with RuntimeError on a full disk: one error line, the Paddle
+    export already in the folder untouched, no temporary file left."""
+    import torch
+
+    from swa_recipe.checkpoint import CheckpointError
+
+    folder = tmp_path / "out"
+    export_twin("paddle", folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    def full_disk(*args, **kwargs):
+        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+
+    monkeypatch.setattr(torch.export, "save", full_disk)
+    with pytest.raises(CheckpointError, match="cannot write the export .*file write failed"):
+        export_twin("torch", folder)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
