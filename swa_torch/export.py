@@ -49,6 +49,12 @@ ENTRIES = re.compile(r"archive_format|archive_version|byteorder|\.data/version"
                      r"|data/weights/weight_\d{1,6}|data/constants/model_constants_config\.json"
                      r"|data/constants/tensor_\d{1,6}")
 PAYLOAD = re.compile(r"(weight|tensor)_\d{1,6}")
+# Parameter and module names (``features.0.weight``): ``.module()`` writes them into the Python
+# source of the unlifted graph (``getattr(self, "...")``), unescaped.
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_.]{0,200}")
+# What a pytree spec of ``((images,), {})`` and one output tensor names.
+SPEC_TYPES = frozenset({None, "builtins.tuple", "builtins.dict", "builtins.list"})
+SPEC_CONTEXTS = frozenset({None, "null", "[]"})
 # A symbol's name (``s77``) in range constraints and symbolic sizes.
 SYMBOL = re.compile(r"[a-z][a-z0-9_]{0,31}")
 # What a symbolic size's ``srepr`` may call (``Symbol('s77', positive=True, integer=True)``).
@@ -188,6 +194,8 @@ def check_payloads(reader, kind: str) -> None:
     if not isinstance(entries, dict):
         raise ArchiveRefused(f"its {kind} config is not a mapping")
     for name, meta in entries.items():
+        if not PLAIN_NAME.fullmatch(name):
+            raise ArchiveRefused(f"{kind} name {short(name)} is not a parameter name")
         if not isinstance(meta, dict) or meta.get("use_pickle") is not False:
             raise ArchiveRefused(f"{kind} {short(name)} is pickled (use_pickle), which would "
                                  f"run code on loading")
@@ -251,9 +259,67 @@ def check_expressions(node) -> None:
             stack.extend(item)
 
 
+def plain_strings(node) -> bool:
+    """Every key and string of ``node`` a plain name (``PLAIN_NAME``)."""
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str) and not PLAIN_NAME.fullmatch(item):
+            return False
+    return True
+
+
+def plain_spec(text) -> bool:
+    """A serialized pytree spec of tuples, lists and dicts without keys (what ``export``'s
+    ``((images,), {})`` and single output give)."""
+    try:
+        _, spec = json.loads(text)
+    except (TypeError, ValueError):
+        return False
+    stack = [spec]
+    while stack:
+        item = stack.pop()
+        if not (isinstance(item, dict) and item.get("type") in SPEC_TYPES
+                and item.get("context") in SPEC_CONTEXTS
+                and isinstance(item.get("children_spec"), list)):
+            return False
+        stack.extend(item["children_spec"])
+    return True
+
+
+def check_names(graph_module: dict) -> None:
+    """Names that ``.module()`` turns into Python source: the signature's parameter and buffer
+    names, the module call graph's paths, argument names and pytree specs."""
+    if not plain_strings(graph_module.get("signature")):
+        raise ArchiveRefused("its signature names a parameter or input with characters no "
+                             "module path has")
+    calls = graph_module.get("module_call_graph")
+    if not isinstance(calls, list):
+        raise ArchiveRefused("it holds no module call graph")
+    for entry in calls:
+        signature = entry.get("signature") if isinstance(entry, dict) else None
+        ok = isinstance(entry, dict) and isinstance(entry.get("fqn"), str) and \
+            PLAIN_NAME.fullmatch(entry["fqn"]) is not None
+        if ok and signature is not None:
+            rest = {k: v for k, v in signature.items() if k not in ("in_spec", "out_spec")} \
+                if isinstance(signature, dict) else None
+            ok = (rest is not None and plain_strings(rest)
+                  and plain_spec(signature.get("in_spec"))
+                  and plain_spec(signature.get("out_spec")))
+        if not ok:
+            raise ArchiveRefused(f"its module call graph holds {short(entry)}, which export "
+                                 f"never writes")
+
+
 def check_program(program) -> None:
-    """``models/model.json``: only the operators ``export`` writes, no guard code (``exec``d on
-    loading), range constraints of plain names and integers, plain symbolic sizes."""
+    """``models/model.json``: only the operators ``export`` writes, plain names where
+    ``.module()`` writes source, no guard code (``exec``d on loading), range constraints of
+    plain names and integers, plain symbolic sizes."""
     graph = program.get("graph_module", {}).get("graph") if isinstance(program, dict) else None
     nodes = graph.get("nodes") if isinstance(graph, dict) else None
     if not isinstance(nodes, list):
@@ -263,6 +329,7 @@ def check_program(program) -> None:
         if target not in OPERATORS:
             raise ArchiveRefused(f"it calls {short(target)}, which no exported model of this "
                                  f"project calls")
+    check_names(program["graph_module"])
     if program.get("guards_code"):
         raise ArchiveRefused("it holds guard code, which would run on loading")
     ranges = program.get("range_constraints")

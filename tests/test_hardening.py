@@ -263,6 +263,29 @@ def sympy_code(marker: Path):
     return lambda n, d: edit_json(n, d, "models/model.json", edit)
 
 
+def source_injection(marker: Path, where: str):
+    """A parameter name that ``.module()`` would splice into generated Python source
+    (``getattr(self, "<name>")``): quotes and a call."""
+    evil = f'x"), __import__("os").system("touch {marker}"), getattr(self, "y'
+
+    def change(name, data):
+        if where == "signature" and name == "models/model.json":
+            program = json.loads(data)
+            spec = program["graph_module"]["signature"]["input_specs"][0]["parameter"]
+            spec["parameter_name"] = evil
+            return json.dumps(program).encode()
+        if where == "weights" and name == "data/weights/model_weights_config.json":
+            config = json.loads(data)
+            config["config"][evil] = config["config"].pop("features.0.weight")
+            return json.dumps(config).encode()
+        if where == "call_graph" and name == "models/model.json":
+            program = json.loads(data)
+            program["graph_module"]["module_call_graph"][1]["fqn"] = evil
+            return json.dumps(program).encode()
+        return data
+    return change
+
+
 def extra_entry(name: str, content: bytes = b"\x7fELF"):
     return lambda n, d: [(name, content)] if n == "" else d
 
@@ -277,6 +300,9 @@ def extra_entry(name: str, content: bytes = b"\x7fELF"):
     ("aoti_library", "data/aotinductor/model/x.so"),
     ("custom_object", "data/constants/custom_obj_0"),
     ("no_graph", "damaged or not an export"),
+    ("signature_source", "its signature names"),
+    ("weights_name_source", "is not a parameter name"),
+    ("call_graph_source", "module call graph"),
 ])
 def test_a_pt2_that_could_run_code_is_refused(torch_export, tmp_path, case, words):
     """Each way ``torch.export.load`` or the loaded module could run code or read files."""
@@ -295,6 +321,9 @@ def test_a_pt2_that_could_run_code_is_refused(torch_export, tmp_path, case, word
         "aoti_library": extra_entry("data/aotinductor/model/x.so"),
         "custom_object": extra_entry("data/constants/custom_obj_0"),
         "no_graph": lambda n, d: None if n == "models/model.json" else d,
+        "signature_source": source_injection(marker, "signature"),
+        "weights_name_source": source_injection(marker, "weights"),
+        "call_graph_source": source_injection(marker, "call_graph"),
     }[case]
     rewrite_pt2(torch_export, tmp_path / "m", change)
     with pytest.raises(CheckpointError, match="refusing to load") as info:
