@@ -316,16 +316,30 @@ def check_names(graph_module: dict) -> None:
                                  f"never writes")
 
 
+def node_targets(program: dict) -> list:
+    """The target of every node of every graph, subgraphs passed as arguments included: any
+    list under a ``nodes`` key, wherever it is."""
+    found, stack = [], [program]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            nodes = item.get("nodes")
+            if isinstance(nodes, list):
+                found.extend(n.get("target") if isinstance(n, dict) else n for n in nodes)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
+
+
 def check_program(program) -> None:
     """``models/model.json``: only the operators ``export`` writes, plain names where
     ``.module()`` writes source, no guard code (``exec``d on loading), range constraints of
     plain names and integers, plain symbolic sizes."""
     graph = program.get("graph_module", {}).get("graph") if isinstance(program, dict) else None
-    nodes = graph.get("nodes") if isinstance(graph, dict) else None
-    if not isinstance(nodes, list):
+    if not isinstance(graph, dict) or not isinstance(graph.get("nodes"), list):
         raise ArchiveRefused("it holds no graph")
-    for node in nodes:
-        target = node.get("target") if isinstance(node, dict) else None
+    for target in node_targets(program):
         if target not in OPERATORS:
             raise ArchiveRefused(f"it calls {short(target)}, which no exported model of this "
                                  f"project calls")

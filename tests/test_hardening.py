@@ -235,6 +235,15 @@ def set_target(target: str):
     return lambda n, d: edit_json(n, d, "models/model.json", edit)
 
 
+def nested_graph(target: str):
+    """A subgraph passed as an argument to the first node, calling ``target``."""
+    def edit(program):
+        node = program["graph_module"]["graph"]["nodes"][0]
+        node["inputs"].append({"name": "g", "arg": {"as_graph": {"name": "g", "graph": {
+            "nodes": [{"target": target, "inputs": [], "outputs": []}]}}}})
+    return lambda n, d: edit_json(n, d, "models/model.json", edit)
+
+
 def set_field(key: str, value):
     return lambda n, d: edit_json(n, d, "models/model.json", lambda p: p.update({key: value}))
 
@@ -300,6 +309,7 @@ def extra_entry(name: str, content: bytes = b"\x7fELF"):
     ("aoti_library", "data/aotinductor/model/x.so"),
     ("custom_object", "data/constants/custom_obj_0"),
     ("no_graph", "damaged or not an export"),
+    ("nested_graph_target", "it calls 'torch.os.system'"),
     ("signature_source", "its signature names"),
     ("weights_name_source", "is not a parameter name"),
     ("call_graph_source", "module call graph"),
@@ -321,6 +331,7 @@ def test_a_pt2_that_could_run_code_is_refused(torch_export, tmp_path, case, word
         "aoti_library": extra_entry("data/aotinductor/model/x.so"),
         "custom_object": extra_entry("data/constants/custom_obj_0"),
         "no_graph": lambda n, d: None if n == "models/model.json" else d,
+        "nested_graph_target": nested_graph("torch.os.system"),
         "signature_source": source_injection(marker, "signature"),
         "weights_name_source": source_injection(marker, "weights"),
         "call_graph_source": source_injection(marker, "call_graph"),
