@@ -18,12 +18,11 @@ import shutil
 
 from . import schedules
 from .checkpoint import checkpoint_path
+from .config import RESUME_SAFE_KEYS
 
-# Keys that may differ between a run and its extension: where outputs and data live, how often
-# the run logs and saves, and the length (the point of extending). Everything else was trained.
-FREE_KEYS = frozenset({("Global", "epochs"), ("Global", "dir"), ("Global", "resume"),
-                       ("Global", "device"), ("Global", "log_freq"), ("Global", "save_freq"),
-                       ("Data", "data_path"), ("Data", "num_workers")})
+# Keys that may differ between a run and its extension are those a resumed run may change
+# (where outputs and data live, how often it logs and saves, its length): one rule for both.
+FREE_KEYS = RESUME_SAFE_KEYS
 PROBE_ITERS = 4  # iterations per epoch at which per-iteration schedules (cyclic) are compared
 
 
