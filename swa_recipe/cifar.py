@@ -12,6 +12,7 @@ import hashlib
 import os
 import stat
 import tarfile
+import tempfile
 import urllib.request
 import zlib
 from dataclasses import dataclass
@@ -101,11 +102,12 @@ def open_regular(path: Path, layout: Layout = CIFAR10):
 
 
 def download(url: str, dest: Path, md5: str | None, layout: Layout = CIFAR10) -> None:
-    """Fetch ``url`` to ``dest`` through a ``.part`` file, so a broken download is never used."""
+    """Fetch ``url`` to ``dest`` through a private temporary file beside it, renamed once
+    complete and checked: a broken download is never used, and a symlink planted at ``dest``
+    or at a ``.part`` name is replaced, never written through."""
     from tqdm import tqdm
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
+    part = _download_file(dest, layout)
     try:
         with urllib.request.urlopen(url, timeout=60) as resp, open(part, "wb") as out:
             total = int(resp.headers.get("Content-Length") or 0) or None
@@ -113,6 +115,8 @@ def download(url: str, dest: Path, md5: str | None, layout: Layout = CIFAR10) ->
                 for chunk in iter(lambda: resp.read(1 << 20), b""):
                     out.write(chunk)
                     bar.update(len(chunk))
+                out.flush()
+                os.fsync(out.fileno())
     except OSError as exc:
         part.unlink(missing_ok=True)
         raise DataError(f"could not download {layout.name} from {url} ({exc}); download "
@@ -122,6 +126,21 @@ def download(url: str, dest: Path, md5: str | None, layout: Layout = CIFAR10) ->
         raise DataError(f"downloaded {url} but its MD5 is not {md5}; retry, or pass a "
                         f"local copy with --data_path")
     os.replace(part, dest)
+
+
+def _download_file(dest: Path, layout: Layout = CIFAR10) -> Path:
+    """A new, empty file of this process beside ``dest`` (``mkstemp``: created exclusively,
+    so no planted file or symlink is reused); a cache folder that cannot be created or written
+    (a read-only HOME) is one error line."""
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f"{dest.name}.", suffix=".part", dir=dest.parent)
+    except OSError as exc:
+        raise DataError(f"cannot write the download cache {dest.parent} "
+                        f"({exc.strerror or exc}); pass --data_path pointing at "
+                        f"{layout.archive}, or set XDG_CACHE_HOME to a writable folder") from None
+    os.close(fd)
+    return Path(name)
 
 
 def expected_md5(data_path: str | None, md5: str | None, layout: Layout = CIFAR10

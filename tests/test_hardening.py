@@ -768,3 +768,40 @@ def test_a_failed_torch_export_keeps_the_previous_export(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="cannot write the export .*file write failed"):
         export_twin("torch", folder)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_download_never_writes_through_a_planted_symlink(tmp_path, monkeypatch, archive):
+    """A dangling symlink at the cached archive's name, and one at its old ``.part`` name,
+    both pointing at files the download must not create or overwrite."""
+    from swa_recipe import cifar
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    dest = cifar.default_data_path()
+    dest.parent.mkdir(parents=True)
+    victim, kept = tmp_path / "victim", tmp_path / "kept"
+    kept.write_text("keep me")
+    dest.symlink_to(victim)
+    (dest.parent / (dest.name + ".part")).symlink_to(kept)
+    raw = archive.read_bytes()
+
+    class Response(io.BytesIO):
+        headers = {"Content-Length": str(len(raw))}
+
+    monkeypatch.setattr(cifar.urllib.request, "urlopen",
+                        lambda url, timeout=None: Response(raw))
+    assert len(cifar.load_cifar10(None, None)[1].labels) == 50
+    assert not victim.exists() and kept.read_text() == "keep me"
+    assert dest.is_file() and not dest.is_symlink() and dest.read_bytes() == raw
+    assert sorted(p.name for p in dest.parent.iterdir()) == sorted([dest.name,
+                                                                    dest.name + ".part"])
+
+
+def test_an_unwritable_download_cache_is_one_line(tmp_path, monkeypatch):
+    from swa_recipe import cifar
+    from swa_recipe.datacheck import DataError
+
+    (tmp_path / "not_a_folder").write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "not_a_folder"))
+    monkeypatch.setattr(cifar.urllib.request, "urlopen", pytest.fail)
+    with pytest.raises(DataError, match="cannot write the download cache .*XDG_CACHE_HOME"):
+        cifar.load_cifar10(None)
