@@ -266,6 +266,23 @@ def inference_device(device: str) -> str:
     return "gpu" if device == "gpu" or (device == "auto" and cuda) else "cpu"
 
 
+def class_count(predict, path: str) -> int:
+    """How many classes the program scores, from one pass over two black images; it also
+    proves the program takes N x 3 x 32 x 32 images, as predict.py and infer.py feed it.
+    ``Predictor.num_classes`` lets a caller refuse a ``config.yaml`` of another class count
+    (whose class names would be wrong) before classifying anything."""
+    try:
+        out = np.asarray(predict(np.zeros((2, 3, IMAGE_SIZE, IMAGE_SIZE), np.float32)))
+    except Exception as exc:  # a program for other inputs: each framework raises its own
+        raise CheckpointError(f"{path} does not run on 3 x {IMAGE_SIZE} x {IMAGE_SIZE} images "
+                              f"({exc.__class__.__name__}); export the model again with "
+                              f"tools/export_model.py") from None
+    if out.ndim != 2 or out.shape[0] != 2 or out.shape[1] < 2:
+        raise CheckpointError(f"{path} gives outputs of shape {list(out.shape)[:8]} for 2 "
+                              f"images, not class scores; export the model again")
+    return int(out.shape[1])
+
+
 class Predictor:
     """An exported model under Paddle Inference: oneDNN and all cores on CPU, or the GPU."""
 
@@ -291,6 +308,7 @@ class Predictor:
                                   f"({exc.__class__.__name__}); export the model again") from None
         self.input = self.predictor.get_input_handle(self.predictor.get_input_names()[0])
         self.output = self.predictor.get_output_handle(self.predictor.get_output_names()[0])
+        self.num_classes = class_count(self, program)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         self.input.reshape(list(x.shape))

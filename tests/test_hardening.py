@@ -805,3 +805,21 @@ def test_an_unwritable_download_cache_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(cifar.urllib.request, "urlopen", pytest.fail)
     with pytest.raises(DataError, match="cannot write the download cache .*XDG_CACHE_HOME"):
         cifar.load_cifar10(None)
+
+
+@pytest.mark.parametrize("framework", ["paddle", "torch"])
+def test_predictor_knows_its_class_count(tmp_path, framework):
+    """``num_classes`` (from one pass over black images) is what a caller compares with
+    ``config.yaml``'s dataset before printing class names."""
+    from swa_recipe.inference import import_module
+    from swa_recipe.predict import export_config
+    from swa_recipe.twins import import_twin
+
+    for classes, dataset in ((10, "CIFAR10"), (100, "CIFAR100")):
+        cfg = export_config(small_config("VGG16", framework))
+        cfg["Data"]["dataset"], cfg["Arch"]["num_classes"] = dataset, classes
+        folder = tmp_path / dataset
+        folder.mkdir()
+        export = import_module(framework, "export")
+        export.export(import_twin(framework).models.build_model(cfg), str(folder))
+        assert export.Predictor(str(folder), "cpu").num_classes == classes
