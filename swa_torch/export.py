@@ -148,21 +148,29 @@ class ArchiveRefused(ValueError):
 
 
 def read_archive(path: str) -> bytes:
-    """The archive's bytes, read once (what is checked is what is loaded); a FIFO, a device or
-    a folder is refused before it is opened, a file over ``MAX_ARCHIVE_BYTES`` before it is
-    read."""
+    """The archive's bytes, read once (what is checked is what is loaded). Opened
+    non-blocking and checked on that descriptor: a FIFO, a device or a folder is refused
+    without blocking, a file over ``MAX_ARCHIVE_BYTES`` before it is read."""
     try:
-        info = os.stat(path)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path} ({exc.strerror or exc})") from None
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise CheckpointError(f"{path} is not a regular file; pass the folder written by "
                                   f"tools/export_model.py")
         if info.st_size > MAX_ARCHIVE_BYTES:
             raise CheckpointError(f"{path} holds {info.st_size} bytes, more than any model of "
                                   f"this project exports ({MAX_ARCHIVE_BYTES})")
-        with open(path, "rb") as fh:
-            return fh.read(MAX_ARCHIVE_BYTES + 1)
-    except OSError as exc:
-        raise CheckpointError(f"cannot read {path} ({exc.strerror or exc})") from None
+        os.set_blocking(fd, True)
+        try:
+            raw = fh.read(info.st_size)  # read(n) allocates n bytes up front: n is the size
+        except OSError as exc:
+            raise CheckpointError(f"cannot read {path} ({exc.strerror or exc})") from None
+    if len(raw) != info.st_size:
+        raise CheckpointError(f"{path} changed while it was read; export the model again")
+    return raw
 
 
 def check_zip(raw: bytes) -> None:

@@ -823,3 +823,66 @@ def test_predictor_knows_its_class_count(tmp_path, framework):
         export = import_module(framework, "export")
         export.export(import_twin(framework).models.build_model(cfg), str(folder))
         assert export.Predictor(str(folder), "cpu").num_classes == classes
+
+
+CAPPED_LOADER = """
+import json, resource, sys, time
+sys.path.insert(0, sys.argv[1])
+from swa_recipe.runtime import tune_cpu_env
+tune_cpu_env()
+from swa_recipe.checkpoint import CheckpointError
+from swa_paddle import export as paddle_export
+from swa_torch import export as torch_export
+with open("/proc/self/status") as fh:
+    size = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmSize:"))
+resource.setrlimit(resource.RLIMIT_AS, (size + (1 << 30), size + (1 << 30)))
+for twin, folder in json.loads(sys.argv[2]):
+    start = time.perf_counter()
+    try:
+        (paddle_export if twin == "paddle" else torch_export).Predictor(folder, "cpu")
+        result = "loaded"
+    except CheckpointError as exc:
+        result = "refused: " + str(exc)
+    except BaseException as exc:
+        result = "escaped: " + repr(exc)[:500]
+    print(json.dumps([folder, result, time.perf_counter() - start]), flush=True)
+"""
+
+
+def test_crafted_exports_under_a_megabyte_take_under_a_gigabyte_and_ten_seconds(
+        torch_export, paddle_export, tmp_path):
+    """The issue's bound for inputs under 1 MB, on the exported-model path, in a process whose
+    address space is capped at what Paddle and torch take plus 1 GiB."""
+    import zipfile
+
+    deep = "[" * 300_000 + "]" * 300_000
+    rewrite_pt2(torch_export, tmp_path / "pt2_inflates", lambda n, d: bytes(512 << 20)
+                if n == "data/weights/weight_0" else d, zipfile.ZIP_DEFLATED)
+    rewrite_pt2(torch_export, tmp_path / "pt2_pickled", pickled_weight(tmp_path / "pwned"))
+    rewrite_pt2(torch_export, tmp_path / "pt2_deep_json", lambda n, d: deep.encode()
+                if n == "models/model.json" else d)
+    rewrite_pt2(torch_export, tmp_path / "pt2_zero_record_claims", lambda n, d: b""
+                if n == "data/weights/weight_0" else edit_json(
+                    n, d, "data/weights/model_weights_config.json",
+                    lambda c: c["config"]["features.0.weight"]["tensor_meta"].update(
+                        sizes=[{"as_int": 2**20}] * 3)))
+    params_claiming(paddle_export, tmp_path / "pdiparams_2_34", [2**34])
+    paddle_program_with(paddle_export, tmp_path / "pdmodel_save", "save")
+    pir = tmp_path / "pir_deep_json"
+    pir.mkdir()
+    (pir / "inference.json").write_text('{"program": ' + deep + "}")
+    (pir / "inference.pdiparams").write_bytes(b"")
+    cases = [("torch", "pt2_inflates"), ("torch", "pt2_pickled"), ("torch", "pt2_deep_json"),
+             ("torch", "pt2_zero_record_claims"), ("paddle", "pdiparams_2_34"),
+             ("paddle", "pdmodel_save"), ("paddle", "pir_deep_json")]
+    for _, name in cases:
+        assert sum(p.stat().st_size for p in (tmp_path / name).iterdir()) < 1 << 20, name
+    proc = subprocess.run([sys.executable, "-c", CAPPED_LOADER, str(ROOT), json.dumps(
+        [(twin, str(tmp_path / name)) for twin, name in cases])], capture_output=True,
+        text=True, timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("[")]
+    assert proc.returncode == 0 and len(results) == len(cases), proc.stderr[-3000:]
+    for folder, result, seconds in results:
+        assert result.startswith("refused: ") and "\n" not in result, (folder, result)
+        assert "MemoryError" not in result and seconds < 10, (folder, result, seconds)
+    assert not (tmp_path / "pwned").exists()
