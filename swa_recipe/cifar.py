@@ -135,6 +135,9 @@ def _download_file(dest: Path, layout: Layout = CIFAR10) -> Path:
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=f"{dest.name}.", suffix=".part", dir=dest.parent)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.fchmod(fd, 0o666 & ~mask)  # as open() would: mkstemp makes it private
     except OSError as exc:
         raise DataError(f"cannot write the download cache {dest.parent} "
                         f"({exc.strerror or exc}); pass --data_path pointing at "

@@ -90,6 +90,7 @@ def export(model: nn.Module, save_dir: str) -> list[str]:
     check_destinations(save_dir, (ARCHIVE, *PADDLE_FILES))
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{ARCHIVE}.", suffix=".tmp", dir=save_dir)
+        os.fchmod(fd, shared_mode())
     except OSError as exc:
         raise write_error(save_dir, exc) from None
     try:
@@ -105,6 +106,14 @@ def export(model: nn.Module, save_dir: str) -> list[str]:
         if os.path.lexists(tmp):
             os.remove(tmp)
     return [ARCHIVE]
+
+
+def shared_mode() -> int:
+    """The mode ``open`` would give a new file (0o666 less the umask): ``mkstemp`` makes it
+    private (0o600), and an exported model is meant to be shared."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def write_error(save_dir: str, exc: Exception) -> CheckpointError:

@@ -770,6 +770,12 @@ def test_a_failed_torch_export_keeps_the_previous_export(tmp_path, monkeypatch):
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def test_download_never_writes_through_a_planted_symlink(tmp_path, monkeypatch, archive):
     """A dangling symlink at the cached archive's name, and one at its old ``.part`` name,
     both pointing at files the download must not create or overwrite."""
@@ -792,6 +798,7 @@ def test_download_never_writes_through_a_planted_symlink(tmp_path, monkeypatch, 
     assert len(cifar.load_cifar10(None, None)[1].labels) == 50
     assert not victim.exists() and kept.read_text() == "keep me"
     assert dest.is_file() and not dest.is_symlink() and dest.read_bytes() == raw
+    assert dest.stat().st_mode & 0o777 == 0o666 & ~current_umask()
     assert sorted(p.name for p in dest.parent.iterdir()) == sorted([dest.name,
                                                                     dest.name + ".part"])
 
@@ -886,3 +893,13 @@ def test_crafted_exports_under_a_megabyte_take_under_a_gigabyte_and_ten_seconds(
         assert result.startswith("refused: ") and "\n" not in result, (folder, result)
         assert "MemoryError" not in result and seconds < 10, (folder, result, seconds)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_torch_export_has_the_mode_open_would_give(tmp_path):
+    """``mkstemp`` creates 0o600; an export is shared, so it gets 0o666 less the umask."""
+    mask = os.umask(0o022)
+    try:
+        export_twin("torch", tmp_path)
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "inference.pt2").stat().st_mode & 0o777 == 0o644
