@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+import stat
 from collections.abc import Callable
 
 from . import safe_pickle
@@ -119,9 +120,32 @@ def check_shapes(expected: dict, found: dict, path: str) -> None:
                               f"it is a checkpoint of another model")
 
 
+NOT_REGULAR = ("is not a regular file (a FIFO, a device or a socket: reading it would hang or "
+               "never end); pass a checkpoint file")
+
+
+def open_checkpoint(path: str):
+    """``open(path, "rb")`` for a checkpoint that cannot block or read without end: opened
+    non-blocking (a FIFO opens at once) and checked on the descriptor it then reads (no window
+    between check and open), so ``--resume`` naming a FIFO or ``/dev/urandom`` is one line."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {short(str(path), 200)} "
+                              f"({exc.strerror or exc})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise CheckpointError(f"{short(str(path), 200)} {NOT_REGULAR}")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def safe_unpickle(path: str):
     """A ``paddle.save`` file through the project's restricted unpickler (``safe_pickle``)."""
-    with open(path, "rb") as fh:
+    with open_checkpoint(path) as fh:
         return safe_pickle.load(fh, safe_pickle.CHECKPOINT_GLOBALS, encoding="latin1")
 
 

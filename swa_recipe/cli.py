@@ -150,7 +150,7 @@ def saved_config(path: str, framework: str | None) -> dict | None:
     """The config stored in the training checkpoint ``path`` (None when it holds none). A
     checkpoint of the other framework than ``--framework`` asks is refused here, as
     ``loop.restore`` would."""
-    if not os.path.isfile(path):
+    if not os.path.exists(path):  # a FIFO or a device: the twin's load says what it is
         raise CheckpointError(f"checkpoint {path} not found; pass an existing file to --resume")
     found = framework_of(path)
     if found and framework and found != framework:
@@ -242,7 +242,7 @@ def without_device(saved: dict | None) -> dict | None:
 def load_checkpoint(args: argparse.Namespace) -> tuple[SimpleNamespace, dict, str, dict]:
     """(twin, config, label, weights) of ``--model_path``: a training checkpoint (its config,
     ``-o`` on top, must match) or a plain state dict (the model from the flags)."""
-    if not os.path.isfile(args.model_path):
+    if not os.path.exists(args.model_path):  # a FIFO or a device: the twin's load says so
         raise CheckpointError(f"{args.model_path} not found; pass an existing checkpoint to "
                               f"--model_path")
     framework = _framework(args)

@@ -15,6 +15,7 @@ from swa_recipe.checkpoint import (
     check_shapes,
     check_state_dict,
     map_tensors,
+    open_checkpoint,
     plain_layout,
 )
 from swa_recipe.safe_pickle import UnsafePickle, short
@@ -24,14 +25,15 @@ def save(state: dict, path: str) -> None:
     atomic_save(lambda tmp: torch.save(state, tmp), path)
 
 
-def _check_archive(path: str) -> None:
+def _check_archive(fh) -> None:
     """A ``torch.save`` zip stores its records uncompressed: records that would inflate past
     the file's own size are a zip bomb, refused before torch reads them."""
-    if not zipfile.is_zipfile(path):
+    if not zipfile.is_zipfile(fh):
         return
-    with zipfile.ZipFile(path) as archive:
+    fh.seek(0)
+    with zipfile.ZipFile(fh) as archive:
         claimed = sum(info.file_size for info in archive.infolist())
-    if claimed > os.path.getsize(path):
+    if claimed > os.fstat(fh.fileno()).st_size:
         raise UnsafePickle(f"its records claim {claimed} bytes, more than the file holds")
 
 
@@ -47,9 +49,16 @@ def _stored(t: torch.Tensor) -> torch.Tensor:
 def load(path: str) -> dict:
     """``weights_only=True``: tensors and plain containers only, never code from the file;
     shared objects visited once, nesting and tensor sizes bounded (``safe_pickle.walk``)."""
+    with open_checkpoint(path) as fh:  # a regular file: a FIFO or a device is one line
+        return _load_checked(fh, path)
+
+
+def _load_checked(fh, path: str) -> dict:
+    """``load`` of the opened, regular file ``fh``: the descriptor checked is the one read."""
     try:
-        _check_archive(path)
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        _check_archive(fh)
+        fh.seek(0)
+        state = torch.load(fh, map_location="cpu", weights_only=True)
         return safe_pickle.walk(state, lambda t: isinstance(t, torch.Tensor), _stored,
                                 leaves=safe_pickle.LEAVES + (torch.dtype, torch.device))
     except UnsafePickle as exc:

@@ -1,0 +1,72 @@
+"""Hardening, round 2, second part (issue 21): checkpoints that are not regular files, the
+exported config against the program, atomic config writes, one-line errors for any path,
+model sizes bounded before they are built, the TIPC scripts and images.
+
+Each test crafts its own hostile input and fails without the fix it names.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def alarm():
+    """A hang fails the test after 20 s instead of blocking the suite."""
+    def on_alarm(signum, frame):
+        raise TimeoutError("hung")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(20)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+# --- 1. checkpoints that are FIFOs or devices -------------------------------------------------
+
+def special_checkpoints(tmp_path: Path) -> dict[str, str]:
+    """Paths a --resume or --model_path could name that are no regular file."""
+    fifo = tmp_path / "checkpoint-3.pdparams"
+    os.mkfifo(fifo)
+    tfifo = tmp_path / "checkpoint-3.pt"
+    os.mkfifo(tfifo)
+    link = tmp_path / "link.pt"
+    link.symlink_to(tfifo)
+    return {"fifo": str(fifo), "torch_fifo": str(tfifo), "symlink_to_fifo": str(link),
+            "urandom": "/dev/urandom", "zero": "/dev/zero", "folder": str(tmp_path)}
+
+
+@pytest.mark.parametrize("framework", ["paddle", "torch"])
+def test_a_checkpoint_that_is_a_fifo_or_a_device_is_refused_without_reading(tmp_path, alarm,
+                                                                           framework):
+    from swa_recipe.checkpoint import CheckpointError
+    from swa_recipe.twins import import_twin
+
+    twin = import_twin(framework)
+    for name, path in special_checkpoints(tmp_path).items():
+        with pytest.raises(CheckpointError, match="not a regular file|cannot read") as info:
+            twin.checkpoint.load(path)
+        assert "\n" not in str(info.value), name
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--resume", "{fifo}"], ["train", "--resume", "/dev/urandom"],
+    ["train", "--framework", "torch", "--resume", "/dev/urandom"],
+    ["eval", "--model_path", "{torch_fifo}"], ["eval", "--model_path", "/dev/urandom"],
+])
+def test_resume_or_eval_of_a_fifo_or_a_device_is_one_line(tmp_path, alarm, capsys, argv):
+    from swa_recipe import cli
+
+    paths = special_checkpoints(tmp_path)
+    main, *rest = [a.format(**paths) for a in argv]
+    parser, run = {"train": (cli.train_parser, cli.train_main),
+                   "eval": (cli.eval_parser, cli.eval_main)}[main]
+    args = parser().parse_args(rest)
+    assert cli.run(lambda: run(args), False) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not a regular file" in err, err
