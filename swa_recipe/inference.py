@@ -15,6 +15,7 @@ from types import ModuleType
 
 import numpy as np
 
+from .checkpoint import CheckpointError
 from .cli import (
     add_common_args,
     checkpoint_parser,
@@ -138,6 +139,7 @@ def infer_main(args: argparse.Namespace) -> int:
     tune_cpu_env()
     export = import_module(framework, "export")
     predictor = export.Predictor(args.model_dir, args.device)
+    check_class_count(predictor.num_classes, cfg, args.model_dir)
     inputs = read_inputs(args, cfg)
     logits = batched(predictor, preprocess(inputs.images, cfg), args.batch_size)
     print(f"exported model {args.model_dir} ({cfg['Arch']['model']}, {framework}, "
@@ -146,6 +148,17 @@ def infer_main(args: argparse.Namespace) -> int:
     if args.benchmark:
         print_benchmark(predictor, export, cfg, framework)
     return 0
+
+
+def check_class_count(scored: int, cfg: dict, model_dir: str) -> None:
+    """The exported ``config.yaml`` names the classes the program's scores stand for: one of
+    another class count (a CIFAR-100 config beside a 10-class export) would print wrong class
+    names with no error, so it is refused before any image is read."""
+    declared = cfg["Arch"]["num_classes"]
+    if scored != declared:
+        raise CheckpointError(f"{os.path.join(model_dir, CONFIG_FILE)} declares {declared} "
+                              f"classes ({cfg['Data']['dataset']}) but the exported program "
+                              f"scores {scored}; export the model again with its own config")
 
 
 def timed(predict: Predict, x: np.ndarray, runs: int) -> float:

@@ -70,3 +70,45 @@ def test_resume_or_eval_of_a_fifo_or_a_device_is_one_line(tmp_path, alarm, capsy
     assert cli.run(lambda: run(args), False) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "not a regular file" in err, err
+
+
+# --- 2. the exported config.yaml against the program ------------------------------------------
+
+def small_export(framework: str, save_dir: Path) -> Path:
+    """The project's own export of a small 10-class VGG16."""
+    from conftest import tiny_config
+    from swa_recipe.inference import import_module
+    from swa_recipe.predict import export_config
+    from swa_recipe.twins import import_twin
+
+    cfg = export_config(tiny_config("/nonexistent", Global={"framework": framework}))
+    save_dir.mkdir(parents=True, exist_ok=True)
+    module = import_twin(framework).models.build_model(cfg)
+    import_module(framework, "export").export(module, str(save_dir))
+    return save_dir
+
+
+def a_png(path: Path) -> Path:
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (10, 200, 30)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("framework", ["paddle", "torch"])
+def test_a_config_of_another_class_count_beside_an_export_is_refused(tmp_path, capsys,
+                                                                     framework):
+    from swa_recipe.cli import run
+    from swa_recipe.config import default_config, save_config, validate
+    from swa_recipe.inference import infer_main, infer_parser
+
+    folder = small_export(framework, tmp_path / "export")
+    cfg = default_config()
+    cfg["Data"]["dataset"] = "CIFAR100"
+    save_config(validate(cfg), str(folder / "config.yaml"))
+    args = infer_parser().parse_args(["--model_dir", str(folder), "--img_path",
+                                      str(a_png(tmp_path / "x.png"))])
+    assert run(lambda: infer_main(args), False) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and "declares 100 classes" in captured.err, captured
+    assert "scores 10" in captured.err and captured.out == ""
