@@ -8,10 +8,12 @@ work starts, with a message naming the key and what it accepts.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import math
 import os
 import re
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -436,5 +438,36 @@ def continued_config(args: argparse.Namespace, saved: dict, path: str) -> dict:
 
 
 def save_config(cfg: dict, path: str) -> None:
-    with open(path, "w", encoding="utf-8") as fh:
-        yaml.safe_dump(cfg, fh, sort_keys=False)
+    """Write ``cfg`` as YAML atomically: through a new file beside ``path``, flushed, then
+    renamed, so a failed write never truncates the previous config and a symlink planted at
+    ``path`` is replaced, never written through. Any failure (a folder named ``config.yaml``,
+    a full disk) is one ``ConfigError`` line naming the file."""
+    text = yaml.safe_dump(cfg, sort_keys=False)
+    if os.path.isdir(path) and not os.path.islink(path):
+        raise ConfigError(f"cannot write {short(path, 200)}: it is a folder; remove or rename it")
+    try:
+        _replace_file(path, text.encode("utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot write {short(path, 200)} ({exc.strerror or exc}); free disk "
+                          f"space or fix permissions") from None
+
+
+def _replace_file(path: str, data: bytes) -> None:
+    """``data`` into a private ``mkstemp`` file in ``path``'s folder (created exclusively: no
+    planted name is followed), given the mode ``open`` would give, synced, then renamed onto
+    ``path``; the temporary file is removed on any failure."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
+                               dir=os.path.dirname(path) or ".")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            mask = os.umask(0)
+            os.umask(mask)
+            os.fchmod(fh.fileno(), 0o666 & ~mask)
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise

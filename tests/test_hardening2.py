@@ -112,3 +112,52 @@ def test_a_config_of_another_class_count_beside_an_export_is_refused(tmp_path, c
     captured = capsys.readouterr()
     assert captured.err.count("\n") == 1 and "declares 100 classes" in captured.err, captured
     assert "scores 10" in captured.err and captured.out == ""
+
+
+# --- 3. config.yaml written atomically ---------------------------------------------------------
+
+def test_save_config_replaces_a_symlink_and_never_writes_through_it(tmp_path):
+    from swa_recipe.config import default_config, load_yaml, save_config
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (tmp_path / "config.yaml").symlink_to(victim)
+    save_config(default_config(), str(tmp_path / "config.yaml"))
+    assert victim.read_text() == "precious"
+    assert not (tmp_path / "config.yaml").is_symlink()
+    assert load_yaml(str(tmp_path / "config.yaml")) == default_config()
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "config.yaml").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_a_failed_config_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path,
+                                                                          monkeypatch):
+    import errno
+
+    from swa_recipe.config import ConfigError, default_config, save_config
+
+    path = tmp_path / "config.yaml"
+    path.write_text("old: 1\n")
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(ConfigError, match="No space left") as info:
+        save_config(default_config(), str(path))
+    assert "\n" not in str(info.value)
+    assert path.read_text() == "old: 1\n" and os.listdir(tmp_path) == ["config.yaml"]
+
+
+def test_a_folder_named_config_yaml_is_one_line(tmp_path):
+    from swa_recipe.config import ConfigError, default_config, save_config
+
+    (tmp_path / "config.yaml").mkdir()
+    (tmp_path / "config.yaml" / "keep").write_text("x")
+    with pytest.raises(ConfigError, match="is a folder") as info:
+        save_config(default_config(), str(tmp_path / "config.yaml"))
+    assert "\n" not in str(info.value)
+    assert (tmp_path / "config.yaml" / "keep").read_text() == "x"
+    with pytest.raises(ConfigError, match="cannot write"):
+        save_config(default_config(), str(tmp_path / "missing" / "config.yaml"))
