@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import textwrap
+import unicodedata
 from collections.abc import Callable
 from types import SimpleNamespace
 
@@ -62,9 +63,22 @@ def run(main: Callable[[], int | None], debug: bool) -> int:
 
 
 def report(line: str) -> None:
-    """The last word of a run: on stderr, and in ``train.log`` when there is one."""
+    """The last word of a run: on stderr, and in ``train.log`` when there is one; always one
+    line, whatever the paths and values quoted in it hold (``one_line``)."""
+    line = one_line(line)
     print(line, file=sys.stderr)
     to_run_log(line)
+
+
+LINE_BREAKING = ("Cc", "Cf", "Zl", "Zp")  # control, format (bidi overrides), line/paragraph
+
+
+def one_line(text: str) -> str:
+    """``text`` with control characters escaped as Python writes them (``\\n``, ``\\x1b``,
+    ``\\u2028``): a file name holding a newline or a terminal escape would otherwise split the
+    error in two or rewrite the user's terminal."""
+    return "".join(c.encode("unicode_escape").decode("ascii")
+                   if unicodedata.category(c) in LINE_BREAKING else c for c in text)
 
 
 SAFE_KEYS_TEXT = textwrap.fill(", ".join(sorted(".".join(k) for k in RESUME_SAFE_KEYS)),

@@ -161,3 +161,21 @@ def test_a_folder_named_config_yaml_is_one_line(tmp_path):
     assert (tmp_path / "config.yaml" / "keep").read_text() == "x"
     with pytest.raises(ConfigError, match="cannot write"):
         save_config(default_config(), str(tmp_path / "missing" / "config.yaml"))
+
+
+# --- 4. one line whatever a path holds ----------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["two\nlines.pt", "cr\rreturn.pdparams", "esc\x1b[2Jclear.pt",
+                                  "sep\u2028line.pt", "nel\x85x.pt"])
+def test_an_error_naming_a_path_with_control_characters_is_one_line(tmp_path, capsys, name):
+    from swa_recipe import cli
+
+    for argv, exists in ((["--model_path", str(tmp_path / name)], False),
+                         (["--model_path", str(tmp_path / name)], True)):
+        if exists:
+            (tmp_path / name).write_bytes(b"not a checkpoint")
+        args = cli.eval_parser().parse_args(argv)
+        assert cli.run(lambda a=args: cli.eval_main(a), False) == 2
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and err.endswith("\n"), repr(err)
+        assert "\x1b" not in err and err.startswith("error: ")
