@@ -57,6 +57,30 @@ def _seed(v: Any) -> bool:
     return 0 <= v < SEED_LIMIT
 
 
+# Model sizes a config may ask for, checked before any model is built: a shared checkpoint's
+# config saying width 4 or depth 9002 would otherwise allocate gigabytes first. The widest
+# config the project uses is width 1 (2 leaves room), the deepest the original's PreResNet164,
+# the most classes CIFAR-100's.
+MAX_WIDTH = 2.0
+MAX_DEPTH = 164
+MAX_CLASSES = 100
+
+
+def _width(v: Any) -> bool:
+    """A width multiplier in (0, MAX_WIDTH]: parameters grow with its square."""
+    return 0 < v <= MAX_WIDTH
+
+
+def _depth(v: Any) -> bool:
+    """A depth in [1, MAX_DEPTH]: layers grow with it (PreResNet164 is the deepest model)."""
+    return 1 <= v <= MAX_DEPTH
+
+
+def _classes(v: Any) -> bool:
+    """A class count in [1, MAX_CLASSES]: the classifier grows with it (CIFAR-100's 100)."""
+    return 1 <= v <= MAX_CLASSES
+
+
 SEED_LIMIT = 2**32  # numpy's SeedSequence words; Paddle and torch seeds take them too
 INT_LIMIT = 2**63  # every integer key ends up in a C int64
 MAX_CONFIG_BYTES = 1 << 20
@@ -86,14 +110,16 @@ SCHEMA: dict[str, dict[str, Field]] = {
     },
     "Arch": {
         "model": Field("VGG16", str, "model name", MODELS),
-        "width": Field(1.0, float, "channel width multiplier", check=_positive, rule="> 0"),
+        "width": Field(1.0, float, "channel width multiplier", check=_width,
+                       rule=f"in (0, {MAX_WIDTH:g}]"),
         "depth": Field(None, int, "depth of a PreResNet/WideResNet (tests: small); null = "
-                       "the model's", check=_positive, rule="> 0", nullable=True),
+                       "the model's", check=_depth, rule=f"in [1, {MAX_DEPTH}]",
+                       nullable=True),
         "dropout": Field(None, float, "dropout probability; null = the model's (VGG 0.5, "
                          "WideResNet 0)", check=lambda v: 0 <= v < 1, rule="in [0, 1)",
                          nullable=True),
         "num_classes": Field(None, int, "number of classes; null = the dataset's",
-                             check=_positive, rule="> 0", nullable=True),
+                             check=_classes, rule=f"in [1, {MAX_CLASSES}]", nullable=True),
     },
     "Optimizer": {
         "lr_init": Field(0.05, float, "initial learning rate", check=_positive, rule="> 0"),

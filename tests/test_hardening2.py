@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import ROOT
+
 
 @pytest.fixture
 def alarm():
@@ -179,3 +181,50 @@ def test_an_error_naming_a_path_with_control_characters_is_one_line(tmp_path, ca
         err = capsys.readouterr().err
         assert len(err.splitlines()) == 1 and err.endswith("\n"), repr(err)
         assert "\x1b" not in err and err.startswith("error: ")
+
+
+# --- 5. model sizes bounded before a model is built ---------------------------------------------
+
+def oversized_checkpoints(root: Path) -> dict[str, tuple[Path, str]]:
+    """Small .pdparams files whose config asks for a huge model: name -> (file, key named)."""
+    import pickle
+
+    from swa_recipe.config import default_config
+
+    def with_arch(**arch) -> dict:
+        cfg = default_config()
+        cfg["Arch"].update(arch)
+        return cfg
+
+    asks = {"width_4": (with_arch(width=4.0), "Arch.width"),
+            "width_1e6": (with_arch(width=1e6), "Arch.width"),
+            "depth_9002": (with_arch(model="PreResNet110", depth=9002), "Arch.depth"),
+            "classes_10_9": (with_arch(num_classes=10**9), "Arch.num_classes")}
+    out = {}
+    for name, (cfg, key) in asks.items():
+        path = root / f"{name}.pdparams"
+        path.write_bytes(pickle.dumps({"epoch": 1, "state_dict": {}, "optimizer": {},
+                                       "config": cfg}, protocol=4))
+        assert path.stat().st_size < 2000
+        out[name] = (path, key)
+    return out
+
+
+def test_a_checkpoint_asking_for_a_huge_model_is_refused_before_building(tmp_path, archive):
+    """Under the hostile suite's memory cap and time limit: eval and --resume of each."""
+    from test_hostile import assert_all_refused, run_worker
+
+    cases, expect = [], {}
+    for name, (path, key) in oversized_checkpoints(tmp_path).items():
+        for main, argv in (("eval", ["--model_path", str(path), "--data_path", str(archive)]),
+                           ("train", ["--resume", str(path), "--data_path", str(archive)])):
+            cases.append({"id": f"{main}-{name}", "main": main, "argv": argv})
+            expect[f"{main}-{name}"] = [key, "must be in"]
+    assert_all_refused(run_worker(cases, tmp_path), expect)
+
+
+def test_every_shipped_config_is_within_the_model_bounds():
+    from swa_recipe.config import load_yaml
+
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        load_yaml(str(path))  # coerces every key against the schema: raises when out of bounds
