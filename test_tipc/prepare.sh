@@ -16,9 +16,12 @@ if [ -z "${CIFAR10_ARCHIVE:-}" ] || [ ! -e "$CIFAR10_ARCHIVE" ]; then
 fi
 python=$(param train_params python)
 data_path=$(param train_params --data_path)
-mkdir -p "$(dirname "$data_path")"
+require python "$python"
+require --data_path "$data_path"
+read -ra python_words <<< "$python"  # a command as words, never eval'd
+mkdir -p -- "$(dirname "$data_path")"
 if [ "$MODE" = lite_train_lite_infer ]; then
-    $python tools/cifar_samples.py lite --data_path "$CIFAR10_ARCHIVE" --out "$data_path" --train 256 --test 64
+    "${python_words[@]}" tools/cifar_samples.py lite --data_path "$CIFAR10_ARCHIVE" --out "$data_path" --train 256 --test 64
 else
     ln -sfn "$(realpath "$CIFAR10_ARCHIVE")" "$data_path"
     echo "linked $data_path -> $CIFAR10_ARCHIVE"

@@ -5,9 +5,15 @@
 # Paths in CONFIG are relative to the repository root; run test_tipc/prepare.sh first.
 # Each mode writes its own folders, --dir/MODE and --save_dir/MODE, and starts them clean
 # (train.py --overwrite), so a chain can run again, and after another mode.
+# Config values are data: commands run as argument arrays, never through eval (common_func.sh);
+# a missing required key is exit 2, a stage without a command fails.
 set -uo pipefail
 
-CONFIG=$(realpath "$1")
+if [ $# -ne 2 ]; then
+    echo "usage: bash test_tipc/test_train_inference_python.sh CONFIG MODE" >&2
+    exit 2
+fi
+CONFIG=$(realpath -- "$1") || exit 2
 MODE=$2
 cd "$(dirname "$0")/.." || exit 1
 source test_tipc/common_func.sh
@@ -17,6 +23,7 @@ case $MODE in
     *) echo "error: unknown MODE '$MODE'; use lite_train_lite_infer, whole_train_whole_infer or whole_infer" >&2
        exit 2 ;;
 esac
+[ -f "$CONFIG" ] || { echo "error: $CONFIG is not a file" >&2; exit 2; }
 
 python=$(param train_params python)
 gpu_list=$(param train_params gpu_list)
@@ -40,22 +47,47 @@ infer_batch_sizes=$(param infer_params --batch_size)
 img_path=$(param infer_params --img_path)
 benchmark=$(param infer_params --benchmark)
 
-[ "$gpu_list" != "-1" ] && export CUDA_VISIBLE_DEVICES=${gpu_list%%,*}
+require python "$python"
+require --dir "$out_dir"
+require --save_dir "$save_dir"
+require inference "$infer_py"
+require "--batch_size (infer_params)" "$infer_batch_sizes"
+require --img_path "$img_path"
+if [ "$MODE" = whole_infer ]; then
+    require infer_export "$infer_export_py"
+else
+    require trainer "$trainer"
+    require "$trainer" "$train_py"
+    require train_model_name "$train_model_name"
+    require eval "$eval_py"
+    require norm_export "$export_py"
+fi
+case $(realpath -m -- "$out_dir") in
+    /) echo "error: --dir in $CONFIG is the file-system root; logs go under --dir/logs" >&2
+       exit 2 ;;
+esac
+
+[ -n "$gpu_list" ] && [ "$gpu_list" != "-1" ] && export CUDA_VISIBLE_DEVICES=${gpu_list%%,*}
 log_dir="$out_dir/logs/$MODE"
-mkdir -p "$log_dir"
+mkdir -p -- "$log_dir" || exit 1
 status_log="$log_dir/results_python.log"
 : > "$status_log"
 
-run_stage() {  # run_stage NAME COMMAND: log the output, record the status, stop on failure
-    local name=$1 cmd=$2 log="$log_dir/$1.log"
-    echo "$cmd"
-    eval "$cmd" > "$log" 2>&1
-    local status=$?
+run_stage() {  # run_stage NAME: run CMD (an argument array), log its output, stop on failure
+    local name=$1 log="$log_dir/$1.log" shown status
+    if [ ${#CMD[@]} -eq 0 ] || [ -z "${CMD[0]}" ]; then
+        echo "Run failed with command - $name - (no command in $CONFIG)" | tee -a "$status_log"
+        exit 1
+    fi
+    shown=$(printf '%q ' "${CMD[@]}")
+    echo "$shown"
+    "${CMD[@]}" > "$log" 2>&1
+    status=$?
     cat "$log"
     if [ $status -eq 0 ]; then
-        echo "Run successfully with command - $name - $cmd" | tee -a "$status_log"
+        echo "Run successfully with command - $name - $shown" | tee -a "$status_log"
     else
-        echo "Run failed with command - $name - $cmd (exit $status, log $log)" | tee -a "$status_log"
+        echo "Run failed with command - $name - $shown (exit $status, log $log)" | tee -a "$status_log"
         exit 1
     fi
 }
@@ -64,25 +96,56 @@ infer_all() {  # infer_all MODEL_DIR: every batch size of the config
     local bs
     IFS='|' read -ra sizes <<< "$infer_batch_sizes"
     for bs in "${sizes[@]}"; do
-        run_stage "infer_${infer_device}_batchsize_${bs}" "$python $infer_py $(set_param --model_dir "$1") $(set_param --device "$infer_device") $(set_param --batch_size "$bs") $(set_param --img_path "$img_path") $(flag --benchmark "$benchmark")"
+        CMD=()
+        add_words "$python"
+        add_words "$infer_py"
+        add_param --model_dir "$1"
+        add_param --device "$infer_device"
+        add_param --batch_size "$bs"
+        add_param --img_path "$img_path"
+        add_flag --benchmark "$benchmark"
+        run_stage "infer_${infer_device}_batchsize_${bs}"
     done
 }
 
+export_stage() {  # export_stage EXPORT_PY CHECKPOINT: export, then infer every batch size
+    CMD=()
+    add_words "$python"
+    add_words "$1"
+    add_param --model_path "$2"
+    add_param --save_dir "$save_dir/$MODE"
+    run_stage export
+    infer_all "$save_dir/$MODE"
+}
+
 if [ "$MODE" = whole_infer ]; then
-    if [ "$train_model" = null ]; then
+    if [ -z "$train_model" ] || [ "$train_model" = null ]; then
         echo "error: whole_infer needs train_model: CHECKPOINT in $CONFIG" >&2
         exit 2
     fi
-    run_stage export "$python $infer_export_py $(set_param --model_path "$train_model") $(set_param --save_dir "$save_dir/$MODE")"
-    infer_all "$save_dir/$MODE"
+    export_stage "$infer_export_py" "$train_model"
     exit 0
 fi
 
 run_dir="$out_dir/$MODE"
-run_stage train "$python $train_py $(set_param --dir "$run_dir") --overwrite $(set_param --epochs "$epochs") $(set_param --batch_size "$batch_size") $(set_param --data_path "$data_path") $(set_param "$device_key" "$device")"
+CMD=()
+add_words "$python"
+add_words "$train_py"
+add_param --dir "$run_dir"
+CMD+=(--overwrite)
+add_param --epochs "$epochs"
+add_param --batch_size "$batch_size"
+add_param --data_path "$data_path"
+add_param "$device_key" "$device"
+run_stage train
 model="$run_dir/$train_model_name"
-[ "$eval_py" != null ] && run_stage eval "$python $eval_py $(set_param --model_path "$model") $(set_param "$device_key" "$device")"
-if [ "$export_py" != null ]; then
-    run_stage export "$python $export_py $(set_param --model_path "$model") $(set_param --save_dir "$save_dir/$MODE")"
-    infer_all "$save_dir/$MODE"
+if [ "$eval_py" != null ]; then
+    CMD=()
+    add_words "$python"
+    add_words "$eval_py"
+    add_param --model_path "$model"
+    add_param "$device_key" "$device"
+    run_stage eval
 fi
+[ "$export_py" != null ] && export_stage "$export_py" "$model"
+exit 0

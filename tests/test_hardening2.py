@@ -228,3 +228,82 @@ def test_every_shipped_config_is_within_the_model_bounds():
 
     for path in sorted((ROOT / "configs").glob("*.yaml")):
         load_yaml(str(path))  # coerces every key against the schema: raises when out of bounds
+
+
+# --- 6. TIPC scripts: config values are data ------------------------------------------------
+
+def tipc_config(tmp_path: Path, edit=None) -> Path:
+    """The committed VGG16 config, output and data under ``tmp_path``, then ``edit``ed."""
+    text = (ROOT / "test_tipc" / "configs" / "VGG16" / "train_infer_python.txt").read_text()
+    text = text.replace("./test_tipc/output", str(tmp_path / "output"))
+    text = text.replace("./test_tipc/data", str(tmp_path / "data"))
+    path = tmp_path / "train_infer_python.txt"
+    path.write_text(edit(text) if edit else text)
+    return path
+
+
+def tipc(config: Path, mode: str, cwd: Path = ROOT):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PATH": os.path.dirname(sys.executable)
+           + os.pathsep + os.environ["PATH"]}
+    return subprocess.run(["bash", str(ROOT / "test_tipc" / "test_train_inference_python.sh"),
+                           str(config), mode], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_tipc_config_values_are_never_run_as_shell(tmp_path):
+    """``--img_path:./test_images; touch X``, a ``$(...)`` and backticks in other values: the
+    chain passes them as arguments (the stage fails), and X is never created."""
+    marker = tmp_path / "X"
+    ckpt = tmp_path / "model.pdparams"
+    ckpt.write_bytes(b"")
+    config = tipc_config(tmp_path, lambda t: t.replace(
+        "--img_path:./test_images", f"--img_path:./test_images; touch {marker}").replace(
+        "train_model:null", f"train_model:{ckpt}$(touch {marker})").replace(
+        "--device:cpu", f"--device:cpu`touch {marker}`"))
+    proc = tipc(config, "whole_infer")
+    assert proc.returncode == 1 and "Run failed with command - export" in proc.stdout, proc
+    assert not marker.exists()
+    config = tipc_config(tmp_path, lambda t: t.replace(
+        "--img_path:./test_images", f"--img_path:./test_images; touch {marker}").replace(
+        "python:python", f"python:python;touch {marker}"))
+    assert tipc(config, "whole_infer").returncode != 0 and not marker.exists()
+
+
+@pytest.mark.parametrize(("key", "words"), [
+    ("inference:deploy/inference_python/infer.py", "'inference'"),
+    ("--img_path:./test_images", "'--img_path'"),
+    ("python:python", "'python'"),
+    ("--dir:{out}/VGG16", "'--dir'"),
+    ("--save_dir:{out}/VGG16/inference", "'--save_dir'"),
+])
+def test_tipc_refuses_a_config_without_a_required_key(tmp_path, key, words):
+    out = tmp_path / "output"
+    name = key.format(out=out).split(":")[0]
+    config = tipc_config(tmp_path, lambda t: t.replace(key.format(out=out), f"{name}:"))
+    proc = tipc(config, "lite_train_lite_infer", cwd=tmp_path)
+    assert proc.returncode == 2 and words in proc.stderr, proc
+    assert "Run successfully" not in proc.stdout
+    assert not (tmp_path / "output").exists() or not any((tmp_path / "output").rglob("*.log"))
+
+
+def test_tipc_an_empty_config_runs_nothing_and_writes_no_logs_at_the_root(tmp_path):
+    config = tmp_path / "empty.txt"
+    config.write_text("")
+    proc = tipc(config, "lite_train_lite_infer", cwd=tmp_path)
+    assert proc.returncode == 2 and "Run successfully" not in proc.stdout, proc
+    config = tipc_config(tmp_path, lambda t: t.replace(f"--dir:{tmp_path}/output/VGG16",
+                                                       "--dir:/"))
+    proc = tipc(config, "lite_train_lite_infer", cwd=tmp_path)
+    assert proc.returncode == 2 and "file-system root" in proc.stderr, proc
+
+
+def test_tipc_a_stage_with_an_empty_command_fails(tmp_path):
+    config = tipc_config(tmp_path, lambda t: t.replace(
+        "norm_train:lite_train_lite_infer=train.py --config configs/lite.yaml|",
+        "norm_train:lite_train_lite_infer=|"))
+    proc = tipc(config, "lite_train_lite_infer", cwd=tmp_path)
+    assert proc.returncode == 2 and "'norm_train'" in proc.stderr, proc
+    assert "Run successfully" not in proc.stdout
