@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import os
+import stat
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,22 +55,84 @@ def export_config(cfg: dict) -> dict:
     return out
 
 
-def read_image(path: str) -> np.ndarray:
-    """An image file as uint8 3 x 32 x 32 RGB; another size is resized (bilinear, no crop)."""
+# What --img_path decodes: the formats a CIFAR-sized image comes in. Anything else (PSD, EPS
+# through Ghostscript, ICNS, TGA, ...) is refused before its decoder runs.
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "WEBP")
+# A limit far below PIL's own (89 M pixels): inputs are resized to 32 x 32, and a 688 KB PNG
+# of 13300 x 13300 would otherwise decode to 1.6 GB.
+MAX_IMAGE_PIXELS = 4096 * 4096
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def open_image_file(path: str):
+    """``open(path, "rb")`` that cannot block on a FIFO or read a device without end: opened
+    non-blocking and checked on the descriptor it then reads."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise DataError(f"image {path} cannot be opened ({exc.strerror or exc}); "
+                        f"pass an existing PNG or JPEG file to --img_path") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise DataError(f"image {path} is not a regular file (a FIFO, a device "
+                            f"or a socket); pass a PNG or JPEG file to --img_path")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def as_rgb(img):
+    """``img`` as 8-bit RGB without clipping or losing colours: 16-bit grey (which PIL's
+    ``convert`` clips to white) scaled down by 257, palette images through RGBA (their
+    transparency would make PIL warn), alpha dropped."""
     from PIL import Image
 
-    if not os.path.isfile(path):
-        raise DataError(f"image {path} not found; pass an existing PNG or JPEG file to "
-                        f"--img_path")
-    try:
-        with Image.open(path) as img:
-            rgb = img.convert("RGB")
-            if rgb.size != (IMAGE_SIZE, IMAGE_SIZE):
-                rgb = rgb.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
-            array = np.asarray(rgb, dtype=np.uint8)
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"{path} cannot be read as an image ({exc.__class__.__name__}); it is "
-                        f"truncated or not a PNG/JPEG file") from None
+    if img.mode in SIXTEEN_BIT_MODES:
+        grey = np.clip(np.asarray(img, dtype=np.int64), 0, 65535)
+        grey = ((grey + 128) // 257).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")  # 2-D uint8: mode L
+    if img.mode in ("P", "PA"):
+        img = img.convert("RGBA")
+    return img.convert("RGB")
+
+
+def decode_image(fh, path: str) -> np.ndarray:
+    """The opened file decoded as uint8 32 x 32 x 3, refused in the header when the format is
+    not allowed or the image holds more than ``MAX_IMAGE_PIXELS``."""
+    from PIL import Image
+
+    with Image.open(fh, formats=IMAGE_FORMATS) as img:
+        width, height = img.size
+        if width * height > MAX_IMAGE_PIXELS:
+            raise DataError(f"{path} is {width} x {height} pixels, more than "
+                            f"{MAX_IMAGE_PIXELS} (4096 x 4096); pass a smaller image (inputs "
+                            f"are resized to {IMAGE_SIZE} x {IMAGE_SIZE})")
+        rgb = as_rgb(img)
+        if rgb.size != (IMAGE_SIZE, IMAGE_SIZE):
+            rgb = rgb.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
+        return np.asarray(rgb, dtype=np.uint8)
+
+
+def read_image(path: str) -> np.ndarray:
+    """An image file as uint8 3 x 32 x 32 RGB; another size is resized (bilinear, no crop).
+    Any decoder failure (PIL raises OSError, SyntaxError, NotImplementedError, MemoryError,
+    DecompressionBombError, struct errors, ... for crafted files) is one line, and PIL's
+    warnings are not printed."""
+    if not os.path.exists(path):
+        raise DataError(f"image {path} not found; pass an existing PNG or JPEG "
+                        f"file to --img_path")
+    with open_image_file(path) as fh, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            array = decode_image(fh, path)
+        except DataError:
+            raise
+        except Exception as exc:  # every decoder error of an untrusted file, MemoryError too
+            raise DataError(f"{path} cannot be read as an image "
+                            f"({exc.__class__.__name__}); it is truncated or not a "
+                            f"{'/'.join(IMAGE_FORMATS)} file") from None
     return array.transpose(2, 0, 1)
 
 

@@ -1,10 +1,10 @@
 """Runs CLI cases in one process under a memory limit: ``python hostile_worker.py CASES OUT``.
 
-CASES is a JSON list of ``{"id", "main": "train"|"eval"|"convert", "argv"}``. Paddle and torch
-are imported first; then the address space is capped at what they took plus ``LIMIT_MB``, and
-each case runs through ``swa_recipe.cli.run`` as the scripts do, with its own alarm. OUT gets one
-JSON line per case (written as it ends): exit code, what the case printed on stderr, anything
-that escaped ``run`` (a traceback), and its time.
+CASES is a JSON list of ``{"id", "main": "train"|"eval"|"convert"|"predict", "argv"}``.
+Paddle and torch are imported first; then the address space is capped at what they took plus
+``LIMIT_MB``, and each case runs through ``swa_recipe.cli.run`` as the scripts do, with its own
+alarm. OUT gets one JSON line per case (written as it ends): exit code, what the case printed
+on stderr, anything that escaped ``run`` (a traceback), and its time.
 """
 
 from __future__ import annotations
@@ -21,13 +21,14 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from swa_recipe import cli  # noqa: E402
+from swa_recipe import cli, inference  # noqa: E402
 from swa_recipe.runtime import tune_cpu_env  # noqa: E402
 
 LIMIT_MB = int(os.environ.get("HOSTILE_LIMIT_MB", "1536"))
 CASE_SECONDS = 30
 MAINS = {"train": (cli.train_parser, cli.train_main), "eval": (cli.eval_parser, cli.eval_main),
-         "convert": (cli.convert_parser, cli.convert_main)}
+         "convert": (cli.convert_parser, cli.convert_main),
+         "predict": (inference.predict_parser, inference.predict_main)}
 
 
 def address_space() -> int:

@@ -307,3 +307,116 @@ def test_tipc_a_stage_with_an_empty_command_fails(tmp_path):
     proc = tipc(config, "lite_train_lite_infer", cwd=tmp_path)
     assert proc.returncode == 2 and "'norm_train'" in proc.stderr, proc
     assert "Run successfully" not in proc.stdout
+
+
+# --- 7. images -------------------------------------------------------------------------------
+
+def png_bomb(side: int) -> bytes:
+    """A valid PNG of ``side`` x ``side`` black RGB pixels, compressed to a few hundred KB."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    row = b"\0" * (1 + 3 * side)
+    packer = zlib.compressobj(9)
+    body = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2, 0,
+                                                              0, 0))
+            + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+
+
+def hostile_images(root: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (file, words of the one-line refusal)."""
+    import io
+
+    from PIL import Image
+
+    def saved(fmt: str, **kw) -> bytes:
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8)).save(buf, fmt, **kw)
+        return buf.getvalue()
+
+    files = {
+        "bomb_13300.png": (png_bomb(13300), "13300 x 13300 pixels"),
+        "wide_header.bmp": (saved("BMP")[:18] + (10**6).to_bytes(4, "little")
+                            + (10**6).to_bytes(4, "little") + saved("BMP")[26:],
+                            "DecompressionBombError"),  # PIL's own check, in the header
+        "photoshop.png": (b"8BPS\x00\x01" + b"\0" * 40, "cannot be read as an image"),
+        "postscript.png": (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n",
+                           "cannot be read as an image"),
+        "gif.png": (saved("GIF"), "cannot be read as an image"),
+        "tiff.jpg": (saved("TIFF"), "cannot be read as an image"),
+        "truncated.jpg": (saved("JPEG")[:40], "cannot be read as an image"),
+        "bad_huffman.jpg": (saved("JPEG")[:200] + b"\xff" * 64 + b"\xff\xd9",
+                            "cannot be read as an image"),
+        "png_bad_crc.png": (saved("PNG")[:30] + b"\0\0\0\0" + saved("PNG")[34:],
+                            "cannot be read as an image"),
+    }
+    out = {}
+    for name, (raw, words) in files.items():
+        (root / name).write_bytes(raw)
+        out[name] = (root / name, words)
+    os.mkfifo(root / "fifo.png")
+    out["fifo.png"] = (root / "fifo.png", "not a regular file")
+    return out
+
+
+def test_hostile_images_are_one_line_under_the_memory_cap(tmp_path):
+    """predict.py on each image, under the hostile suite's memory cap and time limit; the
+    13300 x 13300 PNG (a few hundred KB) would decode to 530 MB before the check."""
+    import paddle
+    from test_hostile import assert_all_refused, run_worker
+
+    from conftest import tiny_config
+    from swa_paddle import checkpoint
+    from swa_paddle.models import build_model
+
+    ckpt = tmp_path / "w.pdparams"
+    cfg = tiny_config("/nonexistent")
+    checkpoint.save(build_model(cfg).state_dict(), str(ckpt))
+    del paddle
+    cases, expect = [], {}
+    for name, (path, words) in hostile_images(tmp_path).items():
+        assert path.is_fifo() or path.stat().st_size < 1 << 20
+        cases.append({"id": name, "main": "predict",
+                      "argv": ["--model_path", str(ckpt), "--img_path", str(path),
+                               "--model", "VGG16", "-o", "Arch.width=0.0625"]})
+        expect[name] = [words]
+    results = run_worker(cases, tmp_path)
+    assert_all_refused(results, expect)
+    assert all("Warning" not in r["stderr"] for r in results.values())
+
+
+def test_sixteen_bit_grey_is_scaled_not_clipped(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from swa_recipe.predict import read_image
+
+    grey = np.full((32, 32), 32896, np.uint16)  # 128 * 257
+    grey[0, 0], grey[0, 1] = 0, 65535
+    Image.fromarray(grey).save(tmp_path / "g.png")  # PNG, 16-bit greyscale
+    with Image.open(tmp_path / "g.png") as check:
+        assert check.mode == "I;16"
+    out = read_image(str(tmp_path / "g.png"))
+    assert out.shape == (3, 32, 32) and int(out[0, 5, 5]) == 128
+    assert int(out[0, 0, 0]) == 0 and int(out[1, 0, 1]) == 255
+
+
+def test_palette_image_with_transparency_keeps_its_colours_without_warnings(tmp_path, recwarn):
+    import numpy as np
+    from PIL import Image
+
+    from swa_recipe.predict import read_image
+
+    img = Image.new("P", (32, 32), 1)
+    img.putpalette([0, 0, 0, 200, 30, 40] + [0] * 762)
+    img.info["transparency"] = b"\x00\xff"
+    img.save(tmp_path / "p.png", transparency=b"\x00\xff")
+    out = read_image(str(tmp_path / "p.png"))
+    assert tuple(int(v) for v in out[:, 3, 3]) == (200, 30, 40)
+    assert np.all(out[0] == 200)
+    assert not [w for w in recwarn if "PIL" in str(w.filename)]
