@@ -420,3 +420,14 @@ def test_palette_image_with_transparency_keeps_its_colours_without_warnings(tmp_
     assert tuple(int(v) for v in out[:, 3, 3]) == (200, 30, 40)
     assert np.all(out[0] == 200)
     assert not [w for w in recwarn if "PIL" in str(w.filename)]
+
+
+# --- 8. the promises are written down ---------------------------------------------------------
+
+def test_reliability_doc_states_the_promises_for_each_kind_of_input():
+    text = (ROOT / "docs" / "reliability.md").read_text()
+    section = text[text.index("### What is promised for each kind of input"):]
+    for words in ("**Exported models are data, not programs.**", "allow-list",
+                  "one twin's files", "**Images**", "4096 x 4096", "**Study files**",
+                  "**TIPC scripts**", "never through `eval`", "no logs under `/logs`"):
+        assert words in section, words
