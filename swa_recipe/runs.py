@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
 import yaml
 
-from .config import ConfigError
+from .config import FRAMEWORKS, MODELS, ConfigError
 from .logs import read_metrics
 
 
@@ -45,21 +46,52 @@ class RunResult:
 
 
 def read_run(run_dir: str) -> RunResult | None:
-    """A run folder's results, or None when it has no metrics yet."""
+    """A run folder's results, or None when it has no metrics yet. Both files may be hostile
+    (a study folder travels between machines): anything but a plain config and a table of
+    finite numbers with increasing epochs is one error line."""
     csv_path, cfg_path = (os.path.join(run_dir, f) for f in ("metrics.csv", "config.yaml"))
     if not (os.path.isfile(csv_path) and os.path.isfile(cfg_path)):
         return None
     try:
         with open(cfg_path, encoding="utf-8") as fh:
-            cfg = yaml.safe_load(fh)
+            cfg = yaml.safe_load(fh.read(MAX_FILE_BYTES))
         rows = read_metrics(csv_path)
-        return RunResult(os.path.basename(run_dir), cfg["Arch"]["model"],
-                         "swa" if cfg["SWA"]["swa"] else "sgd", int(cfg["Global"]["epochs"]),
-                         int(cfg["Global"]["seed"]), cfg["Global"]["framework"], rows)
-    except (OSError, yaml.YAMLError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
+        result = RunResult(os.path.basename(run_dir), _choice(cfg["Arch"]["model"], MODELS),
+                           "swa" if cfg["SWA"]["swa"] is True else "sgd",
+                           _count(cfg["Global"]["epochs"]), _count(cfg["Global"]["seed"], 0),
+                           _choice(cfg["Global"]["framework"], FRAMEWORKS), rows)
+        _check_rows(rows)
+        return result
+    except (OSError, yaml.YAMLError, UnicodeDecodeError, KeyError, TypeError, ValueError,
+            OverflowError) as exc:
         raise ConfigError(f"{run_dir} holds an unreadable metrics.csv or config.yaml "
                           f"({type(exc).__name__}); delete the run folder to run it "
                           f"again") from None
+
+
+MAX_FILE_BYTES = 1 << 20  # a run's config.yaml is about 1 KB
+
+
+def _count(value, least: int = 1) -> int:
+    if type(value) is not int or not least <= value <= 2**32:
+        raise ValueError("not a count")
+    return value
+
+
+def _choice(value, allowed: tuple) -> str:
+    if value not in allowed:
+        raise ValueError("unknown value")
+    return value
+
+
+def _check_rows(rows: list[dict]) -> None:
+    """Epochs 1, 2, ... in order and every number finite (NaN or inf accuracies are refused,
+    not plotted)."""
+    for i, row in enumerate(rows, 1):
+        if row.get("ep") != i:
+            raise ValueError("epochs out of order")
+        if any(isinstance(v, float) and not math.isfinite(v) for v in row.values()):
+            raise ValueError("a number that is not finite")
 
 
 def read_study(out: str) -> list[RunResult]:

@@ -248,7 +248,8 @@ def plot(runs: list[RunResult], path: str) -> str:
         if method == "swa":
             starts += [row["ep"] for row in group[0].rows if row.get("swa_te_acc") is not None][:1]
     ax_lr.set_ylabel("learning rate")
-    ax_lr.legend(fontsize=9)
+    if ax_lr.lines:
+        ax_lr.legend(fontsize=9)
     ax_acc.set_ylabel("test accuracy (%)")
     ax_acc.set_title("mean over seeds, band: min to max")
     last = max((r.epochs for r in runs), default=1)
@@ -261,7 +262,8 @@ def plot(runs: list[RunResult], path: str) -> str:
     for ax in (ax_acc, ax_zoom):
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=9, ncol=2)
+        if ax.lines:
+            ax.legend(fontsize=9, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=100, format="png")
     plt.close(fig)

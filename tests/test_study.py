@@ -132,6 +132,16 @@ def test_summarize_keeps_the_grid_it_was_written_from(study_dir, tmp_path):
     assert not readme.is_symlink() and target.read_text() == text
 
 
+def hostile_run(study: Path, table: str, epochs: str = "2") -> None:
+    """A study folder with one run whose metrics.csv is ``table`` and whose epochs is the
+    YAML text ``epochs``."""
+    (study / "r").mkdir(parents=True)
+    (study / "r" / "metrics.csv").write_text(table)
+    (study / "r" / "config.yaml").write_text(
+        f"Global: {{epochs: {epochs}, seed: 1, framework: paddle}}\nArch: {{model: VGG16}}\n"
+        f"SWA: {{swa: false}}\n")
+
+
 def summarize(*args) -> subprocess.CompletedProcess:
     """``tools/summarize.py`` with ``args``, as a user runs it."""
     return subprocess.run([sys.executable, "tools/summarize.py", *map(str, args)], cwd=ROOT,
@@ -157,6 +167,14 @@ def test_summarize_cli_writes_readme_and_plot(study_dir):
     (lambda p: p.mkdir(), "holds no run with metrics.csv"),
     (lambda p: (p.mkdir(), (p / "r").mkdir(), (p / "r" / "metrics.csv").write_text("ep\n1\n"),
                 (p / "r" / "config.yaml").write_text("[1, 2]")), "unreadable"),
+    (lambda p: hostile_run(p, "ep,te_acc\n1,nan\n"), "unreadable"),
+    (lambda p: hostile_run(p, "ep,te_acc\n1,5\n2,inf\n"), "unreadable"),
+    (lambda p: hostile_run(p, "lr,te_acc\n0.1,5\n"), "unreadable"),  # no epoch column
+    (lambda p: hostile_run(p, "ep,te_acc\n2,5\n1,6\n"), "unreadable"),
+    (lambda p: hostile_run(p, "ep,te_acc\n1" + "0" * 5000 + ",5\n"), "unreadable"),
+    (lambda p: hostile_run(p, "ep,te_acc\n1,5\n", epochs=".inf"), "unreadable"),
+    (lambda p: hostile_run(p, "ep,te_acc\n1,5\n", epochs="1" + "0" * 5000), "unreadable"),
+    (lambda p: hostile_run(p, "ep,te_acc\n1,5\n", epochs="[3]"), "unreadable"),
 ])
 def test_summarize_refuses_in_one_line(setup, needle, tmp_path):
     target = tmp_path / "study"
