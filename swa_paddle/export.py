@@ -22,7 +22,7 @@ import paddle
 from paddle import inference, nn
 from paddle.base.proto import framework_pb2
 
-from swa_recipe.checkpoint import CheckpointError
+from swa_recipe.checkpoint import CheckpointError, check_export_destinations
 from swa_recipe.config import ConfigError
 from swa_recipe.predict import IMAGE_SIZE, PREFIX
 from swa_recipe.runtime import usable_cpus
@@ -73,7 +73,7 @@ def export(model: nn.Layer, save_dir: str) -> list[str]:
     model.eval()
     spec = [paddle.static.InputSpec([None, 3, IMAGE_SIZE, IMAGE_SIZE], "float32", "x")]
     static = paddle.jit.to_static(model, input_spec=spec, full_graph=True)
-    check_destinations(save_dir, PADDLE_FILES + TORCH_FILES)
+    check_export_destinations(save_dir, PADDLE_FILES + TORCH_FILES)
     try:
         staging = tempfile.mkdtemp(prefix=".export-", dir=save_dir)
     except OSError as exc:
@@ -93,20 +93,6 @@ def write_error(save_dir: str, exc: OSError) -> CheckpointError:
     """A failed write (read-only or full disk, missing folder) as the one-line user error."""
     return CheckpointError(f"cannot write the export to {save_dir} ({exc.strerror or exc}); "
                            f"pass a writable --save_dir")
-
-
-def check_destinations(save_dir: str, names: tuple[str, ...]) -> None:
-    """Refuse, before anything is written or removed, a destination that is a folder or a
-    special file: a rename cannot replace it, and removing it is not the export's to do."""
-    for name in names:
-        path = os.path.join(save_dir, name)
-        try:
-            mode = os.lstat(path).st_mode
-        except FileNotFoundError:
-            continue
-        if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
-            raise CheckpointError(f"{path} is a directory or a special file, not an exported "
-                                  f"model's file; remove it or pass another --save_dir")
 
 
 def install(staging: str, save_dir: str, written: list[str]) -> None:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import glob
 import os
 import re
-import stat
 from collections.abc import Callable
 
-from . import safe_pickle
+from . import regular, safe_pickle
 from .safe_pickle import short
 
 # What a checkpoint must agree on with the run that loads it.
@@ -125,22 +124,24 @@ NOT_REGULAR = ("is not a regular file (a FIFO, a device or a socket: reading it 
 
 
 def open_checkpoint(path: str):
-    """``open(path, "rb")`` for a checkpoint that cannot block or read without end: opened
-    non-blocking (a FIFO opens at once) and checked on the descriptor it then reads (no window
-    between check and open), so ``--resume`` naming a FIFO or ``/dev/urandom`` is one line."""
+    """``regular.open_regular`` for a checkpoint: ``--resume`` naming a FIFO or
+    ``/dev/urandom`` is one line, not a hang or a read without end."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        return regular.open_regular(path)
+    except regular.NotRegularFile:
+        raise CheckpointError(f"{short(str(path), 200)} {NOT_REGULAR}") from None
     except OSError as exc:
         raise CheckpointError(f"cannot read {short(str(path), 200)} "
                               f"({exc.strerror or exc})") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise CheckpointError(f"{short(str(path), 200)} {NOT_REGULAR}")
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
+
+
+def check_export_destinations(save_dir: str, names: tuple[str, ...]) -> None:
+    """Refuse, before anything is written or removed, an export destination that is a folder
+    or a special file: a rename cannot replace it, and removing it is not the export's to do."""
+    path = regular.irreplaceable(save_dir, names)
+    if path is not None:
+        raise CheckpointError(f"{path} is a directory or a special file, not an exported "
+                              f"model's file; remove it or pass another --save_dir")
 
 
 def safe_unpickle(path: str):

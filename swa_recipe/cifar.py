@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import safe_pickle
+from . import regular, safe_pickle
 from .datacheck import (
     MAX_MEMBERS,
     DataError,
@@ -83,22 +83,14 @@ def check_regular(path: Path, layout: Layout = CIFAR10) -> None:
 
 
 def open_regular(path: Path, layout: Layout = CIFAR10):
-    """``open(path, "rb")`` that cannot block or read a device: opened non-blocking (a FIFO
-    opens at once), checked on the descriptor it then reads (no window between check and
-    open), then switched back to blocking reads."""
+    """``regular.open_regular`` with this module's one-line errors."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        return regular.open_regular(path)
+    except regular.NotRegularFile:
+        raise DataError(f"{short(str(path))} " + NOT_REGULAR.format(
+            archive=layout.archive, folder=layout.folder)) from None
     except OSError as exc:
         raise DataError(f"cannot read {short(str(path))} ({exc.strerror or exc})") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise DataError(f"{short(str(path))} " + NOT_REGULAR.format(
-                archive=layout.archive, folder=layout.folder))
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
 
 
 def download(url: str, dest: Path, md5: str | None, layout: Layout = CIFAR10) -> None:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import copy
 import os
-import stat
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
+from . import regular
 from .arch import normalization
 from .checkpoint import CheckpointError
 from .cifar import DataError, load_cifar, normalize
@@ -65,22 +65,15 @@ SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
 def open_image_file(path: str):
-    """``open(path, "rb")`` that cannot block on a FIFO or read a device without end: opened
-    non-blocking and checked on the descriptor it then reads."""
+    """``regular.open_regular`` for an image, with this module's one-line errors."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        return regular.open_regular(path)
+    except regular.NotRegularFile:
+        raise DataError(f"image {path} is not a regular file (a FIFO, a device "
+                        f"or a socket); pass a PNG or JPEG file to --img_path") from None
     except OSError as exc:
         raise DataError(f"image {path} cannot be opened ({exc.strerror or exc}); "
                         f"pass an existing PNG or JPEG file to --img_path") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise DataError(f"image {path} is not a regular file (a FIFO, a device "
-                            f"or a socket); pass a PNG or JPEG file to --img_path")
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
 
 
 def as_rgb(img):

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from swa_recipe.checkpoint import CheckpointError
+from swa_recipe.checkpoint import CheckpointError, check_export_destinations
 from swa_recipe.config import ConfigError
 from swa_recipe.predict import IMAGE_SIZE, PREFIX
 from swa_recipe.safe_pickle import short
@@ -87,7 +87,7 @@ def export(model: nn.Module, save_dir: str) -> list[str]:
     example = (torch.zeros(2, 3, IMAGE_SIZE, IMAGE_SIZE),)
     program = torch.export.export(model, example,
                                   dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))
-    check_destinations(save_dir, (ARCHIVE, *PADDLE_FILES))
+    check_export_destinations(save_dir, (ARCHIVE, *PADDLE_FILES))
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{ARCHIVE}.", suffix=".tmp", dir=save_dir)
         os.fchmod(fd, shared_mode())
@@ -121,20 +121,6 @@ def write_error(save_dir: str, exc: Exception) -> CheckpointError:
     reason = getattr(exc, "strerror", None) or short(str(exc), 120)
     return CheckpointError(f"cannot write the export to {save_dir} ({reason}); pass a "
                            f"writable --save_dir")
-
-
-def check_destinations(save_dir: str, names: tuple[str, ...]) -> None:
-    """Refuse, before anything is written or removed, a destination that is a folder or a
-    special file: a rename cannot replace it, and removing it is not the export's to do."""
-    for name in names:
-        path = os.path.join(save_dir, name)
-        try:
-            mode = os.lstat(path).st_mode
-        except FileNotFoundError:
-            continue
-        if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
-            raise CheckpointError(f"{path} is a directory or a special file, not an exported "
-                                  f"model's file; remove it or pass another --save_dir")
 
 
 def remove_files(save_dir: str, names: tuple[str, ...]) -> None:
