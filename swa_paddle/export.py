@@ -24,7 +24,7 @@ from paddle.base.proto import framework_pb2
 
 from swa_recipe.checkpoint import CheckpointError, check_export_destinations
 from swa_recipe.config import ConfigError
-from swa_recipe.predict import IMAGE_SIZE, PREFIX
+from swa_recipe.predict import IMAGE_SIZE, PREFIX, class_count
 from swa_recipe.runtime import usable_cpus
 from swa_recipe.safe_pickle import short
 
@@ -250,23 +250,6 @@ def inference_device(device: str) -> str:
         raise ConfigError("--device gpu, but this Paddle has no CUDA; install paddlepaddle-gpu "
                           "or pass --device cpu")
     return "gpu" if device == "gpu" or (device == "auto" and cuda) else "cpu"
-
-
-def class_count(predict, path: str) -> int:
-    """How many classes the program scores, from one pass over two black images; it also
-    proves the program takes N x 3 x 32 x 32 images, as predict.py and infer.py feed it.
-    ``Predictor.num_classes`` lets a caller refuse a ``config.yaml`` of another class count
-    (whose class names would be wrong) before classifying anything."""
-    try:
-        out = np.asarray(predict(np.zeros((2, 3, IMAGE_SIZE, IMAGE_SIZE), np.float32)))
-    except Exception as exc:  # a program for other inputs: each framework raises its own
-        raise CheckpointError(f"{path} does not run on 3 x {IMAGE_SIZE} x {IMAGE_SIZE} images "
-                              f"({exc.__class__.__name__}); export the model again with "
-                              f"tools/export_model.py") from None
-    if out.ndim != 2 or out.shape[0] != 2 or out.shape[1] < 2:
-        raise CheckpointError(f"{path} gives outputs of shape {list(out.shape)[:8]} for 2 "
-                              f"images, not class scores; export the model again")
-    return int(out.shape[1])
 
 
 class Predictor:

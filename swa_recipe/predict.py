@@ -247,3 +247,20 @@ def exported_config(model_dir: str) -> dict:
     except ConfigError as exc:
         raise CheckpointError(f"{path} is not a config this project wrote ({exc}); export the "
                               f"model again") from None
+
+
+def class_count(predict, path: str) -> int:
+    """How many classes the program scores, from one pass over two black images; it also
+    proves the program takes N x 3 x 32 x 32 images, as predict.py and infer.py feed it.
+    ``Predictor.num_classes`` lets a caller refuse a ``config.yaml`` of another class count
+    (whose class names would be wrong) before classifying anything."""
+    try:
+        out = np.asarray(predict(np.zeros((2, 3, IMAGE_SIZE, IMAGE_SIZE), np.float32)))
+    except Exception as exc:  # a program for other inputs: each framework raises its own
+        raise CheckpointError(f"{path} does not run on 3 x {IMAGE_SIZE} x {IMAGE_SIZE} images "
+                              f"({exc.__class__.__name__}); export the model again with "
+                              f"tools/export_model.py") from None
+    if out.ndim != 2 or out.shape[0] != 2 or out.shape[1] < 2:
+        raise CheckpointError(f"{path} gives outputs of shape {list(out.shape)[:8]} for 2 "
+                              f"images, not class scores; export the model again")
+    return int(out.shape[1])
