@@ -17,7 +17,7 @@ import os
 import shutil
 
 from . import schedules
-from .checkpoint import checkpoint_path
+from .checkpoint import atomic_save, checkpoint_path
 from .config import RESUME_SAFE_KEYS
 
 # Keys that may differ between a run and its extension are those a resumed run may change
@@ -73,16 +73,9 @@ def final_checkpoint(run_dir: str, epochs: int, framework: str) -> str | None:
 
 
 def _copy(src: str, dst_dir: str) -> str:
-    """Copy ``src`` into ``dst_dir`` through a temporary name: complete or absent."""
+    """Copy ``src`` into ``dst_dir`` through ``atomic_save``: complete or absent."""
     dst = os.path.join(dst_dir, os.path.basename(src))
-    tmp = f"{dst}.tmp{os.getpid()}"
-    try:
-        shutil.copyfile(src, tmp, follow_symlinks=False)
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.lexists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_save(lambda tmp: shutil.copyfile(src, tmp, follow_symlinks=False), dst)
     return dst
 
 

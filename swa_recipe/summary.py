@@ -16,6 +16,7 @@ import statistics
 
 import numpy as np
 
+from .checkpoint import atomic_save
 from .config import ConfigError
 from .landscape import summary_of
 from .runs import RunResult, read_study
@@ -318,18 +319,6 @@ def recorded_study(study_dir: str) -> str | None:
     return found.group(1) if found else None
 
 
-def write_atomic(path: str, write) -> None:
-    """``write(tmp)`` then rename over ``path``: the old file stays whole if writing fails, and
-    a symlink at ``path`` is replaced, never written through."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.lexists(tmp):
-            os.remove(tmp)
-
-
 def summarize_main(args: argparse.Namespace) -> int:
     runs = read_study(args.study_dir)
     if not runs:
@@ -344,8 +333,8 @@ def summarize_main(args: argparse.Namespace) -> int:
         with open(tmp, "w", encoding="utf-8") as fh:
             fh.write(text)
 
-    write_atomic(readme, write_text)
-    write_atomic(figure, lambda tmp: plot(runs, tmp))
+    atomic_save(write_text, readme)
+    atomic_save(lambda tmp: plot(runs, tmp), figure)
     print(text, end="")
     print(f"wrote {readme} and {figure}")
     return 0
