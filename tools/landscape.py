@@ -35,7 +35,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data_path", default=None, help="CIFAR archive or folder")
     p.add_argument("--train_images", type=int, default=10000,
                    help="the first N training images, without augmentation (default 10000)")
-    p.add_argument("--no_line", action="store_true", help="skip the line")
     p.add_argument("--rays", action="store_true", help="also measure random rays")
     p.add_argument("--directions", type=int, default=10, help="random directions (default 10)")
     p.add_argument("--distances", type=int, default=8, help="distances per ray (default 8)")
@@ -115,9 +114,8 @@ def main(args: argparse.Namespace) -> int:
     out = args.out or landscape.default_out(args.swa)
     os.makedirs(out, exist_ok=True)
     base = os.path.join(out, result.pair)
-    if not args.no_line:
-        landscape.measure_line(probe, w_swa, w_sgd, result, log=log)
-        write(result, base)  # the line stands on its own if the rays are cut short
+    landscape.measure_line(probe, w_swa, w_sgd, result, log=log)
+    write(result, base)  # the line stands on its own if the rays are cut short
     if args.rays:
         d0 = landscape.direction(len(w_swa), args.seed, 0)
         reach = args.max_distance or landscape.calibrate(probe, w_sgd, d0, result.distance / 8)
