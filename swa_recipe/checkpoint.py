@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import glob
+import math
 import os
 import re
 from collections.abc import Callable
 
 from . import regular, safe_pickle
+from .modelsize import weight_count
+from .numbers import NumberError, to_float, to_int
 from .safe_pickle import short
 
 # What a checkpoint must agree on with the run that loads it.
@@ -117,6 +120,46 @@ def check_shapes(expected: dict, found: dict, path: str) -> None:
     if extra:
         raise CheckpointError(f"{path} has {short(extra[0], 60)}, which this model lacks; "
                               f"it is a checkpoint of another model")
+
+
+def check_counters(state: dict, path: str) -> None:
+    """The counters of a training checkpoint (epoch, ``swa_n``, mid-epoch progress) through
+    the project's number reader before any is used: a pickled 5,000-digit integer, a NaN loss
+    total or a text where a count belongs is one line here, not a traceback or an overflow
+    where the trainer hands it to the framework."""
+    progress = state.get("progress") or {}
+    try:
+        to_int(state["epoch"], "its epoch", 0, text=False)
+        if state.get("swa_n") is not None:
+            to_int(state["swa_n"], "its swa_n", 0, text=False)
+        if not isinstance(progress, dict):
+            raise NumberError(f"its progress is a {type(progress).__name__}, not a mapping")
+        to_int(progress.get("iteration", 0), "its progress iteration", 0, text=False)
+        totals = progress.get("totals", [0.0, 0.0, 0.0])
+        if not isinstance(totals, (list, tuple)) or len(totals) != 3:
+            raise NumberError(f"its progress totals are {short(totals)}, not 3 numbers")
+        for total in totals:
+            to_float(total, "a progress total", text=False)
+        if progress.get("first_lr") is not None:
+            to_float(progress["first_lr"], "its progress first_lr", text=False)
+    except NumberError as exc:
+        raise CheckpointError(f"{path}: {exc}; it is not a training checkpoint of this "
+                              f"project") from None
+
+
+def check_weight_count(cfg: dict, shapes: dict, path: str) -> None:
+    """Before a model is built from ``cfg`` (a checkpoint's config): the checkpoint's state
+    dict (``shapes``: name -> shape) must hold at least the weights that model has, so a tiny
+    file whose config asks for a huge model is refused without allocating it. The exact
+    comparison, ``check_shapes``, follows once the model exists."""
+    held = sum(math.prod(shape) for shape in shapes.values())
+    need = weight_count(cfg)
+    if held < need:
+        arch = cfg["Arch"]
+        raise CheckpointError(f"{path} holds {held} weights, but the model of its config "
+                              f"({arch['model']}, width {arch['width']:g}) has {need}; it is "
+                              f"not a checkpoint of that model: pass a matching checkpoint or "
+                              f"set Arch.model / Arch.width with -o")
 
 
 NOT_REGULAR = ("is not a regular file (a FIFO, a device or a socket: reading it would hang or "

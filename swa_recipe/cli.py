@@ -15,7 +15,13 @@ import unicodedata
 from collections.abc import Callable
 from types import SimpleNamespace
 
-from .checkpoint import CheckpointError, check_identity, framework_of
+from .checkpoint import (
+    CheckpointError,
+    check_identity,
+    check_state_dict,
+    check_weight_count,
+    framework_of,
+)
 from .cifar import DataError
 from .config import (
     RESUME_SAFE_KEYS,
@@ -156,14 +162,29 @@ def training_config(args: argparse.Namespace) -> dict:
     path = resume_request(args)
     if not path or path == "auto":
         return resolve(args)
-    saved = saved_config(path, command_line_update(args).get("Global", {}).get("framework"))
-    return resolve(args) if saved is None else continued_config(args, saved, path)
+    framework = command_line_update(args).get("Global", {}).get("framework")
+    state = saved_state(path, framework)
+    saved = state.get("config") if isinstance(state, dict) else None
+    if not isinstance(saved, dict):
+        return resolve(args)
+    cfg = continued_config(args, saved, path)
+    if isinstance(state.get("state_dict"), dict):  # else ``loop.restore`` says what it is
+        check_before_building(cfg, state["state_dict"], path,
+                              import_twin(framework_of(path) or cfg["Global"]["framework"]))
+    return cfg
 
 
-def saved_config(path: str, framework: str | None) -> dict | None:
-    """The config stored in the training checkpoint ``path`` (None when it holds none). A
-    checkpoint of the other framework than ``--framework`` asks is refused here, as
-    ``loop.restore`` would."""
+def check_before_building(cfg: dict, weights: dict, path: str, twin: SimpleNamespace) -> None:
+    """A checkpoint's weights against the model its config names, before that model is built
+    (``checkpoint.check_weight_count``): a tiny file cannot make the run allocate a huge one."""
+    weights = check_state_dict(weights, path, twin.checkpoint.is_tensor)
+    check_weight_count(cfg, twin.checkpoint.shapes(weights), path)
+
+
+def saved_state(path: str, framework: str | None) -> dict | None:
+    """The training checkpoint ``path``, loaded (its config decides the run). A checkpoint
+    of the other framework than ``--framework`` asks is refused here, as ``loop.restore``
+    would."""
     if not os.path.exists(path):  # a FIFO or a device: the twin's load says what it is
         raise CheckpointError(f"checkpoint {path} not found; pass an existing file to --resume")
     found = framework_of(path)
@@ -171,9 +192,7 @@ def saved_config(path: str, framework: str | None) -> dict | None:
         raise CheckpointError(f"{path} is a {found} checkpoint and this run trains with "
                               f"{framework}; resume with --framework {found}, or start "
                               f"from converted weights")
-    state = import_twin(found or framework or "paddle").checkpoint.load(path)
-    config = state.get("config") if isinstance(state, dict) else None
-    return config if isinstance(config, dict) else None
+    return import_twin(found or framework or "paddle").checkpoint.load(path)
 
 
 def _train(cfg: dict, out: str, world: int, applied: dict, claim: RunDir,
@@ -271,6 +290,7 @@ def load_checkpoint(args: argparse.Namespace) -> tuple[SimpleNamespace, dict, st
     cfg["Global"]["framework"] = framework  # a plain state dict's config has the default
     cfg["Global"]["device"] = twin.trainer.set_device(cfg["Global"]["device"])
     label, weights = pick_weights(state, args.which, args.model_path)
+    check_before_building(cfg, weights, args.model_path, twin)
     return twin, cfg, label, weights
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import math
 import os
 import re
 import tempfile
@@ -22,8 +21,9 @@ import yaml
 
 from .arch import MODELS, check_arch
 from .datasets import DATASETS
+from .numbers import NumberError, short, to_float, to_int
+from .numbers import load_yaml as load_numbers_yaml
 from .runtime import launched_world_size
-from .safe_pickle import short
 
 FRAMEWORKS = ("paddle", "torch")
 SCHEDULES = ("original", "cyclic", "swalr")
@@ -51,6 +51,15 @@ def _positive(v: Any) -> bool:
 
 def _non_negative(v: Any) -> bool:
     return v >= 0
+
+
+def _workers(v: str) -> bool:
+    """``Data.num_workers``: kept as text (``auto``), read as a count through ``to_int`` so
+    that a 5,000-digit or a ten-digit value is refused here, not where loaders start."""
+    try:
+        return v == "auto" or to_int(v, "Data.num_workers", 0, MAX_WORKERS) >= 0
+    except NumberError:
+        return False
 
 
 def _seed(v: Any) -> bool:
@@ -82,8 +91,8 @@ def _classes(v: Any) -> bool:
 
 
 SEED_LIMIT = 2**32  # numpy's SeedSequence words; Paddle and torch seeds take them too
-INT_LIMIT = 2**63  # every integer key ends up in a C int64
 MAX_CONFIG_BYTES = 1 << 20
+MAX_WORKERS = 256  # loader processes: far above any machine's cores
 
 
 SCHEMA: dict[str, dict[str, Field]] = {
@@ -155,8 +164,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "batch_size": Field(128, int, "global batch size", check=_positive, rule="> 0"),
         "num_workers": Field("auto", str, "loader worker processes; auto: 0 on the CPU, "
                              "from the free cores on a GPU (swa_recipe.device)",
-                             check=lambda v: v == "auto" or v.isdigit(),
-                             rule="'auto' or an integer >= 0"),
+                             check=_workers, rule=f"'auto' or an integer in [0, {MAX_WORKERS}]"),
         "train_subset": Field(None, int, "use only the first N training images",
                               check=_positive, rule="> 0", nullable=True),
         "test_subset": Field(None, int, "use only the first N test images", check=_positive,
@@ -203,22 +211,8 @@ def coerce(section: str, key: str, value: Any) -> Any:
     if f.type is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{name} must be true or false, got {short(value)}")
-    elif f.type is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{name} must be an integer, got {short(value)}")
-        if not -INT_LIMIT < value < INT_LIMIT:
-            raise ConfigError(f"{name} must be between -2**63 and 2**63, got {short(value)}")
-    elif f.type is float:
-        if isinstance(value, str):  # YAML 1.1 reads 5e-4 (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{name} must be a number, got {short(value)}")
-        value = float(value) if isinstance(value, float) or abs(value) < INT_LIMIT else math.inf
-        if not math.isfinite(value):
-            raise ConfigError(f"{name} must be a finite number, got {short(value)}")
+    elif f.type in (int, float):
+        value = _number(f.type, value, name)
     elif f.type is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{name} must be a string, got {short(value)}")
@@ -229,6 +223,16 @@ def coerce(section: str, key: str, value: Any) -> Any:
     if f.check is not None and not f.check(value):
         raise ConfigError(f"{name} must be {f.rule}, got {short(value)}")
     return value
+
+
+def _number(kind: type, value: Any, name: str) -> int | float:
+    """An int key as an int (a string is refused: YAML reads ``'3'`` as text), a float key as
+    a finite float (YAML 1.1 reads ``5e-4``, without a dot, as a string), through the project's
+    one number reader."""
+    try:
+        return to_int(value, name, text=False) if kind is int else to_float(value, name)
+    except NumberError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def merge(cfg: dict, update: dict, origin: str) -> dict:
@@ -259,7 +263,9 @@ def load_yaml(path: str) -> dict:
             text = fh.read(MAX_CONFIG_BYTES + 1)
         if len(text) > MAX_CONFIG_BYTES:
             raise ConfigError(f"config file {path} is larger than 1 MiB; it is not a config")
-        data = yaml.safe_load(text)
+        data = load_numbers_yaml(text)
+    except NumberError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
     except FileNotFoundError:
         raise ConfigError(f"config file {path} not found; pass an existing --config "
                           f"(see configs/)") from None
@@ -293,7 +299,9 @@ def parse_value(section: str, key: str, raw: str) -> Any:
     if _field(section, key).type is str:
         return None if raw.strip() in ("", "null", "~") else raw
     try:
-        return yaml.safe_load(raw) if raw.strip() else None
+        return load_numbers_yaml(raw) if raw.strip() else None
+    except NumberError as exc:
+        raise ConfigError(f"{section}.{key}: {exc}") from None
     except yaml.YAMLError:
         return raw
 
@@ -429,7 +437,7 @@ def explicit_values(args: argparse.Namespace) -> dict[tuple[str, str], Any]:
 def yaml_keys(path: str) -> set[tuple[str, str]]:
     """The (section, key) pairs a YAML config file names (``load_yaml`` has checked it)."""
     with open(path, encoding="utf-8") as fh:
-        data = yaml.safe_load(fh) or {}
+        data = load_numbers_yaml(fh.read()) or {}
     return {(s, k) for s, values in data.items() for k in values}
 
 

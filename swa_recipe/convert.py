@@ -10,7 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .checkpoint import CheckpointError, check_shapes, check_state_dict, framework_of
+from .checkpoint import (
+    CheckpointError,
+    check_shapes,
+    check_state_dict,
+    check_weight_count,
+    framework_of,
+)
 from .twins import import_twin
 
 BN_NAMES = {"running_mean": "_mean", "running_var": "_variance"}
@@ -76,10 +82,12 @@ def convert_file(src: str, dst: str, cfg: dict) -> dict:
                          lambda v: isinstance(v, np.ndarray))
     converted = convert_checkpoint(state, f"{src_fw}2{dst_fw}", source.checkpoint.to_numpy,
                                    dst_fw)
-    model = target.models.build_model(cfg)
-    expected = target.checkpoint.shapes(model.state_dict())
     weight_sets = ([converted[k] for k in WEIGHT_KEYS if converted.get(k) is not None]
                    if "state_dict" in converted else [converted])
+    for weights in weight_sets:
+        check_weight_count(cfg, {k: v.shape for k, v in weights.items()}, src)
+    model = target.models.build_model(cfg)
+    expected = target.checkpoint.shapes(model.state_dict())
     for weights in weight_sets:
         check_shapes(expected, {k: v.shape for k, v in weights.items()}, src)
     if "state_dict" in converted:

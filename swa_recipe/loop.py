@@ -23,6 +23,7 @@ from . import schedules
 from .arch import dropout_widths, model_dropout
 from .checkpoint import (
     CheckpointError,
+    check_counters,
     check_identity,
     check_shapes,
     check_state_dict,
@@ -316,10 +317,7 @@ def check_resumable(trainer: Trainer, state, cfg: dict, path: str) -> None:
     if not isinstance(state, dict) or "state_dict" not in state or "epoch" not in state:
         raise CheckpointError(f"{path} is not a training checkpoint (no epoch/state_dict); "
                               f"resume from a checkpoint-N file of a run")
-    epoch = state["epoch"]
-    if type(epoch) is not int or epoch < 0:
-        raise CheckpointError(f"{path} holds epoch {short(epoch)}, not a count of epochs; it "
-                              f"is not a training checkpoint")
+    check_counters(state, path)
     if state.get("optimizer") is None:
         raise CheckpointError(f"{path} holds no optimizer state (converted weights?); it "
                               f"evaluates with eval.py but cannot resume a run")

@@ -26,11 +26,12 @@ import os
 import pickle
 import pickletools
 import re
-import reprlib
 from collections import OrderedDict
 from collections.abc import Callable
 
 import numpy as np
+
+from .numbers import short
 
 MAX_DEPTH = 64  # a checkpoint nests 4 deep, a CIFAR batch 2
 MAX_OPCODES = 50_000_000  # far above a 200 MB checkpoint's count
@@ -45,25 +46,6 @@ NUMERIC_DTYPE = re.compile(r"[biufc]\d{1,2}")
 
 class UnsafePickle(ValueError):
     """The file is refused; callers add its name and turn it into their user error."""
-
-
-class _Brief(reprlib.Repr):
-    """``reprlib.Repr`` that also cuts integers: ``repr`` of an integer over 4300 digits raises
-    ValueError (Python's int/str limit), and a file or flag can hold one."""
-
-    def repr_int(self, x: int, level: int) -> str:
-        if x.bit_length() > 4 * self.maxother:  # more digits than could be shown anyway
-            return f"<an integer of {x.bit_length()} bits>"
-        return super().repr_int(x, level)
-
-
-def short(value: object, limit: int = 80) -> str:
-    """``repr`` cut to ``limit`` characters, in time bounded whatever the value's size or
-    nesting: error messages quote values taken from files and the command line."""
-    brief = _Brief()
-    brief.maxlevel, brief.maxstring, brief.maxother = 3, limit, limit
-    text = brief.repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 class _DType:

@@ -223,6 +223,70 @@ def test_a_checkpoint_asking_for_a_huge_model_is_refused_before_building(tmp_pat
     assert_all_refused(run_worker(cases, tmp_path), expect)
 
 
+def largest_model_checkpoints(root: Path) -> dict[str, Path]:
+    """Checkpoints of a few KB, both twins, whose config is within every bound but names the
+    largest model the bounds allow (WideResNet28x10 at width 2: 146 million weights, 600 MB)."""
+    import pickle
+
+    import numpy as np
+    import torch
+
+    from swa_recipe.config import default_config
+
+    cfg = default_config()
+    cfg["Arch"].update(model="WideResNet28x10", width=2.0, num_classes=10)
+    state = {"epoch": 1, "optimizer": {}, "config": cfg}
+    paddle_file, torch_file = root / "wrn.pdparams", root / "wrn.pt"
+    paddle_file.write_bytes(pickle.dumps(
+        {**state, "state_dict": {"conv1.weight": np.zeros((4, 3, 3, 3), np.float32)}}))
+    torch.save({**state, "state_dict": {"conv1.weight": torch.zeros(4, 3, 3, 3)}}, torch_file)
+    assert paddle_file.stat().st_size < 4000 and torch_file.stat().st_size < 4000
+    return {"paddle": paddle_file, "torch": torch_file}
+
+
+def test_a_small_checkpoint_naming_the_largest_model_is_refused_before_building(
+        tmp_path, archive, monkeypatch):
+    """Under a 300 MB cap above what Paddle and torch take (the model alone would need 600),
+    eval, --resume and convert of each twin's file: one line, before any model is built."""
+    from test_hostile import assert_all_refused, run_worker
+
+    monkeypatch.setenv("HOSTILE_LIMIT_MB", "300")
+    cases, expect = [], {}
+    for framework, path in largest_model_checkpoints(tmp_path).items():
+        other = tmp_path / ("out.pt" if framework == "paddle" else "out.pdparams")
+        for main, argv in (("eval", ["--model_path", str(path), "--data_path", str(archive)]),
+                           ("train", ["--resume", str(path), "--data_path", str(archive)]),
+                           ("convert", [str(path), str(other)])):
+            cases.append({"id": f"{main}-{framework}", "main": main, "argv": argv})
+            expect[f"{main}-{framework}"] = ["holds 108 weights", "WideResNet28x10, width 2",
+                                             "has 145887370"]
+    assert_all_refused(run_worker(cases, tmp_path), expect)
+    assert not list(tmp_path.glob("out.*"))
+
+
+@pytest.mark.parametrize("model, depth", [("VGG16", None), ("VGG19BN", None),
+                                          ("PreResNet110", None), ("PreResNet164", None),
+                                          ("PreResNet110", 20), ("WideResNet28x10", 10)])
+def test_the_weight_count_is_what_both_twins_build(model, depth):
+    """``modelsize.weight_count`` is the check's lower bound: exactly the trainable weights of
+    each twin's model (an overcount would refuse good checkpoints)."""
+    import torch
+
+    from swa_paddle.models import build_model as paddle_model
+    from swa_recipe.config import default_config, merge, validate
+    from swa_recipe.modelsize import weight_count
+    from swa_torch.models import build_model as torch_model
+
+    for width in (0.0625, 0.3, 1.0):
+        cfg = validate(merge(default_config(), {"Arch": {"model": model, "depth": depth,
+                                                         "width": width}}, "test"))
+        with torch.device("meta"):
+            in_torch = sum(p.numel() for p in torch_model(cfg).parameters())
+        in_paddle = sum(int(p.size) for p in paddle_model(cfg).parameters()
+                        if not p.stop_gradient)
+        assert weight_count(cfg) == in_torch == in_paddle, (model, depth, width)
+
+
 def test_every_shipped_config_is_within_the_model_bounds():
     from swa_recipe.config import load_yaml
 

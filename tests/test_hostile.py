@@ -369,6 +369,34 @@ def test_every_hostile_file_is_one_line_and_runs_nothing(hostile):
     assert not (root / "runs").exists()
 
 
+DIGITS_5000 = "9" * 5000  # over Python's 4300-digit int/str limit: its own traceback
+
+
+def huge_number_cases(root: Path) -> dict[str, tuple[list[str], list[str]]]:
+    """Numerals Python itself cannot convert, or that no setting needs, wherever a number is
+    read on the command line or in a config file: each one line naming the key."""
+    yaml_int = root / "huge_int.yaml"
+    yaml_int.write_text(f"Global:\n  epochs: {DIGITS_5000}\n")
+    yaml_float = root / "huge_float.yaml"
+    yaml_float.write_text(f"Optimizer:\n  lr_init: 0.{'1' * 100_000}\n")
+    too_long = "longer than any number here needs"
+    return {
+        "o_epochs_5000_digits": (["-o", f"Global.epochs={DIGITS_5000}"],
+                                 ["Global.epochs:", "5000 characters", too_long]),
+        "flag_epochs_5000_digits": (["--epochs", DIGITS_5000], ["Global.epochs:", too_long]),
+        "flag_lr_5000_digits": (["--lr_init", DIGITS_5000], ["Optimizer.lr_init:", too_long]),
+        "flag_seed_hex_5000": (["--seed", "0x" + DIGITS_5000], ["Global.seed:", too_long]),
+        "workers_5000_digits": (["-o", f"Data.num_workers={DIGITS_5000}"],
+                                ["Data.num_workers must be 'auto' or an integer in [0, 256]"]),
+        "workers_ten_digits": (["-o", "Data.num_workers=9999999999"],
+                               ["Data.num_workers must be 'auto' or an integer in [0, 256]"]),
+        "yaml_int_5000_digits": (["--config", str(yaml_int)],
+                                 ["huge_int.yaml: the integer at line 2", too_long]),
+        "yaml_float_100k_digits": (["--config", str(yaml_float)],
+                                   ["huge_float.yaml: the number at line 2", too_long]),
+    }
+
+
 def config_cases(root: Path) -> dict[str, tuple[list[str], list[str]]]:
     """name -> (train.py arguments, words of the error line)."""
     bomb = root / "bomb.yaml"
@@ -390,7 +418,8 @@ def config_cases(root: Path) -> dict[str, tuple[list[str], list[str]]]:
         "width_inf": (["-o", "Arch.width=.inf"], ["Arch.width must be a finite number"]),
         "width_nan": (["-o", "Arch.width=.nan"], ["Arch.width must be a finite number"]),
         "lr_overflow": (["--lr_init", "1e400"], ["Optimizer.lr_init must be a finite"]),
-        "epochs_2_70": (["--epochs", str(2**70)], ["Global.epochs must be between"]),
+        "epochs_2_70": (["--epochs", str(2**70)], ["Global.epochs must be an integer in"]),
+        **huge_number_cases(root),
         "huge_value": (["-o", "Arch.model=" + "V" * 1_000_000], ["Arch.model must be one of"]),
         "unknown_key": (["-o", "Global.dropout=1"], ["unknown config key 'Global.dropout'"]),
         "data_path_fifo": (["--data_path", str(fifo)], ["data.fifo' is not a regular file"]),
@@ -425,6 +454,9 @@ def rundir_results(tmp_path_factory, archive):
     (root / "epoch_text.pdparams").write_bytes(dump({"epoch": "1", "state_dict": weights,
                                                      "optimizer": {}}))
     (root / "int_keys.pdparams").write_bytes(dump({0: np.zeros(2, np.float32)}))
+    for name, counters in COUNTER_CASES.items():
+        (root / f"{name}.pdparams").write_bytes(dump({"epoch": 1, "state_dict": weights,
+                                                      "optimizer": {}, **counters}))
     (root / "a_dir.pt").mkdir()
     train = ["--config", "configs/lite.yaml", "-o", "Data.train_subset=null", "-o",
              "Data.test_subset=null", "-o", "Data.batch_size=32", "--epochs", "1",
@@ -440,6 +472,8 @@ def rundir_results(tmp_path_factory, archive):
                                    str(root / "plain.pdparams")]),
         ("resume_epoch_text", "train", [*train, "--dir", str(root / "r3"), "--resume",
                                         str(root / "epoch_text.pdparams")]),
+        *[(name, "train", [*train, "--dir", str(root / name), "--resume",
+                            str(root / f"{name}.pdparams")]) for name in COUNTER_CASES],
         ("convert_missing_dir", "convert", [str(root / "plain.pdparams"),
                                             str(root / "nowhere" / "c.pt")]),
         ("convert_onto_dir", "convert", [str(root / "plain.pdparams"),
@@ -455,13 +489,33 @@ def rundir_results(tmp_path_factory, archive):
     return results, root, before
 
 
+# A training checkpoint's counters, each forged in one way (pickled, so beyond YAML's reach).
+COUNTER_CASES = {
+    "epoch_5000_digits": {"epoch": 10**5000},
+    "swa_n_2_70": {"swa_n": 2**70},
+    "iteration_text": {"progress": {"iteration": "3"}},
+    "totals_nan": {"progress": {"totals": [float("nan"), 0.0, 1.0]}},
+    "totals_scalar": {"progress": {"totals": 7}},
+    "first_lr_inf": {"progress": {"first_lr": float("inf")}},
+}
+COUNTER_REFUSALS = {
+    "epoch_5000_digits": ["its epoch must be an integer in [0, 2**63 - 1]",
+                          "an integer of 16610 bits"],
+    "swa_n_2_70": ["its swa_n must be an integer in [0, 2**63 - 1]"],
+    "iteration_text": ["its progress iteration must be an integer, got '3'"],
+    "totals_nan": ["a progress total must be a finite number, got nan"],
+    "totals_scalar": ["its progress totals are 7, not 3 numbers"],
+    "first_lr_inf": ["its progress first_lr must be a finite number, got inf"],
+}
+
 RUNDIR_REFUSALS = {
+    **COUNTER_REFUSALS,
     "used": ["holds another run's outputs", "--resume auto", "--dir", "--overwrite"],
     "refused_start": ["not found"],
     "locked": ["another run (pid 4242)"],
     "resume_converted": ["no optimizer state"],
     "resume_plain": ["not a training checkpoint"],
-    "resume_epoch_text": ["holds epoch '1'"],
+    "resume_epoch_text": ["its epoch must be an integer, got '1'"],
     "convert_missing_dir": ["does not exist"],
     "convert_onto_dir": ["is a directory"],
     "convert_int_keys": ["key 0 is not a parameter name"],
