@@ -36,6 +36,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from swa_recipe.numbers import float_argument, int_argument  # noqa: E402
 from swa_recipe.runtime import cpu_vendor, tune_cpu_env  # noqa: E402
 
 FIGURES = [  # key, label, unit
@@ -327,13 +328,15 @@ def main() -> int:
     parser.add_argument("--model", default="VGG16", help="any model of the zoo")
     parser.add_argument("-o", "--override", action="append", default=[], metavar="S.KEY=VALUE",
                         help="config override, as for train.py (e.g. -o Arch.depth=20)")
-    parser.add_argument("--width", type=float, default=1.0)
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=5, help="timed bare steps")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--loop_images", type=int, default=1280, help="images per timed epoch")
-    parser.add_argument("--eval_images", type=int, default=1280)
-    parser.add_argument("--rounds", type=int, default=1, help="alternating rounds; medians")
+    parser.add_argument("--width", type=float_argument(0, strict=True), default=1.0)
+    parser.add_argument("--batch", type=int_argument(1), default=128)
+    parser.add_argument("--steps", type=int_argument(1), default=5, help="timed bare steps")
+    parser.add_argument("--warmup", type=int_argument(0), default=2)
+    parser.add_argument("--loop_images", type=int_argument(1), default=1280,
+                        help="images per timed epoch")
+    parser.add_argument("--eval_images", type=int_argument(1), default=1280)
+    parser.add_argument("--rounds", type=int_argument(1), default=1,
+                        help="alternating rounds; medians")
     parser.add_argument("--data_path", default=None)
     parser.add_argument("--json", default=os.path.join(ROOT, "bench", "results.json"))
     parser.add_argument("--part", default=",".join(PARTS),

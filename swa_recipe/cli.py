@@ -36,6 +36,7 @@ from .config import (
 from .convert import convert_file
 from .logs import PROGRESS_SECONDS, get_logger, to_run_log
 from .loop import Interrupted, TrainingDiverged
+from .numbers import NumberError, float_argument
 from .rundir import RunDir, RunDirError
 from .runtime import (
     launched_rank,
@@ -46,7 +47,10 @@ from .runtime import (
 )
 from .twins import import_twin
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError, TrainingDiverged, RunDirError)
+# A NumberError that no caller turned into its own error is still one line: the net under
+# every number the project reads (``swa_recipe.numbers``).
+USER_ERRORS = (ConfigError, DataError, CheckpointError, TrainingDiverged, RunDirError,
+               NumberError)
 
 
 def run(main: Callable[[], int | None], debug: bool) -> int:
@@ -99,17 +103,6 @@ TRAIN_EPILOG = f"""continuing a run (Ctrl-C prints the command):
 """
 
 
-def positive_seconds(text: str) -> float:
-    """``--progress``: a number of seconds > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
-    return value
-
-
 def train_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="SGD/SWA training on CIFAR-10/100 "
                                      "(Paddle; --framework torch for the PyTorch twin)",
@@ -118,7 +111,7 @@ def train_parser() -> argparse.ArgumentParser:
     add_config_args(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace the outputs of "
                         "another run in --dir (a fresh run refuses them otherwise)")
-    parser.add_argument("--progress", type=positive_seconds, default=PROGRESS_SECONDS,
+    parser.add_argument("--progress", type=float_argument(0, strict=True), default=PROGRESS_SECONDS,
                         metavar="SECONDS", help="without a terminal (nohup, > log), a progress "
                         f"line every SECONDS (default {PROGRESS_SECONDS:g}), in train.log too")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")

@@ -24,6 +24,7 @@ from .cli import (
     load_checkpoint,
 )
 from .config import save_config
+from .numbers import int_argument
 from .predict import (
     CONFIG_FILE,
     Inputs,
@@ -51,9 +52,10 @@ def add_input_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--img_path", help="an image file (resized to 32x32 if another size) or "
                        "a folder of images")
-    group.add_argument("--index", type=int, nargs="+", help="CIFAR test image(s) by index, "
-                       "read from the archive (--data_path)")
-    parser.add_argument("--top_k", type=int, default=3, help="classes shown per image")
+    group.add_argument("--index", type=int_argument(0), nargs="+", help="CIFAR test image(s) "
+                       "by index, read from the archive (--data_path)")
+    parser.add_argument("--top_k", type=int_argument(1), default=3,
+                        help="classes shown per image")
 
 
 def read_inputs(args: argparse.Namespace, cfg: dict) -> Inputs:
@@ -121,7 +123,8 @@ def infer_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model_dir", required=True, help="folder written by "
                         "tools/export_model.py")
     add_input_args(parser)
-    parser.add_argument("--batch_size", type=int, default=128, help="images per forward pass")
+    parser.add_argument("--batch_size", type=int_argument(1), default=128,
+                        help="images per forward pass")
     parser.add_argument("--data_path", help="CIFAR archive for --index (default: the one the "
                         "model was trained on)")
     parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")

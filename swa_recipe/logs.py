@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 
 import tabulate
 
+from .numbers import to_float, to_int
 from .rundir import writing
 
 COLUMNS = ["ep", "lr", "tr_loss", "tr_acc", "te_loss", "te_acc", "swa_te_loss", "swa_te_acc",
@@ -248,10 +249,19 @@ def summarize(totals) -> dict:
 
 
 def read_metrics(path: str) -> list[dict]:
-    """Rows of a ``metrics.csv``: ``ep`` an int, other columns floats, empty cells None."""
+    """Rows of a ``metrics.csv``: ``ep`` an int, other columns finite floats, empty cells
+    None. Every cell goes through ``swa_recipe.numbers`` (a study folder travels between
+    machines): a NaN accuracy, a 5,000-digit epoch or a stray column is a ``NumberError``
+    naming the file, line and column."""
     with open(path, newline="") as fh:
-        return [{c: (int(v) if c == "ep" else float(v)) if v not in ("", None) else None
-                 for c, v in row.items()} for row in csv.DictReader(fh)]
+        return [_metrics_row(row, f"{path} line {line}") for line, row
+                in enumerate(csv.DictReader(fh), start=2)]
+
+
+def _metrics_row(row: dict, where: str) -> dict:
+    return {c: None if v in ("", None) else
+            to_int(v, f"{where}, ep", 0) if c == "ep" else to_float(v, f"{where}, {c}")
+            for c, v in row.items()}
 
 
 def note(line: str) -> None:

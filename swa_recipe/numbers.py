@@ -12,8 +12,10 @@ the value (``short``).
 
 from __future__ import annotations
 
+import argparse
 import math
 import reprlib
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -122,3 +124,30 @@ def load_yaml(text: str) -> Any:
     """``yaml.safe_load`` with every number read through this module (``NumberError`` for a
     numeral longer than ``MAX_CHARS``)."""
     return yaml.load(text, Loader=NumberLoader)  # a SafeLoader subclass
+
+
+def int_argument(low: int | None = None, high: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type`` reading an integer in ``[low, high]`` through ``to_int``. argparse
+    prints an ``ArgumentTypeError``'s message as it is, but a ``ValueError``'s value in full
+    (``type=int`` quotes all 5,000 digits), and ``type=int`` lets 0 reach ``range(0, n, 0)``."""
+    def integer(text: str) -> int:
+        try:
+            return to_int(text, "the value", low, high)
+        except NumberError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return integer
+
+
+def float_argument(low: float, strict: bool = False) -> Callable[[str], float]:
+    """An argparse ``type`` reading a finite number >= ``low`` (> ``low`` when ``strict``):
+    ``nan`` would make every comparison false and ``inf`` never end a wait."""
+    def number(text: str) -> float:
+        try:
+            value = to_float(text, "the value")
+        except NumberError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        if value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"the value must be a number {'>' if strict else '>='}"
+                                             f" {low:g}, got {short(text, SHOWN)}")
+        return value
+    return number

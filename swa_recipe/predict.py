@@ -18,8 +18,9 @@ from . import regular
 from .arch import normalization
 from .checkpoint import CheckpointError
 from .cifar import DataError, load_cifar, normalize
-from .config import ConfigError, default_config, load_yaml, validate
+from .config import MAX_CLASSES, ConfigError, default_config, load_yaml, validate
 from .datasets import DATASETS
+from .numbers import NumberError, to_int
 
 IMAGE_SIZE = 32
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -156,11 +157,20 @@ def read_labels(folder: str) -> dict[str, int]:
             parts = line.split()
             if not parts:
                 continue
-            if len(parts) != 2 or not parts[1].isdigit():
-                raise DataError(f"{path} line {number} is not 'FILE LABEL' (a class index); "
-                                f"fix or remove it")
-            labels[parts[0]] = int(parts[1])
+            labels[parts[0]] = label_of(parts, path, number)
     return labels
+
+
+def label_of(parts: list[str], path: str, number: int) -> int:
+    """The class index of a ``labels.txt`` line split into words, read by the project's one
+    number reader (``'9' * 5000`` or ``'²'`` pass ``str.isdigit`` and then fail ``int``)."""
+    try:
+        if len(parts) != 2:
+            raise NumberError("not two words")
+        return to_int(parts[1], "the label", 0, MAX_CLASSES - 1)
+    except NumberError:
+        raise DataError(f"{path} line {number} is not 'FILE LABEL' (a class index below "
+                        f"{MAX_CLASSES}); fix or remove it") from None
 
 
 def read_images(path: str) -> Inputs:

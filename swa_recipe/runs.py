@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 
@@ -11,6 +10,7 @@ import yaml
 
 from .config import FRAMEWORKS, MODELS, ConfigError
 from .logs import read_metrics
+from .numbers import NumberError, load_yaml
 
 
 @dataclass
@@ -54,7 +54,7 @@ def read_run(run_dir: str) -> RunResult | None:
         return None
     try:
         with open(cfg_path, encoding="utf-8") as fh:
-            cfg = yaml.safe_load(fh.read(MAX_FILE_BYTES))
+            cfg = load_yaml(fh.read(MAX_FILE_BYTES))
         rows = read_metrics(csv_path)
         result = RunResult(os.path.basename(run_dir), _choice(cfg["Arch"]["model"], MODELS),
                            "swa" if cfg["SWA"]["swa"] is True else "sgd",
@@ -62,6 +62,9 @@ def read_run(run_dir: str) -> RunResult | None:
                            _choice(cfg["Global"]["framework"], FRAMEWORKS), rows)
         _check_rows(rows)
         return result
+    except NumberError as exc:
+        raise ConfigError(f"unreadable {exc}; fix the file or delete the run folder to "
+                          f"run it again") from None
     except (OSError, yaml.YAMLError, UnicodeDecodeError, KeyError, TypeError, ValueError,
             OverflowError) as exc:
         raise ConfigError(f"{run_dir} holds an unreadable metrics.csv or config.yaml "
@@ -85,13 +88,11 @@ def _choice(value, allowed: tuple) -> str:
 
 
 def _check_rows(rows: list[dict]) -> None:
-    """Epochs 1, 2, ... in order and every number finite (NaN or inf accuracies are refused,
-    not plotted)."""
+    """Epochs 1, 2, ... in order (``read_metrics`` has refused NaN or inf accuracies: they
+    are not plotted)."""
     for i, row in enumerate(rows, 1):
         if row.get("ep") != i:
             raise ValueError("epochs out of order")
-        if any(isinstance(v, float) and not math.isfinite(v) for v in row.values()):
-            raise ValueError("a number that is not finite")
 
 
 def read_study(out: str) -> list[RunResult]:

@@ -13,6 +13,8 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from .numbers import to_int
+
 
 def usable_cpus() -> int:
     try:
@@ -72,20 +74,23 @@ def limit_malloc_arenas(count: int) -> bool:
 def launched_world_size(environ: dict | None = None) -> int:
     """Processes started by ``paddle.distributed.launch`` or ``torchrun`` (1 without a launcher)."""
     env = os.environ if environ is None else environ
-    return int(env.get("PADDLE_TRAINERS_NUM") or env.get("WORLD_SIZE") or 1)
+    return to_int(env.get("PADDLE_TRAINERS_NUM") or env.get("WORLD_SIZE") or 1,
+                  "the launcher's PADDLE_TRAINERS_NUM / WORLD_SIZE", 1)
 
 
 def launched_local_size(environ: dict | None = None) -> int:
     """Processes of this job on this node (``torchrun``: LOCAL_WORLD_SIZE; Paddle's launcher:
     PADDLE_LOCAL_SIZE); 1 without a launcher."""
     env = os.environ if environ is None else environ
-    return int(env.get("PADDLE_LOCAL_SIZE") or env.get("LOCAL_WORLD_SIZE") or 1)
+    return to_int(env.get("PADDLE_LOCAL_SIZE") or env.get("LOCAL_WORLD_SIZE") or 1,
+                  "the launcher's PADDLE_LOCAL_SIZE / LOCAL_WORLD_SIZE", 1)
 
 
 def launched_rank(environ: dict | None = None) -> int:
     """This process's rank under ``paddle.distributed.launch`` or ``torchrun`` (0 without)."""
     env = os.environ if environ is None else environ
-    return int(env.get("PADDLE_TRAINER_ID") or env.get("RANK") or 0)
+    return to_int(env.get("PADDLE_TRAINER_ID") or env.get("RANK") or 0,
+                  "the launcher's PADDLE_TRAINER_ID / RANK", 0)
 
 
 # What ``paddle/base/__init__.py`` prints to sys.stderr at import when OMP_NUM_THREADS > 1.

@@ -31,8 +31,18 @@ import yaml
 
 from . import extend
 from .checkpoint import latest_checkpoint
-from .config import FRAMEWORKS, MODELS, ConfigError, load_yaml, parse_override, resolve
+from .config import (
+    FRAMEWORKS,
+    MODELS,
+    SEED_LIMIT,
+    ConfigError,
+    load_yaml,
+    parse_override,
+    resolve,
+)
 from .landscape import pair_name, summary_of
+from .numbers import NumberError, float_argument, int_argument, short, to_float, to_int
+from .numbers import load_yaml as load_numbers_yaml
 from .provenance import Machine, first_difference, recorded_machine
 from .rundir import LOCK_NAME
 from .runs import read_study
@@ -91,9 +101,31 @@ def _check(values: list, allowed: tuple, what: str, path: str) -> None:
         raise ConfigError(f"{path}: unknown {what} {bad[0]!r}; valid: {', '.join(allowed)}")
 
 
-def _positive_ints(values: list, what: str, path: str) -> None:
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
-        raise ConfigError(f"{path}: grid.{what} must be positive integers, got {values!r}")
+def _positive_ints(values: list, what: str, path: str, high: int | None = None) -> None:
+    """Each value an integer in [1, ``high``], read by ``swa_recipe.numbers``."""
+    try:
+        for v in values:
+            to_int(v, f"{path}: grid.{what}", 1, high, text=False)
+    except NumberError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _fractions(spec: dict, grid: dict, path: str) -> tuple[float, list[float]]:
+    """``swa_start_fraction`` in (0, 1] and ``grid.swa_budgets`` (a value or a list), each a
+    finite number >= 1: an infinite budget would never round to epochs."""
+    fraction, multiples = spec.get("swa_start_fraction", 0.805), grid.get("swa_budgets", [1.0])
+    multiples = multiples if isinstance(multiples, list) else [multiples]
+    try:
+        fraction = to_float(fraction, f"{path}: swa_start_fraction", text=False)
+        multiples = [to_float(m, f"{path}: grid.swa_budgets", text=False) for m in multiples]
+    except NumberError as exc:
+        raise ConfigError(str(exc)) from None
+    if not 0 < fraction <= 1:
+        raise ConfigError(f"{path}: swa_start_fraction must be in (0, 1], got {fraction!r}")
+    if not multiples or not all(m >= 1 for m in multiples):
+        raise ConfigError(f"{path}: grid.swa_budgets must be multiples >= 1, got "
+                          f"{short(multiples)}")
+    return fraction, multiples
 
 
 def expand(spec: dict, path: str) -> list[Run]:
@@ -109,17 +141,12 @@ def expand(spec: dict, path: str) -> list[Run]:
     models, methods = _list(grid, "model", path), _list(grid, "method", path)
     budgets, seeds = _list(grid, "budget", path), _list(grid, "seed", path)
     frameworks = _list(grid, "framework", path)
-    multiples = grid.get("swa_budgets", [1.0])
     _check(models, MODELS, "model", path)
     _check(methods, METHODS, "method", path)
     _check(frameworks, FRAMEWORKS, "framework", path)
     _positive_ints(budgets, "budget", path)
-    _positive_ints(seeds, "seed", path)
-    fraction = spec.get("swa_start_fraction", 0.805)
-    if not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
-        raise ConfigError(f"{path}: swa_start_fraction must be in (0, 1], got {fraction!r}")
-    if not all(isinstance(m, (int, float)) and m >= 1 for m in multiples):
-        raise ConfigError(f"{path}: grid.swa_budgets must be multiples >= 1, got {multiples!r}")
+    _positive_ints(seeds, "seed", path, SEED_LIMIT - 1)
+    fraction, multiples = _fractions(spec, grid, path)
     runs = []
     for seed, model, budget, framework, method in itertools.product(
             seeds, models, budgets, frameworks, methods):
@@ -143,12 +170,14 @@ def half_up(x: float) -> int:
 def load_study(path: str) -> Study:
     try:
         with open(path, encoding="utf-8") as fh:
-            spec = yaml.safe_load(fh)
+            spec = load_numbers_yaml(fh.read())
     except OSError as exc:
         raise ConfigError(f"study file {path} cannot be read ({exc.strerror or exc}); pass "
                           f"one of configs/study/*.yaml") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"study file {path} is not valid YAML ({type(exc).__name__})") from None
+    except NumberError as exc:
+        raise ConfigError(f"study file {path}: {exc}") from None
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
         raise ConfigError(f"{path}: a study is a mapping with a 'name' and a 'grid'")
     if not STUDY_NAME.fullmatch(spec["name"]) or spec["name"] in (".", ".."):
@@ -531,7 +560,7 @@ def study_parser() -> argparse.ArgumentParser:
                         help="extra override for every run (e.g. Data.num_workers=2)")
     parser.add_argument("--only", nargs="*", default=[], metavar="KEY=VALUE",
                         help="run only matching cells, e.g. --only framework=torch seed=2")
-    parser.add_argument("--max_runs", type=int, default=None, help="stop after N runs")
+    parser.add_argument("--max_runs", type=int_argument(0), default=None, help="stop after N runs")
     parser.add_argument("--dry_run", action="store_true", help="print the grid and estimate")
     parser.add_argument("--retrain", action="store_true", help="train again the finished runs "
                         "whose last checkpoint is gone (an extension or landscape needs it), "
@@ -539,7 +568,7 @@ def study_parser() -> argparse.ArgumentParser:
     parser.add_argument("--landscape", choices=("line", "rays"), default=None,
                         help="after the runs, measure tools/landscape.py (the line, or the line "
                              "and random rays) for every finished SWA/SGD pair without one")
-    parser.add_argument("--epoch_time", type=float, default=None,
+    parser.add_argument("--epoch_time", type=float_argument(0, strict=True), default=None,
                         help="seconds per epoch for the estimate (default: measured ones)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
     return parser

@@ -91,8 +91,8 @@ def test_num_workers_accepts_auto_or_a_count():
 
     assert data("auto")["Data"]["num_workers"] == "auto"
     assert data(4)["Data"]["num_workers"] == "4"
-    for bad in (-1, "many"):
-        with pytest.raises(ConfigError, match="'auto' or an integer >= 0"):
+    for bad in (-1, "many", 257, "9" * 5000):
+        with pytest.raises(ConfigError, match=r"'auto' or an integer in \[0, 256\]"):
             data(bad)
 
 

@@ -704,9 +704,9 @@ def test_paddle_parameters_claiming_more_than_the_file_are_refused(paddle_export
 
 
 @pytest.mark.parametrize(("argv", "words"), [
-    (["--n", "0"], "--n: must be an integer in 1..10000"),
-    (["--n", "9" * 5000], "--n: must be an integer"),
-    (["--tol", "nan"], "--tol: must be a finite number"),
+    (["--n", "0"], "--n: the value must be an integer in [1, 10000]"),
+    (["--n", "9" * 5000], "--n: the value is a value of 5000 characters"),
+    (["--tol", "nan"], "--tol: the value must be a finite number"),
 ])
 def test_check_export_refuses_bad_counts_in_one_line(argv, words):
     proc = subprocess.run([sys.executable, "tools/check_export.py", "--data_path", "x", *argv],

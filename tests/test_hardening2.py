@@ -7,6 +7,7 @@ Each test crafts its own hostile input and fails without the fix it names.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 from pathlib import Path
@@ -495,3 +496,92 @@ def test_reliability_doc_states_the_promises_for_each_kind_of_input():
                   "one twin's files", "**Images**", "4096 x 4096", "**Study files**",
                   "**TIPC scripts**", "never through `eval`", "no logs under `/logs`"):
         assert words in section, words
+
+
+# --- 8. one number reader (swa_recipe.numbers) --------------------------------------------------
+
+HUGE = "9" * 5000  # over Python's 4300-digit int/str limit
+
+
+def test_the_number_reader_refuses_huge_nan_and_long_values_in_short_messages():
+    from swa_recipe.numbers import NumberError, to_float, to_int
+
+    refusals = [(lambda: to_int(HUGE, "x"), "x is a value of 5000 characters"),
+                (lambda: to_int(10**5000, "x"), "got <an integer of 16610 bits>"),
+                (lambda: to_int(True, "x"), "x must be an integer, got True"),
+                (lambda: to_int("3", "x", text=False), "x must be an integer, got '3'"),
+                (lambda: to_int("-1", "x", 0), "x must be an integer in [0, 2**63 - 1]"),
+                (lambda: to_float("nan", "x"), "x must be a finite number, got nan"),
+                (lambda: to_float(10**5000, "x"), "x must be a finite number"),
+                (lambda: to_float("1" * 10**6, "x"), "x is a value of 1000000 characters"),
+                (lambda: to_float("x" * 60, "x"), "x must be a number, got 'xxxx")]
+    for call, words in refusals:
+        with pytest.raises(NumberError) as info:
+            call()
+        assert words in str(info.value) and len(str(info.value)) < 200, str(info.value)
+    assert to_float("5e-4", "x") == 5e-4 and to_float("inf", "x", finite=False) == math.inf
+    assert to_int(" 12 ", "x", 0, 12) == 12
+
+
+@pytest.mark.parametrize("make_parser, argv, words", [
+    ("infer", ["--batch_size", "0"], "--batch_size: the value must be an integer in [1, "),
+    ("infer", ["--batch_size", HUGE], "--batch_size: the value is a value of 5000 characters"),
+    ("infer", ["--top_k", "-3"], "--top_k: the value must be an integer in [1, "),
+    ("predict", ["--index", "0", "-1"], "--index: the value must be an integer in [0, "),
+    ("train", ["--progress", "nan"], "--progress: the value must be a finite number"),
+    ("study", ["--epoch_time", "0"], "--epoch_time: the value must be a number > 0"),
+    ("study", ["--max_runs", HUGE], "--max_runs: the value is a value of 5000 characters"),
+])
+def test_numeric_flags_are_read_by_the_number_reader(capsys, make_parser, argv, words):
+    """argparse quotes a ``type=int`` failure in full (5,000 digits) and let 0 through to
+    ``range(0, n, 0)``; each flag is now one short argparse error, exit 2."""
+    from swa_recipe import cli, inference, study
+
+    parser = {"infer": inference.infer_parser, "predict": inference.predict_parser,
+              "train": cli.train_parser, "study": study.study_parser}[make_parser]()
+    required = {"infer": ["--model_dir", "m", "--img_path", "x.png"],
+                "predict": ["--model_path", "m.pdparams"], "train": [],
+                "study": ["configs/study/cpu.yaml"]}[make_parser]
+    with pytest.raises(SystemExit) as info:
+        parser.parse_args([*required, *argv])
+    last = capsys.readouterr().err.splitlines()[-1]  # argparse: the usage, then the error
+    assert info.value.code == 2 and words in last and len(last) < 300, last[-600:]
+
+
+def test_labels_txt_with_a_huge_or_unicode_label_is_one_line(tmp_path):
+    from swa_recipe.cifar import DataError
+    from swa_recipe.predict import read_labels
+
+    for text in (f"a.png {HUGE}\n", "a.png \u00b2\n", "a.png 100\n", "a.png 1 2\n"):
+        (tmp_path / "labels.txt").write_text(text)
+        with pytest.raises(DataError, match="line 1 is not 'FILE LABEL'") as info:
+            read_labels(str(tmp_path))
+        assert len(str(info.value)) < 300
+
+
+@pytest.mark.parametrize("grid, words", [
+    (f"seed: {HUGE}", "the integer at line 7 is a value of 5000 characters"),
+    ("seed: 1\n  swa_budgets: .inf", "grid.swa_budgets must be a finite number, got inf"),
+    ("seed: 1\n  swa_budgets: 1.5\nswa_start_fraction: .nan",
+     "swa_start_fraction must be a finite number, got nan"),
+])
+def test_a_study_file_with_a_huge_or_infinite_number_is_one_line(tmp_path, grid, words):
+    from swa_recipe.config import ConfigError
+    from swa_recipe.study import load_study
+
+    path = tmp_path / "s.yaml"
+    path.write_text("name: s\ngrid:\n  model: VGG16\n  method: swa\n  budget: 2\n"
+                    "  framework: paddle\n  " + grid + "\n")
+    with pytest.raises(ConfigError) as info:
+        load_study(str(path))
+    assert words in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+def test_a_launcher_variable_of_5000_digits_is_one_line():
+    from swa_recipe.numbers import NumberError
+    from swa_recipe.runtime import launched_rank, launched_world_size
+
+    with pytest.raises(NumberError, match="WORLD_SIZE is a value of 5000 characters"):
+        launched_world_size({"WORLD_SIZE": HUGE})
+    with pytest.raises(NumberError, match=r"RANK must be an integer in \[0, "):
+        launched_rank({"RANK": "-4"})

@@ -7,7 +7,6 @@ class differs.
 """
 
 import argparse
-import math
 import os
 import sys
 import tempfile
@@ -17,38 +16,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from swa_recipe.cli import run  # noqa: E402
 from swa_recipe.config import add_config_args, resolve  # noqa: E402
 from swa_recipe.inference import check_export, load_model  # noqa: E402
+from swa_recipe.numbers import float_argument, int_argument  # noqa: E402
 from swa_recipe.predict import test_images  # noqa: E402
-
-
-def image_count(text: str) -> int:
-    """``--n``: 1 to 10000 (a CIFAR test set), so that argparse says so in one line instead of
-    a traceback on an empty or oversized comparison."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= 10000:
-        raise argparse.ArgumentTypeError(f"must be an integer in 1..10000, got {text[:40]!r}")
-    return value
-
-
-def tolerance(text: str) -> float:
-    """``--tol``: a finite number >= 0 (NaN would make every comparison FAIL)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text[:40]!r}")
-    return value
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model_path", help="checkpoint (default: random weights)")
     p.add_argument("--which", choices=("auto", "swa", "sgd"), default="auto")
-    p.add_argument("--n", type=image_count, default=100, help="first N test images")
-    p.add_argument("--tol", type=tolerance, default=1e-5,
+    p.add_argument("--n", type=int_argument(1, 10000), default=100, help="first N test images")
+    p.add_argument("--tol", type=float_argument(0), default=1e-5,
                    help="largest accepted logit difference")
     p.add_argument("--save_dir", help="where to export (default: a temporary folder)")
     add_config_args(p)

@@ -13,6 +13,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from swa_recipe.cli import run  # noqa: E402
+from swa_recipe.numbers import int_argument  # noqa: E402
 from swa_recipe.samples import write_lite_archive, write_test_pngs  # noqa: E402
 
 
@@ -21,9 +22,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=("lite", "pngs"))
     p.add_argument("--data_path", required=True, help="cifar-10-python.tar.gz or its folder")
     p.add_argument("--out", required=True, help="archive (lite) or folder (pngs) to write")
-    p.add_argument("--train", type=int, default=256, help="lite: training images")
-    p.add_argument("--test", type=int, default=64, help="lite: test images")
-    p.add_argument("--count", type=int, default=8, help="pngs: test images")
+    p.add_argument("--train", type=int_argument(1), default=256, help="lite: training images")
+    p.add_argument("--test", type=int_argument(1), default=64, help="lite: test images")
+    p.add_argument("--count", type=int_argument(1), default=8, help="pngs: test images")
     p.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
     return p
 

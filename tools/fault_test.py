@@ -33,6 +33,7 @@ sys.path.insert(0, ROOT)
 from swa_recipe.checkpoint import EXTENSIONS, latest_checkpoint  # noqa: E402
 from swa_recipe.cli import import_twin  # noqa: E402
 from swa_recipe.config import MODELS  # noqa: E402
+from swa_recipe.numbers import float_argument, int_argument  # noqa: E402
 from swa_recipe.runtime import tune_cpu_env  # noqa: E402
 
 
@@ -118,11 +119,11 @@ def main() -> int:
                         help="default: the config's (VGG16 in lite.yaml)")
     parser.add_argument("-o", "--override", action="append",
                         default=["Global.epochs=40", "SWA.swa_start=21"])
-    parser.add_argument("--kills", type=int, default=20)
-    parser.add_argument("--max_delay", type=float, default=None,
+    parser.add_argument("--kills", type=int_argument(1), default=20)
+    parser.add_argument("--max_delay", type=float_argument(0, strict=True), default=None,
                         help="default: start-up time + 3 epochs, measured on the first run")
-    parser.add_argument("--sigterm_every", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sigterm_every", type=int_argument(1), default=5)
+    parser.add_argument("--seed", type=int_argument(0), default=0)
     parser.add_argument("--work_dir", default=None, help="default: a temporary folder")
     args = parser.parse_args()
     tune_cpu_env()

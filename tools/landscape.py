@@ -19,6 +19,7 @@ from swa_recipe.checkpoint import CheckpointError, atomic_save  # noqa: E402
 from swa_recipe.cifar import load_splits  # noqa: E402
 from swa_recipe.cli import run  # noqa: E402
 from swa_recipe.config import ConfigError, load_yaml, parse_value  # noqa: E402
+from swa_recipe.numbers import float_argument, int_argument  # noqa: E402
 from swa_recipe.runtime import tune_cpu_env  # noqa: E402
 from swa_recipe.twins import import_twin  # noqa: E402
 
@@ -33,15 +34,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--sgd", required=True, help="run folder of the SGD run (same twin, seed)")
     p.add_argument("--out", default=None, help="output folder (default <study>/landscape)")
     p.add_argument("--data_path", default=None, help="CIFAR archive or folder")
-    p.add_argument("--train_images", type=int, default=10000,
+    p.add_argument("--train_images", type=int_argument(1), default=10000,
                    help="the first N training images, without augmentation (default 10000)")
     p.add_argument("--rays", action="store_true", help="also measure random rays")
-    p.add_argument("--directions", type=int, default=10, help="random directions (default 10)")
-    p.add_argument("--distances", type=int, default=8, help="distances per ray (default 8)")
-    p.add_argument("--max_distance", type=float, default=None,
+    p.add_argument("--directions", type=int_argument(1), default=10,
+                   help="random directions (default 10)")
+    p.add_argument("--distances", type=int_argument(1), default=8,
+                   help="distances per ray (default 8)")
+    p.add_argument("--max_distance", type=float_argument(0, strict=True), default=None,
                    help="longest ray (default: where train loss rises by 1 along direction 0 "
                         "from the SGD solution)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random directions")
+    p.add_argument("--seed", type=int_argument(0), default=0, help="seed of the random directions")
     p.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
     return p
 
