@@ -7,11 +7,11 @@ banner and its warnings that ask nothing of the user are filtered where they ari
 (``swa_recipe.runtime.PADDLE_NOISE``); every other warning is shown.
 """
 
-from swa_recipe.runtime import filter_paddle_warnings, import_banner_hidden
+from swa_recipe.runtime import filter_paddle_warnings, import_banner_hidden, python_signal_handlers
 
 filter_paddle_warnings()
-with import_banner_hidden(always=True):
-    import paddle  # noqa: F401  (first here, so that its import banner is dropped)
+with import_banner_hidden(always=True), python_signal_handlers():
+    import paddle  # noqa: F401  (first here: its banner dropped, Python's SIGTERM kept)
 
 from .swa_utils import (  # noqa: E402
     SWALR,

@@ -39,6 +39,7 @@ from .loop import Interrupted, TrainingDiverged
 from .numbers import NumberError, float_argument
 from .rundir import RunDir, RunDirError
 from .runtime import (
+    STOP_SIGNALS,
     launched_rank,
     launched_world_size,
     quiet_console,
@@ -60,6 +61,7 @@ def run(main: Callable[[], int | None], debug: bool) -> int:
         show_paddle_output()
     else:
         quiet_console()
+    previous = {sig: signal.signal(sig, exit_on_signal) for sig in STOP_SIGNALS}
     try:
         return main() or 0
     except Interrupted as exc:
@@ -70,6 +72,9 @@ def run(main: Callable[[], int | None], debug: bool) -> int:
             raise
         report(f"error: {exc}")
         return 2
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def report(line: str) -> None:
@@ -132,14 +137,15 @@ def ensure_writable(out: str) -> None:
 
 
 def exit_on_signal(signum: int, frame) -> None:
-    """Before training starts there is nothing to save: SIGINT/SIGTERM end the run at once,
-    with the shell's code (130/143); ``loop.fit`` then takes over with graceful handling."""
+    """SIGINT/SIGTERM outside training (start-up, data loading, eval, predict, export, infer)
+    have nothing to save: the command ends at once with one line and the shell's code
+    (130/143), not a KeyboardInterrupt traceback; every write is atomic, so nothing is left
+    half-written. ``loop.fit`` takes over with graceful handling while it trains."""
+    report(f"interrupted: stopped by {signal.Signals(signum).name}")
     sys.exit(128 + signum)
 
 
 def train_main(args: argparse.Namespace) -> int:
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, exit_on_signal)
     applied = tune_cpu_env()
     cfg = training_config(args)
     out, world = run_dir(cfg), launched_world_size()

@@ -8,9 +8,10 @@ import io
 import logging
 import os
 import re
+import signal
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from .numbers import to_int
@@ -161,3 +162,51 @@ def import_banner_hidden(always: bool = False) -> Iterator[None]:
         for line in captured.getvalue().splitlines(keepends=True):
             if not line.startswith(IMPORT_BANNER):
                 real.write(line)
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextmanager
+def python_signal_handlers() -> Iterator[None]:
+    """Around ``import paddle``: keep Python's handlers for SIGINT and SIGTERM.
+
+    Paddle's import calls ``core.init_glog``, which installs glog's C++ failure handler for
+    SIGTERM (with SIGSEGV and the other crash signals) in place of Python's: a SIGTERM after
+    it (the rest of the import, start-up, data loading) killed the process silently or with
+    Paddle's 14-line "FatalError: Termination signal" instead of the project's line and exit
+    code. During the import a signal is only recorded (a handler that exits inside a C
+    extension's initialisation would abort it: ``ImportError: initialization failed``), and
+    the recorder is put back the moment ``init_glog`` returns (``_after_init_glog``); after
+    the import the handlers that were in place are installed again and a recorded signal is
+    raised once more, now for them. Paddle keeps its handler for crashes.
+    """
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    arrived: list[int] = []
+
+    def record(signum: int, frame) -> None:
+        arrived.append(signum)
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, record)
+    sys.setprofile(_after_init_glog(record))
+    try:
+        yield
+    finally:
+        sys.setprofile(None)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        for signum in dict.fromkeys(arrived):
+            signal.raise_signal(signum)
+
+
+def _after_init_glog(handler: Callable) -> Callable:
+    """A ``sys.setprofile`` function that installs ``handler`` for SIGINT and SIGTERM again
+    as soon as Paddle's ``core.init_glog`` returns, then stops profiling: glog's handler
+    would otherwise own SIGTERM for the second of the import that follows."""
+    def watch(frame, event: str, arg) -> None:
+        if event == "c_return" and getattr(arg, "__name__", "") == "init_glog":
+            for sig in STOP_SIGNALS:
+                signal.signal(sig, handler)
+            sys.setprofile(None)
+    return watch

@@ -585,3 +585,64 @@ def test_a_launcher_variable_of_5000_digits_is_one_line():
         launched_world_size({"WORLD_SIZE": HUGE})
     with pytest.raises(NumberError, match=r"RANK must be an integer in \[0, "):
         launched_rank({"RANK": "-4"})
+
+
+# --- 9. SIGTERM / SIGINT at any moment: the project's line, never Paddle's C++ handler ------------
+
+def test_importing_the_paddle_twin_keeps_pythons_sigterm_handler():
+    """Paddle's import installs glog's C++ handler for SIGTERM ("FatalError: Termination
+    signal", 14 lines, abort); ``swa_paddle`` puts the Python handler back."""
+    import subprocess
+    import sys
+
+    code = ("import os, signal, sys, time\n"
+            "signal.signal(signal.SIGTERM, lambda s, f: (print('ours'), sys.exit(143)))\n"
+            "import swa_paddle, paddle\n"
+            "paddle.ones([2]).numpy()\n"
+            "os.kill(os.getpid(), signal.SIGTERM)\n"
+            "time.sleep(5)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 143 and proc.stdout == "ours\n", proc.stderr[-2000:]
+    assert "FatalError" not in proc.stderr
+
+
+@pytest.mark.parametrize("framework, delay", [("paddle", 0.8), ("paddle", 1.4), ("paddle", 2.0),
+                                              ("paddle", 6.0), ("torch", 3.0)])
+def test_sigterm_at_any_moment_of_a_start_is_the_projects_line(tmp_path, archive, framework,
+                                                                delay):
+    """A SIGTERM during start-up, the import, data loading or the first steps: exit 143 and
+    the project's ``interrupted:`` line, never Paddle's C++ traceback or Python's."""
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "train.py", "--config", "configs/lite.yaml", "--framework", framework,
+         "-o", "Data.train_subset=null", "-o", "Data.test_subset=null", "-o",
+         "Data.batch_size=32", "--epochs", "50", "--data_path", str(archive), "--dir",
+         str(tmp_path / "run")],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, (delay, err[-2000:])
+    assert "FatalError" not in err and "Traceback" not in err, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("interrupted: stopped by SIGTERM"), err
+
+
+def test_ctrl_c_outside_training_is_one_line_not_a_keyboardinterrupt():
+    """eval, predict, export and infer have nothing to save: SIGINT during their work ends
+    them with one line and 130 (``cli.run``), not a KeyboardInterrupt traceback."""
+    import subprocess
+    import sys
+
+    code = ("import sys, time\n"
+            "from swa_recipe import cli\n"
+            "sys.exit(cli.run(lambda: (print('ready', flush=True), time.sleep(60)), False))\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "ready\n"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err == "interrupted: stopped by SIGINT\n", err[-2000:]
