@@ -7,9 +7,15 @@ banner and its warnings that ask nothing of the user are filtered where they ari
 (``swa_recipe.runtime.PADDLE_NOISE``); every other warning is shown.
 """
 
-from swa_recipe.runtime import filter_paddle_warnings, import_banner_hidden, python_signal_handlers
+from swa_recipe.runtime import (
+    filter_paddle_warnings,
+    import_banner_hidden,
+    python_signal_handlers,
+    use_writable_home,
+)
 
 filter_paddle_warnings()
+use_writable_home()
 with import_banner_hidden(always=True), python_signal_handlers():
     import paddle  # noqa: F401  (first here: its banner dropped, Python's SIGTERM kept)
 

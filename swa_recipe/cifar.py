@@ -30,6 +30,7 @@ from .datacheck import (
     check_split_size,
 )
 from .datasets import CIFAR10, DATASETS
+from .runtime import user_home
 from .safe_pickle import short
 
 CIFAR10_URL, CIFAR10_MD5 = CIFAR10.url, CIFAR10.md5
@@ -48,7 +49,7 @@ class Split:
 
 
 def default_data_path(layout: Layout = CIFAR10) -> Path:
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(user_home(), ".cache")
     return Path(cache) / "swa_paddle" / layout.archive
 
 

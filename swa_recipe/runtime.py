@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import ctypes.util
 import io
 import logging
 import os
 import re
+import shutil
 import signal
 import sys
+import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -210,3 +213,36 @@ def _after_init_glog(handler: Callable) -> Callable:
                 signal.signal(sig, handler)
             sys.setprofile(None)
     return watch
+
+
+def _cache_usable(home: str) -> bool:
+    """Whether ``home/.cache`` exists as a writable folder or can be created."""
+    cache = os.path.join(home, ".cache")
+    folder = cache if os.path.lexists(cache) else home
+    return os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK)
+
+
+_REAL_HOME: str | None = None  # set when ``use_writable_home`` moved HOME
+
+
+def use_writable_home() -> str | None:
+    """Before ``import paddle``: Paddle writes under ``~/.cache`` (its import creates its
+    dataset folder; converting a model, which eval does for its oneDNN convolutions and
+    export for the program, creates dy2static's temporary folder) and ends in a traceback
+    where that cannot be created (a read-only or missing HOME, a HOME that is a file). Then
+    HOME points at a private temporary folder for this process (removed at exit); return it
+    (None when HOME was usable). The project's own download cache keeps the real HOME
+    (``user_home``) and says in one line when it cannot be written."""
+    global _REAL_HOME
+    home = os.path.expanduser("~")
+    if _REAL_HOME is not None or _cache_usable(home):
+        return None
+    fallback = tempfile.mkdtemp(prefix="swa-home-")
+    atexit.register(shutil.rmtree, fallback, ignore_errors=True)
+    _REAL_HOME, os.environ["HOME"] = home, fallback
+    return fallback
+
+
+def user_home() -> str:
+    """The user's HOME, also after ``use_writable_home`` replaced it for Paddle."""
+    return _REAL_HOME or os.path.expanduser("~")

@@ -646,3 +646,46 @@ def test_ctrl_c_outside_training_is_one_line_not_a_keyboardinterrupt():
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and err == "interrupted: stopped by SIGINT\n", err[-2000:]
+
+
+# --- 10. a HOME that cannot hold ~/.cache ---------------------------------------------------------
+
+def test_a_home_that_cannot_hold_a_cache_is_no_traceback(tmp_path, archive):
+    """HOME a file (as root, a read-only folder is writable): Paddle's import (its dataset
+    folder) and its dy2static conversion (eval's oneDNN convolutions, export) wrote under
+    ~/.cache and ended in a traceback. They now run, in a private temporary HOME removed at
+    exit; the project's download cache keeps the real HOME and is one line."""
+    import subprocess
+    import sys
+
+    from conftest import tiny_config
+    from swa_recipe.checkpoint import atomic_save
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = {**os.environ, "HOME": "/dev/null", "TMPDIR": str(temp)}
+    env.pop("XDG_CACHE_HOME", None)
+    cfg = tiny_config(str(archive))
+    ckpt = tmp_path / "w.pdparams"
+    import paddle
+
+    from swa_paddle.models import build_model
+
+    model = build_model(cfg)
+    atomic_save(lambda p: paddle.save({"epoch": 1, "state_dict": model.state_dict(),
+                                       "config": cfg}, p), str(ckpt))
+
+    def run(*argv):
+        return subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=300)
+
+    for argv in (["eval.py", "--model_path", str(ckpt), "--data_path", str(archive)],
+                 ["tools/export_model.py", "--model_path", str(ckpt), "--save_dir",
+                  str(tmp_path / "export")]):
+        proc = run(*argv)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert not list(temp.iterdir())  # the temporary HOME is gone
+    proc = run("train.py", "--config", "configs/lite.yaml", "--dir", str(tmp_path / "run"))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "error: cannot write the download cache /dev/null/.cache/swa_paddle"), proc.stderr
