@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import math
 import os
 import re
+import tempfile
 from collections.abc import Callable
 
 from . import regular, safe_pickle
@@ -65,15 +67,25 @@ def position(epoch: int, iteration: int, iters: int | None = None) -> str:
 
 
 def atomic_save(write: Callable[[str], None], path: str) -> None:
-    """Write through a temporary file, flush it to disk, then rename: complete or absent."""
-    tmp = f"{path}.tmp{os.getpid()}"
+    """The project's one way to write a file: ``write(tmp)`` fills a new temporary file beside
+    ``path``, which is flushed to disk and renamed onto ``path``: complete or absent, a failed
+    write never truncates the previous file. The temporary file is created exclusively
+    (``mkstemp``), so nothing planted under a predictable name is written through, and the
+    rename replaces a symlink at ``path`` instead of following it. Its name starts with
+    ``path``'s and holds ``.tmp``: a crash's leftovers are recognised and removed."""
+    fd, tmp = tempfile.mkstemp(prefix=f"{os.path.basename(path)}.tmp",
+                               dir=os.path.dirname(path) or ".")
     try:
+        mask = os.umask(0)
+        os.umask(mask)
+        os.fchmod(fd, 0o666 & ~mask)  # the mode open() would give; mkstemp's is private
+        os.close(fd)
         write(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
 

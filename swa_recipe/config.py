@@ -8,11 +8,9 @@ work starts, with a message naming the key and what it accepts.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import os
 import re
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +18,7 @@ from typing import Any
 import yaml
 
 from .arch import MODELS, check_arch
+from .checkpoint import atomic_save
 from .datasets import DATASETS
 from .numbers import NumberError, short, to_float, to_int
 from .numbers import load_yaml as load_numbers_yaml
@@ -480,28 +479,12 @@ def save_config(cfg: dict, path: str) -> None:
     if os.path.isdir(path) and not os.path.islink(path):
         raise ConfigError(f"cannot write {short(path, 200)}: it is a folder; remove or rename it")
     try:
-        _replace_file(path, text.encode("utf-8"))
+        atomic_save(lambda tmp: _write_text(tmp, text), path)
     except OSError as exc:
         raise ConfigError(f"cannot write {short(path, 200)} ({exc.strerror or exc}); free disk "
                           f"space or fix permissions") from None
 
 
-def _replace_file(path: str, data: bytes) -> None:
-    """``data`` into a private ``mkstemp`` file in ``path``'s folder (created exclusively: no
-    planted name is followed), given the mode ``open`` would give, synced, then renamed onto
-    ``path``; the temporary file is removed on any failure."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
-                               dir=os.path.dirname(path) or ".")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            mask = os.umask(0)
-            os.umask(mask)
-            os.fchmod(fh.fileno(), 0o666 & ~mask)
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
+def _write_text(path: str, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(text)

@@ -22,7 +22,15 @@ from swa_recipe.safe_pickle import UnsafePickle, short
 
 
 def save(state: dict, path: str) -> None:
-    atomic_save(lambda tmp: torch.save(state, tmp), path)
+    atomic_save(lambda tmp: _save_to(state, tmp), path)
+
+
+def _save_to(state: dict, tmp: str) -> None:
+    """``torch.save`` through a Python file: given a path, torch opens it in C++ and reports
+    a failure (read-only folder, full disk) as a RuntimeError; through ``open`` it is the
+    OSError every writer of the project turns into one line."""
+    with open(tmp, "wb") as fh:
+        torch.save(state, fh)
 
 
 def _check_archive(fh) -> None:

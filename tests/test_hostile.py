@@ -441,6 +441,12 @@ def rundir_results(tmp_path_factory, archive):
     training under the worker's address-space cap stalls Paddle's thread pools)."""
     import fcntl
 
+    import torch
+
+    from conftest import tiny_config
+    from swa_recipe.convert import convert_file
+    from swa_torch.models import build_model as torch_model
+
     root = tmp_path_factory.mktemp("rundirs")
     outputs = ("checkpoint-0.pdparams", "checkpoint-7.pdparams", "metrics.csv", "train.log",
                "train_log.txt", "config.yaml", "curves.png")
@@ -451,6 +457,11 @@ def rundir_results(tmp_path_factory, archive):
     (root / "converted.pdparams").write_bytes(dump({"epoch": 1, "state_dict": weights,
                                                     "optimizer": None, "config": None}))
     (root / "plain.pdparams").write_bytes(dump(weights))
+    tiny = ["-o", "Arch.width=0.0625"]
+    model = torch_model(tiny_config(str(archive), Arch={"width": 0.0625}))
+    torch.save(model.state_dict(), root / "tiny.pt")
+    convert_file(str(root / "tiny.pt"), str(root / "tiny.pdparams"),
+                 tiny_config(str(archive), Arch={"width": 0.0625}))
     (root / "epoch_text.pdparams").write_bytes(dump({"epoch": "1", "state_dict": weights,
                                                      "optimizer": {}}))
     (root / "int_keys.pdparams").write_bytes(dump({0: np.zeros(2, np.float32)}))
@@ -479,6 +490,11 @@ def rundir_results(tmp_path_factory, archive):
         ("convert_onto_dir", "convert", [str(root / "plain.pdparams"),
                                          str(root / "a_dir.pt")]),
         ("convert_int_keys", "convert", [str(root / "int_keys.pdparams"), str(root / "k.pt")]),
+        # folders no process may write (root included): torch raised a RuntimeError there
+        ("convert_into_proc", "convert", [str(root / "tiny.pdparams"), "/proc/c.pt", *tiny]),
+        ("convert_into_sys", "convert", [str(root / "tiny.pdparams"), "/sys/c.pt", *tiny]),
+        ("convert_torch_into_sys", "convert", [str(root / "tiny.pt"), "/sys/c.pdparams",
+                                               *tiny]),
     ]
     with open(locked / ".run.lock", "w") as holder:
         holder.write("4242\n")
@@ -519,6 +535,9 @@ RUNDIR_REFUSALS = {
     "convert_missing_dir": ["does not exist"],
     "convert_onto_dir": ["is a directory"],
     "convert_int_keys": ["key 0 is not a parameter name"],
+    "convert_into_proc": ["could not write /proc/c.pt", "fix permissions"],
+    "convert_into_sys": ["could not write /sys/c.pt", "fix permissions"],
+    "convert_torch_into_sys": ["could not write /sys/c.pdparams", "fix permissions"],
 }
 
 
