@@ -145,9 +145,9 @@ def runs_table(runs: list[RunResult], waiting: list[str] = ()) -> str:
         measured = [row[col] for row in r.rows if row.get(col) is not None]
         state = "complete" if r.complete else f"incomplete (epoch {r.last_ep}/{r.epochs})"
         final = r.final if r.complete else r.latest
-        lines.append(_row([r.name, state, "—" if final is None else f"{final:.2f}",
+        lines.append(_row([_cell(r.name), state, "—" if final is None else f"{final:.2f}",
                            f"{max(measured):.2f}" if measured else "—"]))
-    lines += [_row([name, "not started", "—", "—"]) for name in waiting]
+    lines += [_row([_cell(name), "not started", "—", "—"]) for name in waiting]
     return "\n".join(lines)
 
 
@@ -191,9 +191,30 @@ def width_table(found: list[dict]) -> str:
     return "\n".join(lines) if found else "No landscape measured yet (tools/landscape.py)."
 
 
-def _cell(text: str) -> str:
-    """A table cell of text read from a file: one line, no cell separators, bounded."""
-    return " ".join(str(text).split()).replace("|", "\\|")[:80]
+MARKDOWN = re.compile(r"([\\`*_{}\[\]<>()#!|&~])")  # what could start markup or end a cell
+
+
+def _plain(text: object, limit: int = 80) -> str:
+    """``text`` on one line (whitespace runs and control characters as one space), cut to
+    ``limit`` characters."""
+    flat = "".join(c if c.isprintable() else " " for c in str(text))
+    return " ".join(flat.split())[:limit]
+
+
+def _cell(text: object) -> str:
+    """Text from a file or a folder name as literal markdown (a run folder named
+    ``x|<img src=...>`` or holding a newline must not add cells, rows, links or HTML): one
+    line, cut first (an escape is never cut in half), then every character that could start
+    markup or end the cell backslash-escaped."""
+    return MARKDOWN.sub(r"\\\1", _plain(text))
+
+
+def _code(text: object) -> str:
+    """``text`` as an inline code span whose fence is longer than any run of backticks in
+    it (inside a code span a backslash is literal, so escaping cannot help there)."""
+    plain = _plain(text, 200)
+    fence = "`" * (max((len(run) for run in re.findall("`+", plain)), default=0) + 1)
+    return f"{fence} {plain} {fence}" if "`" in plain else f"`{plain}`"
 
 
 def _row(cells: list) -> str:
@@ -279,9 +300,9 @@ def report(out: str, runs: list[RunResult], planned: list[str] = (),
     waiting = [name for name in planned if name not in seen]
     command = f"tools/summarize.py {out}" + (f" --study {study}" if study else "")
     return "\n\n".join([
-        f"# Study `{os.path.basename(os.path.normpath(out))}`",
+        f"# Study {_code(os.path.basename(os.path.normpath(out)))}",
         f"{done} of {len(runs) + len(waiting)} runs complete"
-        f"{f', {len(waiting)} not started' if waiting else ''}. Written by `{command}` from "
+        f"{f', {len(waiting)} not started' if waiting else ''}. Written by {_code(command)} from "
         f"each run's `metrics.csv`; incomplete runs are left out of the means.",
         "## Final test accuracy (%), mean ± std over seeds\n\n" + accuracy_table(runs),
         "## SWA − SGD at the same seed (points)\n\n" + gain_table(runs),

@@ -689,3 +689,35 @@ def test_a_home_that_cannot_hold_a_cache_is_no_traceback(tmp_path, archive):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines()[-1].startswith(
         "error: cannot write the download cache /dev/null/.cache/swa_paddle"), proc.stderr
+
+
+# --- 11. markdown written by tools/summarize.py -------------------------------------------------
+
+HOSTILE_RUN = "r|x\n[a](javascript:b) <img src=y onerror=z> `c` *d* \\"
+
+
+def test_summarize_escapes_run_names_and_file_text_in_its_tables(tmp_path):
+    """A run folder's name (any characters but '/', a newline included) reaches the runs
+    table: it must stay one literal cell, adding no cell, row, link, image or HTML."""
+    import re
+    import subprocess
+    import sys
+
+    from test_study import write_run
+
+    study = tmp_path / "st`udy"
+    write_run(study, HOSTILE_RUN, "sgd", 1, "paddle", 2, [40.0, 41.0])
+    write_run(study, "vgg16-sgd2-s2-paddle", "sgd", 2, "paddle", 2, [42.0, 43.0])
+    proc = subprocess.run([sys.executable, "tools/summarize.py", str(study)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = (study / "README.md").read_text()
+    rows = text[text.index("## Runs"):].split("\n\n")[1].splitlines()
+    assert len(rows) == 4  # header, rule, two runs
+    cells = [len(re.findall(r"(?<!\\)\|", row)) for row in rows]
+    assert cells == [5] * 4, rows
+    hostile = next(r for r in rows if "javascript" in r)
+    for raw in ("[a]", "<img", "`c`", "*d*", "](javascript"):
+        assert not re.search(r"(?<!\\)" + re.escape(raw), hostile), (raw, hostile)
+    assert "| vgg16-sgd2-s2-paddle |" in text  # plain names stay readable
+    assert text.startswith("# Study `` st`udy ``\n")
