@@ -251,7 +251,7 @@ def exported_config(model_dir: str) -> dict:
     """The config saved beside an exported model (defaults when absent: 10 classes)."""
     path = os.path.join(model_dir, CONFIG_FILE)
     if not os.path.isfile(path):
-        return default_config()
+        return validate(default_config())  # validate fills Arch.num_classes from the dataset
     try:
         return validate(load_yaml(path))
     except ConfigError as exc:

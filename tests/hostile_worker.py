@@ -1,6 +1,7 @@
 """Runs CLI cases in one process under a memory limit: ``python hostile_worker.py CASES OUT``.
 
-CASES is a JSON list of ``{"id", "main": "train"|"eval"|"convert"|"predict", "argv"}``.
+CASES is a JSON list of ``{"id", "main", "argv"}``, ``main`` one of ``MAINS`` (every entry point
+that reads a file a user may be handed: train, eval, convert, predict, export, infer).
 Paddle and torch are imported first; then the address space is capped at what they took plus
 ``LIMIT_MB``, and each case runs through ``swa_recipe.cli.run`` as the scripts do, with its own
 alarm. OUT gets one JSON line per case (written as it ends): exit code, what the case printed
@@ -28,7 +29,9 @@ LIMIT_MB = int(os.environ.get("HOSTILE_LIMIT_MB", "1536"))
 CASE_SECONDS = 30
 MAINS = {"train": (cli.train_parser, cli.train_main), "eval": (cli.eval_parser, cli.eval_main),
          "convert": (cli.convert_parser, cli.convert_main),
-         "predict": (inference.predict_parser, inference.predict_main)}
+         "predict": (inference.predict_parser, inference.predict_main),
+         "export": (inference.export_parser, inference.export_main),
+         "infer": (inference.infer_parser, inference.infer_main)}
 
 
 def address_space() -> int:

@@ -429,8 +429,35 @@ def hostile_images(root: Path) -> dict[str, tuple[Path, str]]:
     return out
 
 
+def hostile_model_folders(root: Path) -> dict[str, tuple[Path, str]]:
+    """Folders handed to infer.py as an exported model: name -> (folder, words refused)."""
+    import zipfile
+
+    folders = {"empty": {}, "garbage_program": {"inference.pdmodel": b"\x08" * 64,
+                                                "inference.pdiparams": b"\0" * 64},
+               "text_pt2": {"inference.pt2": b"not a zip"},
+               "pickle_in_pt2": {"inference.pt2": None}}
+    words = {"empty": "holds no exported model", "garbage_program": "not a Paddle program",
+             "text_pt2": "inference.pt2: refusing to load: not a zip archive",
+             "pickle_in_pt2": "inference.pt2: refusing to load"}
+    out = {}
+    for name, files in folders.items():
+        folder = root / f"model_{name}"
+        folder.mkdir()
+        for file, raw in files.items():
+            if raw is None:  # a zip whose weights are a pickle that would run code
+                with zipfile.ZipFile(folder / file, "w") as archive:
+                    archive.writestr("model/data/weights/weight_0", b"\x80\x02cposix\n"
+                                     b"system\nq\x00X\x04\x00\x00\x00trueq\x01\x85R.")
+            else:
+                (folder / file).write_bytes(raw)
+        out[name] = (folder, words[name])
+    return out
+
+
 def test_hostile_images_are_one_line_under_the_memory_cap(tmp_path):
-    """predict.py on each image, under the hostile suite's memory cap and time limit; the
+    """predict.py, and infer.py on both twins' exports, on each image, and infer.py on
+    hostile model folders, under the hostile suite's memory cap and time limit; the
     13300 x 13300 PNG (a few hundred KB) would decode to 530 MB before the check."""
     import paddle
     from test_hostile import assert_all_refused, run_worker
@@ -443,6 +470,7 @@ def test_hostile_images_are_one_line_under_the_memory_cap(tmp_path):
     cfg = tiny_config("/nonexistent")
     checkpoint.save(build_model(cfg).state_dict(), str(ckpt))
     del paddle
+    exports = {fw: small_export(fw, tmp_path / f"export_{fw}") for fw in ("paddle", "torch")}
     cases, expect = [], {}
     for name, (path, words) in hostile_images(tmp_path).items():
         assert path.is_fifo() or path.stat().st_size < 1 << 20
@@ -450,6 +478,16 @@ def test_hostile_images_are_one_line_under_the_memory_cap(tmp_path):
                       "argv": ["--model_path", str(ckpt), "--img_path", str(path),
                                "--model", "VGG16", "-o", "Arch.width=0.0625"]})
         expect[name] = [words]
+        for framework in ("paddle", "torch"):
+            cases.append({"id": f"infer-{framework}-{name}", "main": "infer",
+                          "argv": ["--model_dir", str(exports[framework]), "--img_path",
+                                   str(path)]})
+            expect[f"infer-{framework}-{name}"] = [words]
+    png = a_png(tmp_path / "ok.png")
+    for name, (folder, words) in hostile_model_folders(tmp_path).items():
+        cases.append({"id": f"model-{name}", "main": "infer",
+                      "argv": ["--model_dir", str(folder), "--img_path", str(png)]})
+        expect[f"model-{name}"] = [words]
     results = run_worker(cases, tmp_path)
     assert_all_refused(results, expect)
     assert all("Warning" not in r["stderr"] for r in results.values())
