@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 
 import tabulate
 
+from .checkpoint import atomic_save
 from .numbers import to_float, to_int
 from .rundir import writing
 
@@ -300,19 +301,24 @@ class RunLog:
         rows = read_metrics(self.csv_path) if os.path.exists(self.csv_path) else []
         self.rows: list[dict] = [r for r in rows if r["ep"] <= start_epoch]
         self._write_csv()
-        with writing(self.table_path), open(self.table_path, "w") as fh:
+        with writing(self.table_path):
+            atomic_save(self._write_table, self.table_path)
+
+    def _write_table(self, path: str) -> None:
+        with open(path, "w") as fh:
             fh.writelines(self._format(row) + "\n" for row in self.rows)
 
     def _write_csv(self) -> None:
-        tmp = self.csv_path + ".tmp"
+        """The whole CSV again, through ``atomic_save``: complete or absent."""
         with writing(self.csv_path):
-            with open(tmp, "w", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=self.columns)
-                writer.writeheader()
-                for row in self.rows:
-                    writer.writerow({c: "" if row.get(c) is None else row[c]
-                                     for c in self.columns})
-            os.replace(tmp, self.csv_path)
+            atomic_save(self._write_rows, self.csv_path)
+
+    def _write_rows(self, path: str) -> None:
+        with open(path, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=self.columns)
+            writer.writeheader()
+            for row in self.rows:
+                writer.writerow({c: "" if row.get(c) is None else row[c] for c in self.columns})
 
     def _format(self, row: dict) -> str:
         """The table text of one epoch, with the header every 40 epochs (as the original)."""
@@ -360,8 +366,7 @@ class RunLog:
         path = os.path.join(self.run_dir, "curves.png")
         try:
             with writing(path):  # complete or absent, as the checkpoints
-                fig.savefig(path + ".tmp", dpi=100, format="png")
-                os.replace(path + ".tmp", path)
+                atomic_save(lambda tmp: fig.savefig(tmp, dpi=100, format="png"), path)
         finally:
             plt.close(fig)
         return path

@@ -17,9 +17,10 @@ import os
 from collections.abc import Callable, Iterator
 
 LOCK_NAME = ".run.lock"
+# ``NAME.tmp*``: what a write interrupted inside ``checkpoint.atomic_save`` leaves behind.
 OUTPUTS = ("checkpoint-*.pdparams", "checkpoint-*.pt", "checkpoint-*.tmp*", "metrics.csv",
-           "metrics.csv.tmp", "train_log.txt", "config.yaml", "curves.png", "curves.png.tmp",
-           "train.log")
+           "metrics.csv.tmp*", "train_log.txt", "train_log.txt.tmp*", "config.yaml",
+           "config.yaml.tmp*", "curves.png", "curves.png.tmp*", "train.log")
 
 
 class RunDirError(RuntimeError):

@@ -759,3 +759,24 @@ def test_summarize_escapes_run_names_and_file_text_in_its_tables(tmp_path):
         assert not re.search(r"(?<!\\)" + re.escape(raw), hostile), (raw, hostile)
     assert "| vgg16-sgd2-s2-paddle |" in text  # plain names stay readable
     assert text.startswith("# Study `` st`udy ``\n")
+
+
+def test_run_logs_never_write_through_a_planted_symlink(tmp_path):
+    """metrics.csv, train_log.txt and curves.png go through ``atomic_save``: a symlink planted
+    at a file or at the old fixed temporary name (``metrics.csv.tmp``) is never written
+    through; the link itself is replaced."""
+    from swa_recipe.logs import RunLog
+
+    run = tmp_path / "run"
+    run.mkdir()
+    targets = {}
+    for name in ("metrics.csv.tmp", "curves.png.tmp", "train_log.txt"):
+        targets[name] = tmp_path / f"victim-{name}"
+        targets[name].write_text("precious")
+        (run / name).symlink_to(targets[name])
+    log = RunLog(str(run), swa=False)
+    log.add({"ep": 1, "lr": 0.1, "tr_loss": 1.0, "tr_acc": 50.0, "te_loss": 1.0,
+             "te_acc": 40.0, "time": 1.0})
+    log.plot()
+    assert all(t.read_text() == "precious" for t in targets.values())
+    assert not (run / "train_log.txt").is_symlink() and (run / "metrics.csv").is_file()
