@@ -10,6 +10,7 @@ import argparse
 import os
 import signal
 import sys
+import tempfile
 import textwrap
 import unicodedata
 from collections.abc import Callable
@@ -124,12 +125,13 @@ def train_parser() -> argparse.ArgumentParser:
 
 
 def ensure_writable(out: str) -> None:
-    """Fail before any work when the run directory cannot be created or written."""
-    probe = os.path.join(out, f".write-test-{os.getpid()}")
+    """Fail before any work when the run directory cannot be created or written. The probe
+    is created exclusively (``mkstemp``): a symlink planted under a predictable name would
+    otherwise create or truncate its target."""
     try:
         os.makedirs(out, exist_ok=True)
-        with open(probe, "w"):
-            pass
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=out)
+        os.close(fd)
         os.remove(probe)
     except OSError as exc:
         raise ConfigError(f"cannot write to the run directory {out} ({exc.strerror or exc}); "
