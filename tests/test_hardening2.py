@@ -532,7 +532,8 @@ def test_reliability_doc_states_the_promises_for_each_kind_of_input():
     section = text[text.index("### What is promised for each kind of input"):]
     for words in ("**Exported models are data, not programs.**", "allow-list",
                   "one twin's files", "**Images**", "4096 x 4096", "**Study files**",
-                  "**TIPC scripts**", "never through `eval`", "no logs under `/logs`"):
+                  "**TIPC scripts**", "never through `eval`", "no logs under `/logs`",
+                  "**Numbers**", "`swa_recipe.numbers`", "**Writes**", "`swa_recipe.modelsize`"):
         assert words in section, words
 
 
