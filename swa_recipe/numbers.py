@@ -64,11 +64,11 @@ def to_int(value: Any, name: str, low: int | None = None, high: int | None = Non
     (default: a C int64). Booleans and floats are refused: ``true`` or ``2.5`` is no count;
     so are numerals where a typed value belongs (a YAML or pickled ``'3'``: ``text=False``)."""
     if isinstance(value, str) and text:
-        text = _numeral(value, name)
+        numeral = _numeral(value, name)
         try:
-            value = int(text, 10)
+            value = int(numeral, 10)
         except ValueError:
-            raise NumberError(f"{name} must be an integer, got {short(text, SHOWN)}") from None
+            raise NumberError(f"{name} must be an integer, got {short(numeral, SHOWN)}") from None
     if isinstance(value, bool) or not isinstance(value, int):
         raise NumberError(f"{name} must be an integer, got {short(value, SHOWN)}")
     lowest = -INT_LIMIT + 1 if low is None else low
@@ -84,20 +84,22 @@ def _bound(limit: int) -> str:
     return {INT_LIMIT - 1: "2**63 - 1", -INT_LIMIT + 1: "-2**63 + 1"}.get(limit, str(limit))
 
 
-def to_float(value: Any, name: str, finite: bool = True, text: bool = True) -> float:
+def to_float(value: Any, name: str, text: bool = True) -> float:
     """``value`` (an int, a float, or with ``text`` a numeral such as ``5e-4``, which YAML 1.1
-    reads as a string) as a float; NaN and infinities refused unless ``finite`` is False. An
-    integer too large for a float is infinite, not an OverflowError."""
+    reads as a string) as a finite float: no number the project reads means anything as NaN
+    or an infinity (a learning rate, a budget, an accuracy). An integer of 2**63 or more
+    counts as infinite (no setting needs one; ``float()`` of a 400-digit one would raise
+    OverflowError)."""
     if isinstance(value, str) and text:
-        text = _numeral(value, name)
+        numeral = _numeral(value, name)
         try:
-            value = float(text)
+            value = float(numeral)
         except ValueError:
-            raise NumberError(f"{name} must be a number, got {short(text, SHOWN)}") from None
+            raise NumberError(f"{name} must be a number, got {short(numeral, SHOWN)}") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise NumberError(f"{name} must be a number, got {short(value, SHOWN)}")
     number = float(value) if isinstance(value, float) or abs(value) < INT_LIMIT else math.inf
-    if finite and not math.isfinite(number):
+    if not math.isfinite(number):
         raise NumberError(f"{name} must be a finite number, got {short(value, SHOWN)}")
     return number
 

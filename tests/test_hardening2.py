@@ -7,7 +7,6 @@ Each test crafts its own hostile input and fails without the fix it names.
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 from pathlib import Path
@@ -558,7 +557,7 @@ def test_the_number_reader_refuses_huge_nan_and_long_values_in_short_messages():
         with pytest.raises(NumberError) as info:
             call()
         assert words in str(info.value) and len(str(info.value)) < 200, str(info.value)
-    assert to_float("5e-4", "x") == 5e-4 and to_float("inf", "x", finite=False) == math.inf
+    assert to_float("5e-4", "x") == 5e-4 and to_float(2**62, "x") == 2.0**62
     assert to_int(" 12 ", "x", 0, 12) == 12
 
 
