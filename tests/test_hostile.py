@@ -8,6 +8,7 @@ what Paddle and torch take plus 1.5 GiB, each case under its own alarm.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import io
@@ -623,23 +624,37 @@ def test_eval_treats_swa_n_zero_as_no_swa_weights(archive, tmp_path, capsys):
     assert "holds no SWA weights" in capsys.readouterr().err
 
 
-def test_disk_full_in_logs_table_csv_and_plot_is_one_user_error(tmp_path):
-    """/dev/full stands in for a full disk; each write names its file."""
+def test_disk_full_in_logs_table_csv_and_plot_is_one_user_error(tmp_path, monkeypatch):
+    """A full disk under each write names its file and leaves no temporary file:
+    metrics.csv, train_log.txt and curves.png are written through ``atomic_save`` (a new
+    temporary file, never a planted link), whose write here fails as on a full disk; the
+    appended train.log goes to /dev/full."""
+    from swa_recipe import logs
     from swa_recipe.logs import RunLog, get_logger
     from swa_recipe.rundir import RunDirError
 
+    real_save = logs.atomic_save
     row = {"ep": 1, "lr": 0.1, "tr_loss": 1.0, "tr_acc": 10.0, "te_loss": 1.0, "te_acc": 10.0}
-    for name in ("metrics.csv.tmp", "train_log.txt", "curves.png.tmp", "train.log"):
+    for name in ("metrics.csv", "train_log.txt", "curves.png"):
+        def full_disk(write, path, name=name):
+            def failing(tmp):
+                write(tmp)
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return real_save(failing if os.path.basename(path) == name else write, path)
+
+        monkeypatch.setattr(logs, "atomic_save", full_disk)
         folder = tmp_path / name
         folder.mkdir()
-        (folder / name).symlink_to("/dev/full")
-        with pytest.raises(RunDirError, match="could not write .*No space left"):
-            if name == "train.log":
-                get_logger(str(folder)).info("a line")
-            else:
-                log = RunLog(str(folder), swa=False)
-                log.add(row)
-                log.plot()
+        with pytest.raises(RunDirError, match=f"could not write .*{name} .*No space left"):
+            log = RunLog(str(folder), swa=False)
+            log.add(row)
+            log.plot()
+        assert not [f for f in os.listdir(folder) if ".tmp" in f]
+    folder = tmp_path / "train.log"
+    folder.mkdir()
+    (folder / "train.log").symlink_to("/dev/full")
+    with pytest.raises(RunDirError, match="could not write .*No space left"):
+        get_logger(str(folder)).info("a line")
     get_logger()  # leave no handler on /dev/full
 
 
