@@ -160,18 +160,19 @@ def check_counters(state: dict, path: str) -> None:
 
 
 def check_weight_count(cfg: dict, shapes: dict, path: str) -> None:
-    """Before a model is built from ``cfg`` (a checkpoint's config): the checkpoint's state
-    dict (``shapes``: name -> shape) must hold at least the weights that model has, so a tiny
-    file whose config asks for a huge model is refused without allocating it. The exact
+    """Before a model is built from ``cfg`` (a checkpoint's config, or the flags for a plain
+    state dict): the state dict (``shapes``: name -> shape) must hold at least the weights
+    that model has, so a tiny file whose config asks for a huge model is refused without
+    allocating it. The exact
     comparison, ``check_shapes``, follows once the model exists."""
     held = sum(math.prod(shape) for shape in shapes.values())
     need = weight_count(cfg)
     if held < need:
         arch = cfg["Arch"]
-        raise CheckpointError(f"{path} holds {held} weights, but the model of its config "
-                              f"({arch['model']}, width {arch['width']:g}) has {need}; it is "
-                              f"not a checkpoint of that model: pass a matching checkpoint or "
-                              f"set Arch.model / Arch.width with -o")
+        raise CheckpointError(f"{path} holds {held} weights, but {arch['model']} at width "
+                              f"{arch['width']:g} has {need}; it is not a checkpoint of this "
+                              f"model: pass a matching checkpoint or set Arch.model / "
+                              f"Arch.width with -o")
 
 
 NOT_REGULAR = ("is not a regular file (a FIFO, a device or a socket: reading it would hang or "

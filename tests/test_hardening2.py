@@ -258,7 +258,7 @@ def test_a_small_checkpoint_naming_the_largest_model_is_refused_before_building(
                            ("train", ["--resume", str(path), "--data_path", str(archive)]),
                            ("convert", [str(path), str(other)])):
             cases.append({"id": f"{main}-{framework}", "main": main, "argv": argv})
-            expect[f"{main}-{framework}"] = ["holds 108 weights", "WideResNet28x10, width 2",
+            expect[f"{main}-{framework}"] = ["holds 108 weights", "WideResNet28x10 at width 2",
                                              "has 145887370"]
     assert_all_refused(run_worker(cases, tmp_path), expect)
     assert not list(tmp_path.glob("out.*"))
