@@ -9,7 +9,7 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 
-from swa_recipe import loop, schedules
+from swa_recipe import loop
 from swa_recipe.device import resolve_device
 from swa_recipe.logs import note, summarize
 from swa_recipe.loop import Progress
@@ -18,7 +18,6 @@ from . import checkpoint, dist
 from .averaging import build_average
 from .data import build_loaders
 from .models import build_model, set_dropout_masks
-from .swa_utils import SWALR
 
 
 def set_device(device: str) -> str:
@@ -88,19 +87,10 @@ class Trainer(loop.Trainer):
         self.optimizer = paddle.optimizer.Momentum(
             learning_rate=opt["lr_init"], momentum=opt["momentum"],
             parameters=self.model.parameters(), weight_decay=opt["wd"])
-        self.scheduler: SWALR | None = None  # made at the first SWA epoch (schedule swalr)
         self.progress = Progress()
 
-    def _make_swalr(self) -> SWALR:
-        swa = self.cfg["SWA"]
-        return SWALR(self.cfg["Optimizer"]["lr_init"], swa["swa_lr"], swa["anneal_epochs"],
-                     swa["anneal_strategy"])
-
     def _lr(self, epoch: int, it: int) -> float:
-        if self.scheduler is not None:
-            lr = self.scheduler()
-        else:
-            lr = schedules.learning_rate(self.cfg, epoch, it, self.iters)
+        lr = self.learning_rate(epoch, it)
         self.optimizer.set_lr(lr)
         return lr
 
@@ -134,9 +124,6 @@ class Trainer(loop.Trainer):
         self.model.set_state_dict(state["state_dict"])
         self.progress.load_state_dict(state.get("progress"))
         checkpoint.load_optimizer_state(self.optimizer, self.model, state["optimizer"])
-        if state.get("scheduler"):
-            self.scheduler = self._make_swalr()
-            self.scheduler.set_state_dict(state["scheduler"])
         if self.swa_model is not None and state.get("swa_state_dict") is not None:
             self.swa_model.module.set_state_dict(state["swa_state_dict"])
             self.swa_model.n_averaged.set_value(paddle.to_tensor(state["swa_n"], dtype="int64"))

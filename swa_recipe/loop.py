@@ -58,9 +58,9 @@ class Trainer:
     ``swa_torch.trainer.Trainer`` add the framework calls.
 
     A subclass sets ``framework``, ``checkpoint`` and ``dist`` (its twin's modules), builds
-    ``cfg, rank, world_size, model, net, swa_model, optimizer, scheduler, progress,
+    ``cfg, rank, world_size, model, net, swa_model, optimizer, progress,
     train_loader, test_loader`` in ``__init__``, and implements ``train_epoch``,
-    ``load_state_dict``, ``_make_swalr``, ``_optimizer_state``, ``_evaluate``,
+    ``load_state_dict``, ``_optimizer_state``, ``_evaluate``,
     ``_has_batch_norm`` and ``_to_host`` (device tensors to one float64 array: one sync).
     """
 
@@ -74,8 +74,6 @@ class Trainer:
         """Position loader and SWALR at ``self.progress`` (0, or where a mid-epoch checkpoint
         stopped); the meter continues that progress's totals."""
         start = self.progress.iteration
-        if start == 0:
-            self._step_swalr(epoch)
         self.averaging_steps = schedules.averages_steps(self.cfg, epoch)
         self._epoch, self._pending = epoch, []
         self.train_loader.batch_sampler.set_epoch(epoch, start)
@@ -138,15 +136,10 @@ class Trainer:
     def swa_n(self) -> int:
         return int(self.swa_model.n_averaged) if self.swa_model is not None else 0
 
-    def _step_swalr(self, epoch: int) -> None:
-        """SWALR is created at the first SWA epoch (torch's anneals from the optimizer's lr at
-        creation, and jumps to swa_lr at once when anneal_epochs is 0), then steps each epoch."""
-        if (self.cfg["Optimizer"]["schedule"] != "swalr"
-                or not schedules.swalr_steps(epoch, self.cfg["SWA"]["swa_start"])):
-            return
-        if self.scheduler is None:
-            self.scheduler = self._make_swalr()
-        self.scheduler.step()
+    def learning_rate(self, epoch: int, it: int) -> float:
+        """Iteration ``it``'s rate from the one closed-form schedule (``schedules``), for every
+        schedule including ``swalr``: nothing to step, so nothing a checkpoint must carry."""
+        return schedules.learning_rate(self.cfg, epoch, it, self.iters)
 
     def evaluate(self, swa: bool = False) -> dict:
         if not swa:
@@ -179,7 +172,6 @@ class Trainer:
             "swa_state_dict": self.swa_model.module.state_dict() if self.swa_n else None,
             "swa_n": self.swa_n if self.swa_model is not None else None,
             "optimizer": self._optimizer_state(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "config": self.cfg,
             "progress": self.progress.state_dict(),
             "rng": {"seed": self.cfg["Global"]["seed"],

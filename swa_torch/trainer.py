@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from swa_recipe import loop, schedules
+from swa_recipe import loop
 from swa_recipe.device import resolve_device
 from swa_recipe.logs import note, summarize
 from swa_recipe.loop import Progress
@@ -19,7 +19,6 @@ from . import checkpoint, dist
 from .averaging import build_average
 from .data import build_loaders
 from .models import build_model, set_dropout_masks
-from .swa_utils import SWALR
 
 
 def set_device(device: str) -> str:
@@ -100,17 +99,10 @@ class Trainer(loop.Trainer):
         opt = cfg["Optimizer"]
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=opt["lr_init"],
                                          momentum=opt["momentum"], weight_decay=opt["wd"])
-        self.scheduler: SWALR | None = None  # made at the first SWA epoch (schedule swalr)
         self.progress = Progress()
 
-    def _make_swalr(self) -> SWALR:
-        swa = self.cfg["SWA"]
-        return SWALR(self.optimizer, swa["swa_lr"], swa["anneal_epochs"], swa["anneal_strategy"])
-
     def _lr(self, epoch: int, it: int) -> float:
-        if self.scheduler is not None:
-            return self.optimizer.param_groups[0]["lr"]
-        lr = schedules.learning_rate(self.cfg, epoch, it, self.iters)
+        lr = self.learning_rate(epoch, it)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         return lr
@@ -153,9 +145,6 @@ class Trainer(loop.Trainer):
         self.model.load_state_dict(state["state_dict"])
         self.progress.load_state_dict(state.get("progress"))
         self.optimizer.load_state_dict(state["optimizer"])
-        if state.get("scheduler"):
-            self.scheduler = self._make_swalr()
-            self.scheduler.load_state_dict(state["scheduler"])
         if self.swa_model is not None and state.get("swa_state_dict") is not None:
             self.swa_model.module.load_state_dict(state["swa_state_dict"])
             self.swa_model.n_averaged.fill_(state["swa_n"])

@@ -123,7 +123,7 @@ def test_cyclic_lr_two_epoch_cycles_end_on_collection_epochs():
 def torch_swalr_lrs(epochs: int, swa_start: int, anneal_epochs: int, strategy: str,
                     lazy: bool = True) -> list:
     """Each epoch's learning rate under torch's SWALR; ``lazy``: created at the first SWA epoch,
-    as the twins do (``Trainer._step_swalr``), else at the start."""
+    as the twins once did, else at the start."""
     import torch
     from torch.optim.swa_utils import SWALR
 

@@ -196,3 +196,55 @@ def test_torch_bf16_option_trains_in_bf16_and_keeps_float32_weights(archive):
     assert all(v.dtype == torch.float32 for v in bf16.values())
     diffs = [float((fp32[k] - bf16[k]).abs().max()) for k in fp32 if fp32[k].is_floating_point()]
     assert 0 < max(diffs) < 0.1  # bf16 changes the numerics (explicit option, off by default)
+
+
+# ----------------------------------------------------------------- one learning-rate source
+
+
+def test_trainers_take_every_schedule_from_the_closed_form(archive):
+    """Both twins' optimizers hold ``schedules.learning_rate`` at every step, SWALR's anneal
+    included (the library ``SWALR`` classes are compared with torch's in test_schedules)."""
+    from swa_paddle.trainer import Trainer as PaddleTrainer
+    from swa_recipe.schedules import learning_rate
+    from swa_torch.trainer import Trainer as TorchTrainer
+
+    cfg = tiny_config(archive, Global={"epochs": 6}, Optimizer={"schedule": "swalr"},
+                      SWA={"swa_start": 2, "anneal_epochs": 3})
+    pt, tt = PaddleTrainer(cfg), TorchTrainer(cfg)
+    seen = []
+    for epoch in range(6):
+        want = learning_rate(cfg, epoch, 0, pt.iters)
+        pt._lr(epoch, 0)
+        tt._lr(epoch, 0)
+        assert pt.optimizer.get_lr() == want == tt.optimizer.param_groups[0]["lr"]
+        seen.append(want)
+    assert len(set(seen)) == 4  # lr_init, two epochs of the anneal, then swa_lr
+
+
+@pytest.mark.parametrize("framework", ["paddle", "torch"])
+def test_checkpoints_with_the_old_scheduler_and_rng_entries_still_resume(archive, tmp_path,
+                                                                         framework):
+    """Earlier code wrote a stepped SWALR's state and an ``rng`` note into each checkpoint;
+    resuming such a file ignores both and continues bit for bit."""
+    from swa_recipe.checkpoint import EXTENSIONS
+    from swa_recipe.loop import fit
+    from swa_recipe.twins import import_twin
+
+    twin, ext = import_twin(framework), EXTENSIONS[framework]
+    sections = {"Optimizer": {"schedule": "swalr"}, "SWA": {"swa_start": 2, "anneal_epochs": 2}}
+
+    def run(out, **global_):
+        cfg = tiny_config(archive, **sections, Global={"epochs": 3, "dir": str(out),
+                                                       "framework": framework, **global_})
+        fit(twin.trainer.Trainer(cfg), cfg)
+        return twin.checkpoint.load(str(out / f"checkpoint-3{ext}"))
+
+    straight = run(tmp_path / "a")
+    old = tmp_path / "a" / f"checkpoint-2{ext}"
+    state = twin.checkpoint.load(str(old))
+    state["scheduler"] = {"last_epoch": 1, "base_lr": 0.05, "_step_count": 2}
+    state["rng"] = {"seed": 1, "dropout": "swa_recipe.dropout.keep_masks(seed, epoch, index)"}
+    twin.checkpoint.save(state, str(old))
+    resumed = run(tmp_path / "b", resume=str(old))
+    for key, value in straight["state_dict"].items():
+        assert np.array_equal(np.asarray(value), np.asarray(resumed["state_dict"][key])), key
