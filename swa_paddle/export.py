@@ -23,13 +23,12 @@ from paddle import inference, nn
 from paddle.base.proto import framework_pb2
 
 from swa_recipe.checkpoint import CheckpointError, check_export_destinations
-from swa_recipe.config import ConfigError
 from swa_recipe.predict import IMAGE_SIZE, PREFIX, class_count
 from swa_recipe.runtime import usable_cpus
 from swa_recipe.safe_pickle import short
 
 from .models import build_model
-from .trainer import set_device
+from .trainer import choose_device, set_device
 
 # Legacy IR (FLAGS_enable_pir_api=0) writes a .pdmodel, PIR a .json; both load either way.
 MODEL_SUFFIXES = (".json", ".pdmodel")
@@ -244,12 +243,9 @@ def check_program(path: str) -> None:
 
 
 def inference_device(device: str) -> str:
-    """``auto`` is the GPU when Paddle was built with CUDA; ``gpu`` requires such a build."""
-    cuda = paddle.is_compiled_with_cuda()
-    if device == "gpu" and not cuda:
-        raise ConfigError("--device gpu, but this Paddle has no CUDA; install paddlepaddle-gpu "
-                          "or pass --device cpu")
-    return "gpu" if device == "gpu" or (device == "auto" and cuda) else "cpu"
+    """``--device`` by the training path's policy (``trainer.choose_device``): ``auto`` is a
+    GPU only when one is visible, so a CUDA build without one infers on the CPU."""
+    return choose_device(device, "--device")
 
 
 class Predictor:

@@ -1,9 +1,6 @@
-"""One SGD/SWA training run in Paddle; ``swa_recipe.loop.fit`` drives its epochs."""
+"""The Paddle side of one SGD/SWA training run: ``swa_recipe.loop.Trainer``'s framework calls."""
 
 from __future__ import annotations
-
-import logging
-from collections.abc import Callable
 
 import numpy as np
 import paddle
@@ -11,8 +8,7 @@ import paddle.nn.functional as F
 
 from swa_recipe import loop
 from swa_recipe.device import resolve_device
-from swa_recipe.logs import note, summarize
-from swa_recipe.loop import Progress
+from swa_recipe.logs import IterMeter, note, summarize
 
 from . import checkpoint, dist
 from .averaging import build_average
@@ -20,14 +16,21 @@ from .data import build_loaders
 from .models import build_model, set_dropout_masks
 
 
-def set_device(device: str) -> str:
-    """``Global.device`` as "gpu" or "cpu" (``swa_recipe.device``): ``auto`` is a GPU only
-    when one is visible, not merely a CUDA build; a note says when ``auto`` stays on the CPU."""
+def choose_device(device: str, option: str = "Global.device") -> str:
+    """``device`` as "gpu" or "cpu" by the one policy of ``swa_recipe.device`` (training,
+    evaluation, predict, export and Paddle Inference): ``auto`` is a GPU only when one is
+    visible, not merely a CUDA build; a note says when ``auto`` stays on the CPU."""
     cuda = paddle.is_compiled_with_cuda()
     device, message = resolve_device(device, "paddle", cuda,
-                                  paddle.device.cuda.device_count() if cuda else 0)
+                                     paddle.device.cuda.device_count() if cuda else 0, option)
     if message:
         note(message)
+    return device
+
+
+def set_device(device: str) -> str:
+    """``Global.device`` chosen (:func:`choose_device`) and made Paddle's current device."""
+    device = choose_device(device)
     paddle.set_device(device)  # under a launcher, "gpu" is this rank's GPU
     return device
 
@@ -65,14 +68,14 @@ def evaluate(model: paddle.nn.Layer, loader: paddle.io.DataLoader, world_size: i
 
 
 class Trainer(loop.Trainer):
-    """Model, SWA average, optimizer and loaders of one run; ``swa_recipe.loop.Trainer`` holds
-    what both twins share."""
+    """Model, SWA average, optimizer and loaders of one run, and the Paddle calls that
+    ``swa_recipe.loop.Trainer`` (the epoch and batch loop) asks for."""
 
     checkpoint, dist = checkpoint, dist
     framework = "paddle"
 
-    def __init__(self, cfg: dict):
-        self.cfg = cfg
+    def __init__(self, cfg: dict, meter_class: type[IterMeter] = IterMeter):
+        super().__init__(cfg, meter_class)
         self.device = set_device(cfg["Global"]["device"])
         self.rank, self.world_size = dist.init_distributed()
         paddle.seed(cfg["Global"]["seed"])
@@ -87,50 +90,41 @@ class Trainer(loop.Trainer):
         self.optimizer = paddle.optimizer.Momentum(
             learning_rate=opt["lr_init"], momentum=opt["momentum"],
             parameters=self.model.parameters(), weight_decay=opt["wd"])
-        self.progress = Progress()
 
-    def _lr(self, epoch: int, it: int) -> float:
-        lr = self.learning_rate(epoch, it)
+    def set_lr(self, lr: float) -> None:
         self.optimizer.set_lr(lr)
-        return lr
 
-    def train_epoch(self, epoch: int, logger: logging.Logger | None = None,
-                    should_stop: Callable[[], bool] = lambda: False) -> dict:
-        """Train one epoch, from ``self.progress`` on (a run resumed mid-epoch). On a stop
-        request, return after the step in progress with ``interrupted``."""
-        meter = self._begin_epoch(epoch, logger)
-        for it, (x, y) in enumerate(meter.iterate(self.train_loader), start=meter.start):
-            self._set_dropout_masks(epoch, it)
-            lr = self._lr(epoch, it)
-            logits = self.net(x)
-            loss_sum = F.cross_entropy(logits, y, reduction="sum")
-            # Mean over the global batch once DataParallel averages over ranks.
-            loss = loss_sum * (self.world_size / self.batches.global_size(it))
-            self.optimizer.clear_grad()
-            loss.backward()
-            self.optimizer.step()
-            set_dropout_masks(self.model, None)
-            correct = (logits.argmax(axis=1) == y).astype("int64").sum()
-            if self._end_step(meter, it, lr, loss_sum.detach(), correct, int(y.shape[0]),
-                              should_stop):
-                return {"interrupted": True, "iteration": it + 1}
-        return self._end_epoch()
-
-    def _set_dropout_masks(self, epoch: int, it: int) -> None:
-        masks = self._dropout_masks(epoch, it)
+    def step(self, x: paddle.Tensor, y: paddle.Tensor, masks: list[np.ndarray] | None,
+             loss_scale: float) -> tuple[paddle.Tensor, paddle.Tensor, int]:
         set_dropout_masks(self.model, masks and [to_device(m, self.device) for m in masks])
+        logits = self.net(x)
+        loss_sum = F.cross_entropy(logits, y, reduction="sum")
+        loss = loss_sum * loss_scale  # the global batch's mean once DataParallel averages
+        self.optimizer.clear_grad()
+        loss.backward()
+        self.optimizer.step()
+        set_dropout_masks(self.model, None)
+        correct = (logits.argmax(axis=1) == y).astype("int64").sum()
+        return loss_sum.detach(), correct, int(y.shape[0])
 
-    def load_state_dict(self, state: dict) -> None:
+    def optimizer_state(self) -> dict:
+        return checkpoint.optimizer_state(self.optimizer, self.model)
+
+    def load_framework_state(self, state: dict) -> None:
         self.model.set_state_dict(state["state_dict"])
-        self.progress.load_state_dict(state.get("progress"))
         checkpoint.load_optimizer_state(self.optimizer, self.model, state["optimizer"])
         if self.swa_model is not None and state.get("swa_state_dict") is not None:
             self.swa_model.module.set_state_dict(state["swa_state_dict"])
             self.swa_model.n_averaged.set_value(paddle.to_tensor(state["swa_n"], dtype="int64"))
 
-    def _optimizer_state(self) -> dict:
-        return checkpoint.optimizer_state(self.optimizer, self.model)
+    def evaluate_model(self, model: paddle.nn.Layer) -> dict:
+        return evaluate(model, self.test_loader, self.world_size)
 
-    _evaluate = staticmethod(evaluate)
-    _to_host = staticmethod(to_host)
-    _has_batch_norm = staticmethod(has_batch_norm)
+    def recompute_bn(self, loader: paddle.io.DataLoader, model: paddle.nn.Layer) -> None:
+        dist.update_bn(loader, model, self.world_size)  # the loader places batches itself
+
+    def has_batch_norm(self, model: paddle.nn.Layer) -> bool:
+        return has_batch_norm(model)
+
+    def to_host(self, tensors: list[paddle.Tensor]) -> np.ndarray:
+        return to_host(tensors)

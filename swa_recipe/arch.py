@@ -115,7 +115,8 @@ def normalization(cfg: dict) -> tuple[np.ndarray, np.ndarray]:
 def dropout_widths(cfg: dict) -> list[int]:
     """Units of VGG's two classifier dropout layers (their masks' widths, drawn per sample by
     ``swa_recipe.dropout``); none for the ResNets, whose dropout (WideResNet's, 0 by default)
-    draws from the framework's generator."""
+    would draw from the framework's generator, so training refuses it
+    (``loop.check_sample_dropout``)."""
     if family(cfg["Arch"]["model"]) != "vgg":
         return []
     return [scaled(512, cfg["Arch"]["width"])] * 2

@@ -23,29 +23,31 @@ GPU_BUILDS = {
 MAX_AUTO_WORKERS = 8
 
 
-def resolve_device(asked: str, framework: str, cuda_build: bool, gpus_visible: int
-                   ) -> tuple[str, str | None]:
-    """(``"gpu"`` or ``"cpu"``, a one-line note or None) for ``Global.device``.
+def resolve_device(asked: str, framework: str, cuda_build: bool, gpus_visible: int,
+                   option: str = "Global.device") -> tuple[str, str | None]:
+    """(``"gpu"`` or ``"cpu"``, a one-line note or None) for ``Global.device`` (training,
+    evaluation, predict, export) or ``--device`` (``option``: Paddle Inference, torch.export).
 
     ``auto`` is a GPU only when one is visible, so a GPU build on a host without one falls back
     to the CPU (with a note; a CPU-only build needs none) instead of failing; ``gpu`` without
     a GPU is a user error naming what to install or check.
     """
+    cpu = "-o Global.device=cpu" if option == "Global.device" else f"{option} cpu"
     if asked == "cpu":
         return "cpu", None
     if gpus_visible > 0:
         return "gpu", None
     if asked == "gpu":
         if not cuda_build:
-            raise ConfigError(f"Global.device is gpu but this {framework} build has no CUDA; "
-                              f"install {GPU_BUILDS[framework]}, or pass -o Global.device=cpu")
+            raise ConfigError(f"{option} is gpu but this {framework} build has no CUDA; "
+                              f"install {GPU_BUILDS[framework]}, or pass {cpu}")
         visible = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
-        raise ConfigError(f"Global.device is gpu but {framework} sees no GPU "
+        raise ConfigError(f"{option} is gpu but {framework} sees no GPU "
                           f"(CUDA_VISIBLE_DEVICES={visible}); check the driver and "
-                          f"CUDA_VISIBLE_DEVICES, or pass -o Global.device=cpu")
+                          f"CUDA_VISIBLE_DEVICES, or pass {cpu}")
     if not cuda_build:  # a CPU-only build: the CPU is what anyone expects, nothing to say
         return "cpu", None
-    return "cpu", (f"note: Global.device auto: {framework} runs on the CPU (its build has CUDA "
+    return "cpu", (f"note: {option} auto: {framework} runs on the CPU (its build has CUDA "
                    f"but no GPU is visible)")
 
 

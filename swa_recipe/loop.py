@@ -1,11 +1,13 @@
-"""The epoch loop of the original ``train.py``, written once for both twins.
+"""The epoch and batch loop of the original ``train.py``, written once for both twins.
 
-A twin supplies a trainer object with the methods of :class:`Trainer`; this module decides when
-to collect, evaluate and save, and writes every run file, so the two twins cannot drift apart.
+A twin subclasses :class:`Trainer` and supplies its abstract methods (the step, the learning
+rate, framework state in and out); this module decides when to step, collect, evaluate and save,
+and writes every run file, so the two twins cannot drift apart.
 """
 
 from __future__ import annotations
 
+import abc
 import logging
 import math
 import os
@@ -16,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 
@@ -33,7 +36,7 @@ from .checkpoint import (
     plain_layout,
     position,
 )
-from .config import run_dir, save_config
+from .config import ConfigError, run_dir, save_config
 from .dropout import keep_masks
 from .logs import (
     PROGRESS_SECONDS,
@@ -53,25 +56,93 @@ from .safe_pickle import short
 STOP_CHECK_EVERY = 10
 
 
-class Trainer:
-    """What the twins' trainers share; ``swa_paddle.trainer.Trainer`` and
-    ``swa_torch.trainer.Trainer`` add the framework calls.
+class Trainer(abc.ABC):
+    """One run's training, written once for both twins; ``swa_paddle.trainer.Trainer`` and
+    ``swa_torch.trainer.Trainer`` supply the framework calls (the abstract methods below).
 
-    A subclass sets ``framework``, ``checkpoint`` and ``dist`` (its twin's modules), builds
-    ``cfg, rank, world_size, model, net, swa_model, optimizer, progress,
-    train_loader, test_loader`` in ``__init__``, and implements ``train_epoch``,
-    ``load_state_dict``, ``_optimizer_state``, ``_evaluate``,
-    ``_has_batch_norm`` and ``_to_host`` (device tensors to one float64 array: one sync).
+    The seam: this class owns the epoch and the batch loop (``train_epoch``: position, learning
+    rate, dropout masks, logging, stop requests, EMA updates) and enters the twin through
+    :meth:`set_lr` and :meth:`step` once per step. A twin's ``__init__`` calls this one, then
+    builds ``device, rank, world_size, model, net, swa_model, optimizer, train_loader,
+    test_loader, batches`` (the loader's ``swa_recipe.datasets.Batches``) and ``iters``, and sets
+    the class attributes ``framework``, ``checkpoint`` and ``dist`` (its twin's modules).
+    ``meter_class`` records each step (``logs.IterMeter``; ``diff/`` passes one that also keeps
+    every step's exact values).
     """
 
     framework: str
     checkpoint: ModuleType
     dist: ModuleType
-    meter_class = IterMeter  # diff/align.py swaps in a meter that records every step
-    clock: ProgressClock | None = None  # fit() sets rank 0's: estimate and progress lines
+
+    def __init__(self, cfg: dict, meter_class: type[IterMeter] = IterMeter):
+        check_sample_dropout(cfg)
+        self.cfg, self.meter_class = cfg, meter_class
+        self.progress = Progress()
+        self.clock: ProgressClock | None = None  # fit() sets rank 0's: estimate, progress lines
+
+    # ---------------------------------------------------------------- what a twin supplies
+
+    @abc.abstractmethod
+    def set_lr(self, lr: float) -> None:
+        """Make ``lr`` the optimizer's rate for the next step."""
+
+    @abc.abstractmethod
+    def step(self, x: Any, y: Any, masks: list[np.ndarray] | None, loss_scale: float
+             ) -> tuple[Any, Any, int]:
+        """One optimizer step on this rank's batch: dropout ``masks`` (host arrays, one per
+        dropout layer, or None) for this forward only, the summed cross-entropy times
+        ``loss_scale`` (1 / the global batch, times the ranks the gradient is averaged over)
+        backward, the optimizer's step. Returns (loss sum, correct count) as device scalars,
+        unread so the host need not wait, and the batch's size."""
+
+    @abc.abstractmethod
+    def optimizer_state(self) -> dict:
+        """The optimizer's state for a checkpoint, loadable in any process."""
+
+    @abc.abstractmethod
+    def load_framework_state(self, state: dict) -> None:
+        """Weights, optimizer state and SWA average (with its count) from a checkpoint."""
+
+    @abc.abstractmethod
+    def evaluate_model(self, model: Any) -> dict:
+        """Mean loss and accuracy (%) of ``model`` on the test loader, over all ranks."""
+
+    @abc.abstractmethod
+    def recompute_bn(self, loader: Any, model: Any) -> None:
+        """``update_bn`` of ``model`` over ``loader`` (the global batches, under a launcher)."""
+
+    @abc.abstractmethod
+    def has_batch_norm(self, model: Any) -> bool:
+        """Whether ``model`` has BatchNorm layers (``update_bn`` has work to do)."""
+
+    @abc.abstractmethod
+    def to_host(self, tensors: list) -> np.ndarray:
+        """Device tensors as one float64 array: one transfer, the one wait for the device."""
+
+    # ------------------------------------------------------------------------- the loop
+
+    def train_epoch(self, epoch: int, logger: logging.Logger | None = None,
+                    should_stop: Callable[[], bool] = lambda: False) -> dict:
+        """Train one epoch, from ``self.progress`` on (a run resumed mid-epoch); the epoch's
+        loss, accuracy and first lr. On a stop request, return after the step in progress
+        with ``interrupted`` and the steps done."""
+        meter = self._begin_epoch(epoch, logger)
+        for it, (x, y) in enumerate(meter.iterate(self.train_loader), start=meter.start):
+            lr = self.learning_rate(epoch, it)
+            self.set_lr(lr)
+            loss_sum, correct, n = self.step(x, y, self._dropout_masks(epoch, it),
+                                             self.world_size / self.batches.global_size(it))
+            if self._end_step(meter, it, lr, loss_sum, correct, n, should_stop):
+                return {"interrupted": True, "iteration": it + 1}
+        return self._end_epoch()
+
+    def learning_rate(self, epoch: int, it: int) -> float:
+        """Iteration ``it``'s rate from the one closed-form schedule (``schedules``), for every
+        schedule including ``swalr``: nothing to step, so nothing a checkpoint must carry."""
+        return schedules.learning_rate(self.cfg, epoch, it, self.iters)
 
     def _begin_epoch(self, epoch: int, logger: logging.Logger | None) -> IterMeter:
-        """Position loader and SWALR at ``self.progress`` (0, or where a mid-epoch checkpoint
+        """Position the loader at ``self.progress`` (0, or where a mid-epoch checkpoint
         stopped); the meter continues that progress's totals."""
         start = self.progress.iteration
         self.averaging_steps = schedules.averages_steps(self.cfg, epoch)
@@ -119,7 +190,7 @@ class Trainer:
     def _flush(self, meter: IterMeter) -> None:
         """Read the pending steps' values and record them (checking each loss)."""
         pending, self._pending = self._pending, []
-        values = self._to_host([t for step in pending for t in step[2:4]])
+        values = self.to_host([t for step in pending for t in step[2:4]])
         for k, (it, lr, _, _, n) in enumerate(pending):
             loss = check_finite(float(values[2 * k]) / n, self._epoch, it)
             meter.step(it, lr, loss, int(values[2 * k + 1]), n)
@@ -136,16 +207,10 @@ class Trainer:
     def swa_n(self) -> int:
         return int(self.swa_model.n_averaged) if self.swa_model is not None else 0
 
-    def learning_rate(self, epoch: int, it: int) -> float:
-        """Iteration ``it``'s rate from the one closed-form schedule (``schedules``), for every
-        schedule including ``swalr``: nothing to step, so nothing a checkpoint must carry."""
-        return schedules.learning_rate(self.cfg, epoch, it, self.iters)
-
     def evaluate(self, swa: bool = False) -> dict:
         if not swa:
             self.dist.broadcast_bn_stats(self.model, self.world_size)
-        model = self.swa_model.module if swa else self.model
-        return self._evaluate(model, self.test_loader, self.world_size)
+        return self.evaluate_model(self.swa_model.module if swa else self.model)
 
     def collect(self) -> None:
         """SWA averages the epoch's final weights; EMA has averaged every step already."""
@@ -159,30 +224,49 @@ class Trainer:
         return self.train_loader
 
     def update_bn(self) -> None:
-        if self._has_batch_norm(self.model):
-            self.dist.update_bn(self._whole_epoch(), self.swa_model.module, self.world_size)
+        if self.has_batch_norm(self.model):
+            self.recompute_bn(self._whole_epoch(), self.swa_model.module)
 
     def state_dict(self, epoch: int) -> dict:
-        """The original repo's layout, plus config, scheduler, mid-epoch progress and the seed
-        every random draw derives from (data order, augmentation and dropout: no RNG state)."""
+        """The original repo's layout, plus config, mid-epoch progress and the seed every random
+        draw derives from (data order, augmentation and dropout: no RNG state)."""
         self.dist.broadcast_bn_stats(self.model, self.world_size)
         return {
             "epoch": epoch,
             "state_dict": self.model.state_dict(),
             "swa_state_dict": self.swa_model.module.state_dict() if self.swa_n else None,
             "swa_n": self.swa_n if self.swa_model is not None else None,
-            "optimizer": self._optimizer_state(),
+            "optimizer": self.optimizer_state(),
             "config": self.cfg,
             "progress": self.progress.state_dict(),
             "rng": {"seed": self.cfg["Global"]["seed"],
                     "dropout": "swa_recipe.dropout.keep_masks(seed, epoch, sample index)"},
         }
 
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a checkpoint: the twin's state, then the mid-epoch position."""
+        self.load_framework_state(state)
+        self.progress.load_state_dict(state.get("progress"))
+
     def save(self, state: dict, path: str) -> None:
         self.checkpoint.save(state, path)
 
     def load(self, path: str) -> dict:
         return self.checkpoint.load(path)
+
+
+
+
+def check_sample_dropout(cfg: dict) -> None:
+    """Refuse dropout that cannot be drawn per sample (``swa_recipe.dropout``): the masks of
+    VGG's classifier are; a model whose dropout layers would draw from the framework's
+    generator (WideResNet's, 0 by default) would lose bit-exact resume, identical twin masks
+    and N processes training as 1, so it trains without dropout."""
+    p = model_dropout(cfg)
+    if p > 0 and not dropout_widths(cfg):
+        raise ConfigError(f"Arch.dropout={p:g}: {cfg['Arch']['model']}'s dropout cannot be "
+                          f"drawn per sample, so resume, the twins and N processes would "
+                          f"not train alike; train it with Arch.dropout 0 (the original's)")
 
 
 @dataclass

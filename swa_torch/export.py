@@ -26,12 +26,11 @@ import torch
 from torch import nn
 
 from swa_recipe.checkpoint import CheckpointError, check_export_destinations
-from swa_recipe.config import ConfigError
 from swa_recipe.predict import IMAGE_SIZE, PREFIX, class_count
 from swa_recipe.safe_pickle import short
 
 from .models import build_model
-from .trainer import torch_device
+from .trainer import choose_device, torch_device
 
 ARCHIVE = PREFIX + ".pt2"
 # The Paddle twin's export (``swa_paddle.export``): a folder holds one twin's files.
@@ -131,11 +130,9 @@ def remove_files(save_dir: str, names: tuple[str, ...]) -> None:
 
 
 def inference_device(device: str) -> str:
-    """``auto`` is the GPU when CUDA is available; ``gpu`` requires it."""
-    cuda = torch.cuda.is_available()
-    if device == "gpu" and not cuda:
-        raise ConfigError("--device gpu, but torch sees no CUDA GPU; pass --device cpu")
-    return "gpu" if device == "gpu" or (device == "auto" and cuda) else "cpu"
+    """``--device`` by the training path's policy (``trainer.choose_device``): ``auto`` is a
+    GPU only when one is visible, so a CUDA build without one infers on the CPU."""
+    return choose_device(device, "--device")
 
 
 class ArchiveRefused(ValueError):

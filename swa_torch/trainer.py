@@ -1,10 +1,8 @@
-"""One SGD/SWA training run in PyTorch; ``swa_recipe.loop.fit`` drives its epochs."""
+"""The PyTorch side of one SGD/SWA training run: ``swa_recipe.loop.Trainer``'s framework calls."""
 
 from __future__ import annotations
 
-import logging
 import os
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -12,8 +10,7 @@ import torch.nn.functional as F
 
 from swa_recipe import loop
 from swa_recipe.device import resolve_device
-from swa_recipe.logs import note, summarize
-from swa_recipe.loop import Progress
+from swa_recipe.logs import IterMeter, note, summarize
 
 from . import checkpoint, dist
 from .averaging import build_average
@@ -21,14 +18,21 @@ from .data import build_loaders
 from .models import build_model, set_dropout_masks
 
 
-def set_device(device: str) -> str:
-    """``Global.device`` as "gpu" or "cpu" (``swa_recipe.device``): ``auto`` is a GPU only
-    when one is visible; a note says when ``auto`` stays on the CPU."""
+def choose_device(device: str, option: str = "Global.device") -> str:
+    """``device`` as "gpu" or "cpu" by the one policy of ``swa_recipe.device`` (training,
+    evaluation, predict, export and torch.export inference): ``auto`` is a GPU only when one
+    is visible, not merely a CUDA build; a note says when ``auto`` stays on the CPU."""
     device, message = resolve_device(device, "torch", torch.backends.cuda.is_built(),
-                                  torch.cuda.device_count())
+                                     torch.cuda.device_count(), option)
     if message:
         note(message)
     return device
+
+
+def set_device(device: str) -> str:
+    """``Global.device`` chosen (:func:`choose_device`); the twin places tensors itself
+    (:func:`torch_device`)."""
+    return choose_device(device)
 
 
 def torch_device(device: str) -> torch.device:
@@ -77,14 +81,14 @@ def evaluate(model: torch.nn.Module, loader: torch.utils.data.DataLoader,
 
 
 class Trainer(loop.Trainer):
-    """Model, SWA average, optimizer and loaders of one run; ``swa_recipe.loop.Trainer`` holds
-    what both twins share."""
+    """Model, SWA average, optimizer and loaders of one run, and the PyTorch calls that
+    ``swa_recipe.loop.Trainer`` (the epoch and batch loop) asks for."""
 
     checkpoint, dist = checkpoint, dist
     framework = "torch"
 
-    def __init__(self, cfg: dict):
-        self.cfg = cfg
+    def __init__(self, cfg: dict, meter_class: type[IterMeter] = IterMeter):
+        super().__init__(cfg, meter_class)
         device = set_device(cfg["Global"]["device"])
         self.device = torch_device(device)
         self.rank, self.world_size = dist.init_distributed(self.device)
@@ -99,41 +103,25 @@ class Trainer(loop.Trainer):
         opt = cfg["Optimizer"]
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=opt["lr_init"],
                                          momentum=opt["momentum"], weight_decay=opt["wd"])
-        self.progress = Progress()
 
-    def _lr(self, epoch: int, it: int) -> float:
-        lr = self.learning_rate(epoch, it)
+    def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        return lr
 
-    def train_epoch(self, epoch: int, logger: logging.Logger | None = None,
-                    should_stop: Callable[[], bool] = lambda: False) -> dict:
-        """Train one epoch, from ``self.progress`` on (a run resumed mid-epoch). On a stop
-        request, return after the step in progress with ``interrupted``."""
-        meter = self._begin_epoch(epoch, logger)
-        for it, (x, y) in enumerate(meter.iterate(self.train_loader), start=meter.start):
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            self._set_dropout_masks(epoch, it)
-            lr = self._lr(epoch, it)
-            with self._autocast():
-                logits = self.net(x)
-                loss_sum = F.cross_entropy(logits, y, reduction="sum")
-            # Mean over the global batch once DDP averages over ranks.
-            loss = loss_sum * (self.world_size / self.batches.global_size(it))
-            self.optimizer.zero_grad()
-            loss.backward()
-            self.optimizer.step()
-            set_dropout_masks(self.model, None)
-            correct = (logits.argmax(dim=1) == y).sum()
-            if self._end_step(meter, it, lr, loss_sum.detach(), correct, int(y.shape[0]),
-                              should_stop):
-                return {"interrupted": True, "iteration": it + 1}
-        return self._end_epoch()
-
-    def _set_dropout_masks(self, epoch: int, it: int) -> None:
-        masks = self._dropout_masks(epoch, it)
+    def step(self, x: torch.Tensor, y: torch.Tensor, masks: list[np.ndarray] | None,
+             loss_scale: float) -> tuple[torch.Tensor, torch.Tensor, int]:
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         set_dropout_masks(self.model, masks and [to_device(m, self.device) for m in masks])
+        with self._autocast():
+            logits = self.net(x)
+            loss_sum = F.cross_entropy(logits, y, reduction="sum")
+        loss = loss_sum * loss_scale  # the global batch's mean once DDP averages
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        set_dropout_masks(self.model, None)
+        correct = (logits.argmax(dim=1) == y).sum()
+        return loss_sum.detach(), correct, int(y.shape[0])
 
     def _autocast(self) -> torch.autocast:
         """bf16 autocast of the training forward when asked; weights, optimizer, evaluation and
@@ -141,24 +129,24 @@ class Trainer(loop.Trainer):
         bf16 = self.cfg["Global"]["precision"] == "bf16"
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
 
-    def load_state_dict(self, state: dict) -> None:
+    def optimizer_state(self) -> dict:
+        return self.optimizer.state_dict()
+
+    def load_framework_state(self, state: dict) -> None:
         self.model.load_state_dict(state["state_dict"])
-        self.progress.load_state_dict(state.get("progress"))
         self.optimizer.load_state_dict(state["optimizer"])
         if self.swa_model is not None and state.get("swa_state_dict") is not None:
             self.swa_model.module.load_state_dict(state["swa_state_dict"])
             self.swa_model.n_averaged.fill_(state["swa_n"])
 
-    def update_bn(self) -> None:
-        """As the shared one, moving batches to this rank's device (Paddle's loader places
-        them itself)."""
-        if has_batch_norm(self.model):
-            dist.update_bn(self._whole_epoch(), self.swa_model.module, self.world_size,
-                           self.device)
+    def evaluate_model(self, model: torch.nn.Module) -> dict:
+        return evaluate(model, self.test_loader, self.world_size)
 
-    def _optimizer_state(self) -> dict:
-        return self.optimizer.state_dict()
+    def recompute_bn(self, loader: torch.utils.data.DataLoader, model: torch.nn.Module) -> None:
+        dist.update_bn(loader, model, self.world_size, self.device)  # batches to this device
 
-    _evaluate = staticmethod(evaluate)
-    _to_host = staticmethod(to_host)
-    _has_batch_norm = staticmethod(has_batch_norm)
+    def has_batch_norm(self, model: torch.nn.Module) -> bool:
+        return has_batch_norm(model)
+
+    def to_host(self, tensors: list[torch.Tensor]) -> np.ndarray:
+        return to_host(tensors)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -24,6 +25,7 @@ from swa_recipe.inference import (
     predict_main,
     predict_parser,
 )
+from swa_recipe.logs import LOGGER_NAME
 from swa_recipe.predict import Inputs, format_top_k, read_image, top_k
 from swa_recipe.samples import write_lite_archive, write_test_pngs
 
@@ -284,3 +286,39 @@ def test_tipc_chain_fails_on_a_failed_stage(tmp_path):
     assert proc.returncode == 1 and "Run failed with command - export" in proc.stdout
     assert cli("bash", "test_tipc/prepare.sh", str(config), "lite_train_lite_infer",
                env={"CIFAR10_ARCHIVE": ""}).returncode == 2
+
+
+def fake_cuda_build_without_gpu(monkeypatch, framework: str) -> None:
+    """A CUDA build on a host whose GPUs are hidden, as the training path's tests pass it to
+    ``swa_recipe.device.resolve_device``, here faked where each framework answers."""
+    if framework == "paddle":
+        import paddle
+
+        monkeypatch.setattr(paddle, "is_compiled_with_cuda", lambda: True)
+        monkeypatch.setattr(paddle.device.cuda, "device_count", lambda: 0)
+    else:
+        import torch
+
+        monkeypatch.setattr(torch.backends.cuda, "is_built", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+
+
+@pytest.mark.parametrize("framework", ["paddle", "torch"])
+def test_infer_auto_on_a_cuda_build_without_a_gpu_runs_on_the_cpu(
+        framework, checkpoints, archive100, tmp_path, monkeypatch, capsys):
+    """infer.py's ``--device auto`` follows train.py's policy (``swa_recipe.device``): a GPU only
+    when one is visible, so a CUDA build without one infers on the CPU, with the same note;
+    ``--device gpu`` there is refused in one line."""
+    extra = ["--model", "VGG16", "-o", "Arch.width=0.0625"] if framework == "torch" else []
+    ok(cli(sys.executable, "tools/export_model.py", "--model_path", str(checkpoints[framework]),
+           "--save_dir", str(tmp_path), *extra))
+    fake_cuda_build_without_gpu(monkeypatch, framework)
+    # notes go to stderr, not to a run logger an in-process training test left behind
+    monkeypatch.setattr(logging.getLogger(LOGGER_NAME), "handlers", [])
+    args = ["--model_dir", str(tmp_path), "--index", "0", "--data_path", str(archive100)]
+    assert run(lambda: infer_main(infer_parser().parse_args(args)), False) == 0
+    out, err = capsys.readouterr()
+    assert f"(VGG16, {framework}, cpu)" in out
+    assert f"note: --device auto: {framework} runs on the CPU" in err
+    line = refused(capsys, infer_main, infer_parser().parse_args([*args, "--device", "gpu"]))
+    assert f"--device is gpu but {framework} sees no GPU" in line

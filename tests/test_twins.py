@@ -214,8 +214,8 @@ def test_trainers_take_every_schedule_from_the_closed_form(archive):
     seen = []
     for epoch in range(6):
         want = learning_rate(cfg, epoch, 0, pt.iters)
-        pt._lr(epoch, 0)
-        tt._lr(epoch, 0)
+        pt.set_lr(pt.learning_rate(epoch, 0))
+        tt.set_lr(tt.learning_rate(epoch, 0))
         assert pt.optimizer.get_lr() == want == tt.optimizer.param_groups[0]["lr"]
         seen.append(want)
     assert len(set(seen)) == 4  # lr_init, two epochs of the anneal, then swa_lr
@@ -248,3 +248,17 @@ def test_checkpoints_with_the_old_scheduler_and_rng_entries_still_resume(archive
     resumed = run(tmp_path / "b", resume=str(old))
     for key, value in straight["state_dict"].items():
         assert np.array_equal(np.asarray(value), np.asarray(resumed["state_dict"][key])), key
+
+
+@pytest.mark.parametrize("framework", ["paddle", "torch"])
+def test_dropout_that_cannot_be_drawn_per_sample_is_refused_in_one_line(archive, framework):
+    """WideResNet's dropout would draw from the framework's generator (no bit-exact resume,
+    twins with different masks): training it refuses, before building anything."""
+    from swa_recipe.config import ConfigError
+    from swa_recipe.twins import import_twin
+
+    cfg = tiny_config(archive, Arch={"model": "WideResNet28x10", "depth": 10, "dropout": 0.3},
+                      Global={"framework": framework})
+    with pytest.raises(ConfigError, match=r"^Arch\.dropout=0\.3: WideResNet28x10's dropout") as e:
+        import_twin(framework).trainer.Trainer(cfg)
+    assert "\n" not in str(e.value)

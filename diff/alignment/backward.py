@@ -114,11 +114,11 @@ def backward(ctx: Context, cfg: dict, tag: str, twin_gate: bool) -> None:
     probe = Probe(tt.model, pt.model, grads=True)
     for it in range(10):
         # the body of Trainer.train_epoch (one process), on the fake batch
-        pt._lr(0, it)
+        pt.set_lr(pt.learning_rate(0, it))
         pd_loss = pF.cross_entropy(pt.model(px), py, reduction="sum") * (1.0 / len(y))
         pt.optimizer.clear_grad()
         pd_loss.backward()
-        tt._lr(0, it)
+        tt.set_lr(tt.learning_rate(0, it))
         th_loss = tF.cross_entropy(tt.model(tx), ty, reduction="sum") * (1.0 / len(y))
         tt.optimizer.zero_grad()
         th_loss.backward()

@@ -46,12 +46,13 @@ def step_lr(ctx: Context) -> None:
 
 
 def trainer_lrs(pt, tt, epochs: int, iters: int) -> tuple[np.ndarray, np.ndarray]:
-    """What each trainer's optimizer holds after ``_lr(epoch, it)`` of every iteration."""
+    """What each trainer's optimizer holds after ``set_lr(learning_rate(epoch, it))``, as
+    ``train_epoch`` sets it before every step."""
     pd_lr, th_lr = np.zeros((epochs, iters)), np.zeros((epochs, iters))
     for epoch in range(epochs):
         for it in range(iters):
-            pt._lr(epoch, it)
-            tt._lr(epoch, it)
+            pt.set_lr(pt.learning_rate(epoch, it))
+            tt.set_lr(tt.learning_rate(epoch, it))
             pd_lr[epoch, it] = pt.optimizer.get_lr()
             th_lr[epoch, it] = tt.optimizer.param_groups[0]["lr"]
     return pd_lr, th_lr

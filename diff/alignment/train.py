@@ -21,7 +21,6 @@ from .twins import (
     eval_loaders,
     load_torch_into_paddle,
     paddle_state_as_torch,
-    patched,
     to_paddle_weights,
     torch_state,
 )
@@ -42,16 +41,14 @@ def recording_meter(sink: list) -> type:
 def train_twins(ctx: Context, cfg: dict, epochs: int, on_epoch: Callable | None = None):
     """Both trainers from the torch trainer's init (converted), the same batches, the real
     ``train_epoch`` / ``collect`` / ``update_bn`` / ``evaluate``; per-iteration (lr, loss)."""
-    tt = th_trainer.Trainer(cfg)
-    pt = pd_trainer.Trainer(cfg)
+    pd_iters, th_iters = [], []
+    tt = th_trainer.Trainer(cfg, meter_class=recording_meter(th_iters))
+    pt = pd_trainer.Trainer(cfg, meter_class=recording_meter(pd_iters))
     apply_break(pt.model, ctx.brk)
     load_torch_into_paddle(tt.model, pt.model, ctx.brk)
-    pd_iters, th_iters = [], []
     for epoch in range(epochs):
-        with patched(pt, "meter_class", recording_meter(pd_iters)):
-            pd_row = pt.train_epoch(epoch)
-        with patched(tt, "meter_class", recording_meter(th_iters)):
-            th_row = tt.train_epoch(epoch)
+        pd_row = pt.train_epoch(epoch)
+        th_row = tt.train_epoch(epoch)
         if schedules.should_collect(cfg, epoch):
             pt.collect()
             tt.collect()
@@ -120,7 +117,7 @@ def chaos_control(ctx: Context, cfg: dict, twin_curve: np.ndarray) -> None:
     """The Paddle twin against itself, every init weight nudged by one float32 ulp (up or down,
     seeded): how far the training dynamics alone carry a rounding-size difference."""
     sink = []
-    trainer = pd_trainer.Trainer(cfg)
+    trainer = pd_trainer.Trainer(cfg, meter_class=recording_meter(sink))
     th_init = th_trainer.Trainer(cfg).model  # the init the twins started from
     state = to_paddle_weights(torch_state(th_init), "none")
     rng = np.random.default_rng([ctx.seed, 7])
@@ -129,8 +126,7 @@ def chaos_control(ctx: Context, cfg: dict, twin_curve: np.ndarray) -> None:
         state[key] = np.nextafter(w, direction)
     pd_ckpt.load_weights(trainer.model, pd_ckpt.from_numpy(state), "<nudged init>")
     for epoch in range(cfg["Global"]["epochs"]):
-        with patched(trainer, "meter_class", recording_meter(sink)):
-            trainer.train_epoch(epoch)
+        trainer.train_epoch(epoch)
     curve = np.array(sink)[:, 3]
     mean, mx = diff_stats(curve, twin_curve)
     ctx.rows.append(Row("train", "control: Paddle vs Paddle with every init weight nudged by "
