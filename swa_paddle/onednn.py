@@ -10,9 +10,11 @@ environment before ``import paddle``; ``swa_recipe.runtime.tune_cpu_env`` sets i
 gradient as one GEMM: oneDNN's bias reduction is a reference kernel that alone took 40 % of a
 training step.
 
-Parameters, initialisation and checkpoints are those of ``paddle.nn.Conv2D``. Where the fast path
-is unavailable (no oneDNN in the build, PIR enabled, not on CPU, not float32) or disabled with
-:func:`enable`, :class:`Conv2D` is ``paddle.nn.Conv2D``.
+Parameters, initialisation and checkpoints are those of ``paddle.nn.Conv2D``. The fast path is a
+property of each model (:func:`enable` turns it on for one model's convolutions, as
+``build_model`` does for ``Global.onednn true``), so building another model never reroutes one
+already built. Where it is unavailable (no oneDNN in the build, PIR enabled, not on CPU, not
+float32) or off, :class:`Conv2D` is ``paddle.nn.Conv2D``.
 """
 
 from __future__ import annotations
@@ -25,21 +27,22 @@ from paddle import nn
 from paddle.autograd import PyLayer
 from paddle.base import core
 
-_enabled = False
-
 
 def available() -> bool:
     """Whether this process can run oneDNN convolutions from eager mode."""
     return core.is_compiled_with_mkldnn() and not paddle.framework.use_pir_api()
 
 
-def enable(on: bool = True) -> bool:
-    """Route :class:`Conv2D` through oneDNN (process-wide); return whether it now is."""
-    global _enabled
-    _enabled = on and available()
-    if _enabled:
+def enable(model: nn.Layer, on: bool = True) -> bool:
+    """Route ``model``'s :class:`Conv2D` layers through oneDNN (``on``) or Paddle's own kernel;
+    return whether they now run oneDNN. Other models keep their setting."""
+    on = on and available()
+    if on:
         paddle.set_flags({"FLAGS_use_mkldnn": True})
-    return _enabled
+    for layer in model.sublayers(include_self=True):
+        if isinstance(layer, Conv2D):
+            layer.use_onednn = on
+    return on
 
 
 @functools.cache
@@ -88,9 +91,10 @@ class Conv2D(nn.Conv2D):
         super().__init__(*args, **kwargs)
         if self._data_format != "NCHW" or self._padding_mode != "zeros":
             raise ValueError("onednn.Conv2D supports NCHW with zero padding; use paddle.nn.Conv2D")
+        self.use_onednn = False  # :func:`enable` sets it per model
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        if not (_enabled and x.place.is_cpu_place() and x.dtype == paddle.float32):
+        if not (self.use_onednn and x.place.is_cpu_place() and x.dtype == paddle.float32):
             return super().forward(x)
         conv = _static_conv(_key(self._stride), _key(self._padding), _key(self._dilation),
                             self._groups, paddle.is_grad_enabled())

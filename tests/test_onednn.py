@@ -22,18 +22,13 @@ from swa_torch import models as th_models
 pytestmark = pytest.mark.skipif(not core.is_compiled_with_mkldnn(), reason="no oneDNN in Paddle")
 
 
-@pytest.fixture
-def fast():
-    assert onednn.enable(True), "tests run with tune_cpu_env, so the fast path must be available"
-    yield
-    onednn.enable(False)
-
-
-def pair(cin: int, cout: int, seed: int = 0, **kw) -> tuple[paddle.nn.Conv2D, onednn.Conv2D]:
+def pair(cin: int, cout: int, seed: int = 0, fast: bool = True, **kw
+         ) -> tuple[paddle.nn.Conv2D, onednn.Conv2D]:
     paddle.seed(seed)
     ref = paddle.nn.Conv2D(cin, cout, 3, padding=1, **kw)
     ours = onednn.Conv2D(cin, cout, 3, padding=1, **kw)
     ours.set_state_dict(ref.state_dict())
+    assert onednn.enable(ours, fast) == fast, "tests run with tune_cpu_env: oneDNN is available"
     return ref, ours
 
 
@@ -54,7 +49,7 @@ def relative(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.mark.parametrize("cin,cout,size,batch,bias", [
     (3, 8, 32, 4, True), (16, 32, 8, 5, True), (32, 32, 2, 3, True), (8, 16, 4, 2, False)])
-def test_forward_and_gradients_equal_paddle_conv(fast, cin, cout, size, batch, bias):
+def test_forward_and_gradients_equal_paddle_conv(cin, cout, size, batch, bias):
     ref, ours = pair(cin, cout, bias_attr=None if bias else False)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, cin, size, size), dtype=np.float32)
@@ -64,7 +59,7 @@ def test_forward_and_gradients_equal_paddle_conv(fast, cin, cout, size, batch, b
     assert onednn._static_conv.cache_info().currsize > 0  # the oneDNN path ran
 
 
-def test_new_batch_size_and_no_grad(fast):
+def test_new_batch_size_and_no_grad():
     ref, ours = pair(4, 8)
     for batch in (6, 1, 6):
         x = paddle.randn([batch, 4, 8, 8])
@@ -72,7 +67,7 @@ def test_new_batch_size_and_no_grad(fast):
             assert relative(ours(x).numpy(), ref(x).numpy()) < 1e-5
 
 
-def test_deepcopy_uses_its_own_weights(fast):
+def test_deepcopy_uses_its_own_weights():
     """AveragedModel deep-copies the network: the copy must not run the original's weights."""
     _, ours = pair(4, 8)
     twin = copy.deepcopy(ours)
@@ -95,8 +90,7 @@ def test_bias_gradient_is_the_sum_over_images_and_pixels():
 
 
 def test_disabled_is_exactly_paddle_conv():
-    assert not onednn.enable(False)
-    ref, ours = pair(4, 8)
+    ref, ours = pair(4, 8, fast=False)
     x = np.random.default_rng(1).standard_normal((2, 4, 8, 8), dtype=np.float32)
     g = np.ones((2, 8, 8, 8), np.float32)
     for a, b in zip(forward_backward(ours, x, g), forward_backward(ref, x, g), strict=True):
@@ -108,13 +102,14 @@ def test_refuses_layouts_it_does_not_run():
         onednn.Conv2D(4, 8, 3, data_format="NHWC")
 
 
-def test_build_model_follows_the_config():
+def test_build_model_follows_the_config_per_model():
+    """``Global.onednn`` sets the kernels of the model built, never of one built before."""
     cfg = tiny_config("unused.tar.gz")
-    model = pd_models.build_model(cfg)
-    assert onednn._enabled and isinstance(model.features[0], onednn.Conv2D)
+    fast = pd_models.build_model(cfg)
+    assert isinstance(fast.features[0], onednn.Conv2D) and fast.features[0].use_onednn
     cfg["Global"]["onednn"] = False
-    pd_models.build_model(cfg)
-    assert not onednn._enabled
+    native = pd_models.build_model(cfg)
+    assert not native.features[0].use_onednn and fast.features[0].use_onednn
     try:
         th_models.build_model(cfg)
         assert not torch.backends.mkldnn.enabled
@@ -133,7 +128,6 @@ def test_vgg_logits_equal_with_and_without_onednn():
         model.eval()
         with paddle.no_grad():
             logits.append(model(x).numpy())
-    onednn.enable(False)
     assert relative(logits[1], logits[0]) < 1e-5
 
 
@@ -141,7 +135,7 @@ def test_pir_process_falls_back_to_paddle_conv():
     """Without the legacy IR (a user who set FLAGS_enable_pir_api=1) the model still runs."""
     code = ("from conftest import tiny_config; import paddle;"
             "from swa_paddle import models, onednn;"
-            "m = models.build_model(tiny_config('unused.tar.gz')); print(onednn._enabled,"
+            "m = models.build_model(tiny_config('unused.tar.gz')); print(m.features[0].use_onednn,"
             " tuple(m(paddle.randn([2, 3, 32, 32])).shape))")
     env = {**os.environ, "FLAGS_enable_pir_api": "1", "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
@@ -185,7 +179,6 @@ def test_residual_model_trains_after_a_forward_without_gradients(archive, model,
             net(x)
         net(x).sum().backward()
         grads.append({k: p.grad.numpy() for k, p in net.named_parameters() if p.grad is not None})
-    onednn.enable(True)
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for k in grads[0]:
         scale = float(np.abs(grads[1][k]).mean()) or 1.0

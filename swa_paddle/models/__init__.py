@@ -18,7 +18,8 @@ FAMILIES = {"vgg": VGG, "preresnet": PreResNet, "wide_resnet": WideResNet}
 
 
 def build_model(cfg: dict) -> nn.Layer:
-    """The config's model; ``Global.onednn`` picks the convolution kernels for the process."""
-    onednn.enable(cfg["Global"]["onednn"])
+    """The config's model; ``Global.onednn`` picks its convolution kernels (this model's only)."""
     kind, kwargs = model_kwargs(cfg)
-    return FAMILIES[kind](**kwargs)
+    model = FAMILIES[kind](**kwargs)
+    onednn.enable(model, cfg["Global"]["onednn"])
+    return model
