@@ -33,7 +33,7 @@ from .datasets import CIFAR10, DATASETS
 from .runtime import user_home
 from .safe_pickle import short
 
-CIFAR10_URL, CIFAR10_MD5 = CIFAR10.url, CIFAR10.md5
+CIFAR10_MD5 = CIFAR10.md5
 ARCHIVE_NAME, FOLDER_NAME = CIFAR10.archive, CIFAR10.folder
 TRAIN_FILES, TEST_FILES = CIFAR10.train_files, CIFAR10.test_files
 # The original repo's VGG normalisation (ImageNet statistics; ``arch.normalization`` per model).

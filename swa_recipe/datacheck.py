@@ -45,9 +45,6 @@ class Layout:
         """A bound on one batch file's size: all images of the larger split in one file."""
         return max(self.train_size, self.test_size) * (IMAGE_BYTES + PICKLE_OVERHEAD)
 
-    def max_total_bytes(self) -> int:
-        return (self.train_size + self.test_size) * (IMAGE_BYTES + PICKLE_OVERHEAD)
-
 
 def check_member_size(size: int, name: str, origin, layout: Layout) -> None:
     """Refuse before reading a member or file bigger than any official one could be."""

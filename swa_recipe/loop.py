@@ -228,8 +228,10 @@ class Trainer(abc.ABC):
             self.recompute_bn(self._whole_epoch(), self.swa_model.module)
 
     def state_dict(self, epoch: int) -> dict:
-        """The original repo's layout, plus config, mid-epoch progress and the seed every random
-        draw derives from (data order, augmentation and dropout: no RNG state)."""
+        """The original repo's layout, plus config and mid-epoch progress. No RNG state: data
+        order, augmentation and dropout derive from the config's seed and the position, and the
+        learning rate is a closed form of the position (an older checkpoint's ``scheduler`` and
+        ``rng`` entries are ignored)."""
         self.dist.broadcast_bn_stats(self.model, self.world_size)
         return {
             "epoch": epoch,
@@ -239,8 +241,6 @@ class Trainer(abc.ABC):
             "optimizer": self.optimizer_state(),
             "config": self.cfg,
             "progress": self.progress.state_dict(),
-            "rng": {"seed": self.cfg["Global"]["seed"],
-                    "dropout": "swa_recipe.dropout.keep_masks(seed, epoch, sample index)"},
         }
 
     def load_state_dict(self, state: dict) -> None:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 
 def original_lr(epoch: int, lr_init: float, epochs: int, swa: bool, swa_start: int,
                 swa_lr: float) -> float:
@@ -85,12 +83,6 @@ def learning_rate(cfg: dict, epoch: int, it: int = 0, iters: int = 1) -> float:
                         swa["anneal_epochs"], swa["anneal_strategy"])
     return original_lr(epoch, opt["lr_init"], epochs, swa["swa"], swa["swa_start"],
                        swa["swa_lr"])
-
-
-def iteration_lrs(cfg: dict, iters: int) -> np.ndarray:
-    """Every iteration's learning rate over the whole run (epochs x iters)."""
-    return np.array([[learning_rate(cfg, e, i, iters) for i in range(iters)]
-                     for e in range(cfg["Global"]["epochs"])])
 
 
 def should_collect(cfg: dict, epoch: int) -> bool:

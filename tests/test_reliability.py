@@ -249,3 +249,17 @@ def test_sigterm_mid_epoch_then_resume_is_exact(framework, archive, tmp_path):
             assert np.array_equal(a[key][name], b[key][name]), (key, name)
     strip = lambda p: [ln.rsplit(",", 1)[0] for ln in p.read_text().splitlines()]  # noqa: E731
     assert strip(ref / "metrics.csv") == strip(run / "metrics.csv")
+
+
+def test_fault_test_tool_passes_on_a_short_run(lite_archive, tmp_path):
+    """``tools/fault_test.py`` (docs/reliability.md), shortened: a SIGKILL and a SIGTERM, each
+    resumed with ``--resume auto``, and the end state bit-identical to an uninterrupted run."""
+    proc = subprocess.run(
+        [sys.executable, "tools/fault_test.py", "--framework", "torch", "--kills", "2",
+         "--sigterm_every", "2", "--data_path", str(lite_archive), "--work_dir", str(tmp_path),
+         "-o", "Global.epochs=5", "-o", "SWA.swa_start=3", "-o", "Data.train_subset=256",
+         "-o", "Data.test_subset=128"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "PASS: 2 kills" in proc.stdout
+    assert "SIGKILL" in proc.stdout and "SIGTERM" in proc.stdout and "exit 143" in proc.stdout

@@ -13,7 +13,6 @@ from swa_recipe.schedules import (
     anneal,
     cyclic_lr,
     cyclic_start,
-    iteration_lrs,
     learning_rate,
     original_lr,
     should_collect,
@@ -270,21 +269,3 @@ def test_collect_every_third_epoch():
     collected = [e for e in range(EPOCHS) if should_collect(cfg, e)]
     assert collected == list(range(160, 200, 3))
     assert collected[:4] == [160, 163, 166, 169]
-
-
-# -------------------------------------------------------------------------- iteration_lrs
-
-
-def test_iteration_lrs_shape_and_values():
-    cfg = config(Global={"epochs": 12}, SWA={"swa": True, "swa_start": 9},
-                 Optimizer={"schedule": "cyclic"})
-    lrs = iteration_lrs(cfg, 7)
-    assert lrs.shape == (12, 7)
-    for e in range(12):
-        for i in range(7):
-            assert lrs[e, i] == learning_rate(cfg, e, i, 7)
-    assert lrs[8, -1] == pytest.approx(SWA_LR, abs=1e-15)
-    original = iteration_lrs(config(Global={"epochs": 10}), 3)
-    assert original.shape == (10, 3)
-    assert (original == original[:, :1]).all()  # constant within an epoch
-    assert original[0, 0] == LR and original[-1, 0] == pytest.approx(0.0005, abs=1e-15)
