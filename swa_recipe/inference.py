@@ -7,7 +7,6 @@ Like ``cli.py``, nothing here imports a framework at module level (``tune_cpu_en
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import time
 from collections.abc import Callable
@@ -37,15 +36,10 @@ from .predict import (
     read_images,
     test_images,
 )
-from .runtime import import_banner_hidden, tune_cpu_env
+from .runtime import tune_cpu_env
+from .twins import import_export
 
 Predict = Callable[[np.ndarray], np.ndarray]
-
-
-def import_module(framework: str, name: str) -> ModuleType:
-    """``swa_{framework}.{name}``, imported as ``cli.import_twin`` imports (banner hidden)."""
-    with import_banner_hidden():
-        return importlib.import_module(f"swa_{framework}.{name}")
 
 
 def add_input_args(parser: argparse.ArgumentParser) -> None:
@@ -90,7 +84,7 @@ def predict_parser() -> argparse.ArgumentParser:
 def predict_main(args: argparse.Namespace) -> int:
     twin, cfg, label, model = load_model(args)
     inputs = read_inputs(args, cfg)
-    export = import_module(cfg["Global"]["framework"], "export")
+    export = import_export(cfg["Global"]["framework"])
     logits = batched(lambda x: export.run_model(model, x), preprocess(inputs.images, cfg),
                      cfg["Data"]["batch_size"])
     print(f"{label} of {args.model_path} ({cfg['Arch']['model']}, {cfg['Global']['framework']})")
@@ -109,7 +103,7 @@ def export_parser() -> argparse.ArgumentParser:
 def export_main(args: argparse.Namespace) -> int:
     twin, cfg, label, model = load_model(args, for_export=True)
     ensure_writable(args.save_dir)
-    export = import_module(cfg["Global"]["framework"], "export")
+    export = import_export(cfg["Global"]["framework"])
     files = export.export(model, args.save_dir)
     save_config(cfg, os.path.join(args.save_dir, CONFIG_FILE))
     print(f"exported the {label} of {args.model_path} ({cfg['Arch']['model']}) to "
@@ -140,7 +134,7 @@ def infer_main(args: argparse.Namespace) -> int:
     if args.data_path:
         cfg["Data"]["data_path"] = args.data_path
     tune_cpu_env()
-    export = import_module(framework, "export")
+    export = import_export(framework)
     predictor = export.Predictor(args.model_dir, args.device)
     check_class_count(predictor.num_classes, cfg, args.model_dir)
     inputs = read_inputs(args, cfg)
@@ -199,7 +193,7 @@ def check_export(framework: str, cfg: dict, weights: dict | None, images: np.nda
     compare the exported program's logits with the dynamic model's on ``images``."""
     tune_cpu_env()
     twin = import_twin(framework)
-    export = import_module(framework, "export")
+    export = import_export(framework)
     x = preprocess(images, cfg)
     if weights is None:
         weights = random_weights(framework, cfg, x)
@@ -220,5 +214,5 @@ def random_weights(framework: str, cfg: dict, x: np.ndarray) -> dict:
     twin = import_twin(framework)
     model = twin.models.build_model(cfg)
     batch = twin.checkpoint.from_numpy({"x": x})["x"]
-    import_module(framework, "dist").update_bn([(batch,)], model, 1)
+    twin.dist.update_bn([(batch,)], model, 1)
     return model.state_dict()

@@ -117,14 +117,13 @@ def small_config(model: str, framework: str, **arch) -> dict:
 
 def export_twin(framework: str, save_dir: Path, model: str = "VGG16", **arch) -> list[str]:
     """The project's own export of a small model (framework convolutions, as export_model)."""
-    from swa_recipe.inference import import_module
     from swa_recipe.predict import export_config
-    from swa_recipe.twins import import_twin
+    from swa_recipe.twins import import_export, import_twin
 
     cfg = export_config(small_config(model, framework, **arch))
     save_dir.mkdir(parents=True, exist_ok=True)
     module = import_twin(framework).models.build_model(cfg)
-    return import_module(framework, "export").export(module, str(save_dir))
+    return import_export(framework).export(module, str(save_dir))
 
 
 @pytest.fixture(scope="module")
@@ -741,13 +740,12 @@ def test_export_into_a_missing_folder_is_one_error(tmp_path, framework):
     from swa_recipe.checkpoint import CheckpointError
 
     with pytest.raises(CheckpointError, match="cannot write the export to .*pass a writable"):
-        from swa_recipe.inference import import_module
         from swa_recipe.predict import export_config
-        from swa_recipe.twins import import_twin
+        from swa_recipe.twins import import_export, import_twin
 
         cfg = export_config(small_config("VGG16", framework))
         module = import_twin(framework).models.build_model(cfg)
-        import_module(framework, "export").export(module, str(tmp_path / "missing"))
+        import_export(framework).export(module, str(tmp_path / "missing"))
 
 
 def test_a_failed_torch_export_keeps_the_previous_export(tmp_path, monkeypatch):
@@ -818,16 +816,15 @@ def test_an_unwritable_download_cache_is_one_line(tmp_path, monkeypatch):
 def test_predictor_knows_its_class_count(tmp_path, framework):
     """``num_classes`` (from one pass over black images) is what a caller compares with
     ``config.yaml``'s dataset before printing class names."""
-    from swa_recipe.inference import import_module
     from swa_recipe.predict import export_config
-    from swa_recipe.twins import import_twin
+    from swa_recipe.twins import import_export, import_twin
 
     for classes, dataset in ((10, "CIFAR10"), (100, "CIFAR100")):
         cfg = export_config(small_config("VGG16", framework))
         cfg["Data"]["dataset"], cfg["Arch"]["num_classes"] = dataset, classes
         folder = tmp_path / dataset
         folder.mkdir()
-        export = import_module(framework, "export")
+        export = import_export(framework)
         export.export(import_twin(framework).models.build_model(cfg), str(folder))
         assert export.Predictor(str(folder), "cpu").num_classes == classes
 

@@ -79,14 +79,13 @@ def test_resume_or_eval_of_a_fifo_or_a_device_is_one_line(tmp_path, alarm, capsy
 def small_export(framework: str, save_dir: Path) -> Path:
     """The project's own export of a small 10-class VGG16."""
     from conftest import tiny_config
-    from swa_recipe.inference import import_module
     from swa_recipe.predict import export_config
-    from swa_recipe.twins import import_twin
+    from swa_recipe.twins import import_export, import_twin
 
     cfg = export_config(tiny_config("/nonexistent", Global={"framework": framework}))
     save_dir.mkdir(parents=True, exist_ok=True)
     module = import_twin(framework).models.build_model(cfg)
-    import_module(framework, "export").export(module, str(save_dir))
+    import_export(framework).export(module, str(save_dir))
     return save_dir
 
 
