@@ -5,7 +5,7 @@
 
 import sys
 
-from swa_recipe.console import evaluate
+from swa_apps.console import evaluate
 
 if __name__ == "__main__":
     sys.exit(evaluate())

@@ -5,7 +5,7 @@
 
 import sys
 
-from swa_recipe.console import predict
+from swa_apps.console import predict
 
 if __name__ == "__main__":
     sys.exit(predict())

@@ -5,7 +5,7 @@
 
 import sys
 
-from swa_recipe.console import train
+from swa_apps.console import train
 
 if __name__ == "__main__":
     sys.exit(train())

@@ -182,7 +182,7 @@ def host_reads(framework: str):
 
 def host_syncs(framework: str, data_path: str | None, log_freq: int = 5) -> dict:
     """Host reads per step of a real training epoch (1/16 width, 10 steps of 128 images)."""
-    from swa_recipe.cli import import_twin
+    from swa_apps.cli import import_twin
     from swa_recipe.config import default_config, merge, validate
 
     cfg = validate(merge(default_config(), {
@@ -204,7 +204,7 @@ def loader_ips(data_path: str | None, images: int = 2560) -> float:
     throughput (workers are independent processes, so N workers give about N times this)."""
     import numpy as np
 
-    from swa_recipe.cifar import CIFARDataset, EpochBatches, load_cifar10, subset
+    from swa_recipe.data.cifar import CIFARDataset, EpochBatches, load_cifar10, subset
 
     train = subset(load_cifar10(data_path)[0], images)
     dataset = CIFARDataset(train, train=True, seed=1)
@@ -227,7 +227,7 @@ def rss_mb() -> float:
 
 def lite_rss(args: argparse.Namespace, epochs: int = 6) -> list[float]:
     """RSS after each epoch of the lite run (train, collect, evaluate), in a fresh process."""
-    from swa_recipe.cli import import_twin
+    from swa_apps.cli import import_twin
     from swa_recipe.config import load_yaml, merge, validate
 
     framework = args.worker
@@ -247,7 +247,7 @@ def lite_rss(args: argparse.Namespace, epochs: int = 6) -> list[float]:
 
 def worker(args: argparse.Namespace) -> dict:
     """One framework's figures, in this process."""
-    from swa_recipe.cli import import_twin
+    from swa_apps.cli import import_twin
 
     framework = args.worker
     twin = import_twin(framework)

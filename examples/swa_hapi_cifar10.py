@@ -3,7 +3,7 @@
 
     python examples/swa_hapi_cifar10.py --data_path ../shared/data/cifar-10-python.tar.gz
 
-Only the data reading comes from this project (``swa_recipe.cifar``); the rest is plain Paddle
+Only the data reading comes from this project (``swa_recipe.data.cifar``); the rest is plain Paddle
 plus ``swa_paddle.callbacks.SWA``.
 """
 
@@ -24,7 +24,7 @@ import paddle  # noqa: E402
 
 from swa_paddle.callbacks import SWA  # noqa: E402
 from swa_paddle.models import VGG  # noqa: E402
-from swa_recipe.cifar import load_cifar10, normalize  # noqa: E402
+from swa_recipe.data.cifar import load_cifar10, normalize  # noqa: E402
 
 
 class Images(paddle.io.Dataset):

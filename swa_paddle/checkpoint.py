@@ -15,7 +15,7 @@ from swa_recipe.checkpoint import (
     plain_layout,
     safe_unpickle,
 )
-from swa_recipe.safe_pickle import UnsafePickle
+from swa_recipe.data.safe_pickle import UnsafePickle
 
 
 def save(state: dict, path: str) -> None:
@@ -51,7 +51,7 @@ def _as_paddle_load(obj):
 
 def load(path: str) -> dict:
     """What ``paddle.load`` returns, through the restricted unpickler of
-    ``swa_recipe.safe_pickle``: loading never runs code hidden in the file, and never builds
+    ``swa_recipe.data.safe_pickle``: loading never runs code hidden in the file, and never builds
     more than the file holds."""
     try:
         return _as_paddle_load(safe_unpickle(path))

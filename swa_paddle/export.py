@@ -23,9 +23,9 @@ from paddle import inference, nn
 from paddle.base.proto import framework_pb2
 
 from swa_recipe.checkpoint import CheckpointError, check_export_destinations
+from swa_recipe.data.safe_pickle import short
 from swa_recipe.predict import IMAGE_SIZE, PREFIX, class_count
 from swa_recipe.runtime import usable_cpus
-from swa_recipe.safe_pickle import short
 
 from .models import build_model
 from .trainer import choose_device, set_device

@@ -21,7 +21,7 @@ import paddle
 from paddle import nn
 
 from swa_recipe.bn import AllReduce, BatchStats
-from swa_recipe.safe_pickle import short
+from swa_recipe.data.safe_pickle import short
 from swa_recipe.schedules import anneal
 
 __all__ = ["AveragedModel", "SWALR", "get_ema_avg_fn", "get_ema_multi_avg_fn", "get_swa_avg_fn",

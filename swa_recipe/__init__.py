@@ -1,3 +1,4 @@
-"""Framework-free half of swa-paddle: config, CIFAR-10/100 and their augmentation, schedules, run
-loop, logs and checkpoint plumbing, shared by the Paddle twin (``swa_paddle``) and the PyTorch
-twin (``swa_torch``)."""
+"""The framework-free core of swa-paddle: config, schedules, the epoch and batch loop
+(``loop.Trainer``, the seam the twins fill in), logs, run directory, checkpoint rules, BN and
+dropout rules, device and CPU settings, and data input (``swa_recipe.data``). It imports
+neither Paddle nor torch, nor anything above it (tests/test_imports.py)."""

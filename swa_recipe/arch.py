@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .cifar import MEAN, STD
+from swa_recipe.data.cifar import MEAN, STD
 
 LAYOUTS = {
     16: [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],

@@ -10,10 +10,10 @@ import re
 import tempfile
 from collections.abc import Callable
 
-from . import regular, safe_pickle
-from .modelsize import weight_count
-from .numbers import NumberError, to_float, to_int
-from .safe_pickle import short
+from swa_recipe.data import regular, safe_pickle
+from swa_recipe.data.safe_pickle import short
+from swa_recipe.modelsize import weight_count
+from swa_recipe.numbers import NumberError, to_float, to_int
 
 # What a checkpoint must agree on with the run that loads it.
 IDENTITY_KEYS = (("Arch", "model"), ("Arch", "width"), ("Arch", "depth"),

@@ -17,12 +17,12 @@ from typing import Any
 
 import yaml
 
-from .arch import MODELS, check_arch
-from .checkpoint import atomic_save
-from .datasets import DATASETS
-from .numbers import NumberError, short, to_float, to_int
-from .numbers import load_yaml as load_numbers_yaml
-from .runtime import launched_world_size
+from swa_recipe.arch import MODELS, check_arch
+from swa_recipe.checkpoint import atomic_save
+from swa_recipe.data.datasets import DATASETS
+from swa_recipe.numbers import NumberError, short, to_float, to_int
+from swa_recipe.numbers import load_yaml as load_numbers_yaml
+from swa_recipe.runtime import launched_world_size
 
 FRAMEWORKS = ("paddle", "torch")
 SCHEDULES = ("original", "cyclic", "swalr")

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 
-from .config import ConfigError
-from .runtime import launched_local_size, usable_cpus
+from swa_recipe.config import ConfigError
+from swa_recipe.runtime import launched_local_size, usable_cpus
 
 GPU_BUILDS = {
     "paddle": "paddlepaddle-gpu (pip install paddlepaddle-gpu==3.3.1 -i "

@@ -12,9 +12,9 @@ from collections.abc import Iterable, Iterator
 
 import tabulate
 
-from .checkpoint import atomic_save
-from .numbers import to_float, to_int
-from .rundir import writing
+from swa_recipe.checkpoint import atomic_save
+from swa_recipe.numbers import to_float, to_int
+from swa_recipe.rundir import writing
 
 COLUMNS = ["ep", "lr", "tr_loss", "tr_acc", "te_loss", "te_acc", "swa_te_loss", "swa_te_acc",
            "time"]

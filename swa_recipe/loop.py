@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from . import schedules
-from .arch import dropout_widths, model_dropout
-from .checkpoint import (
+from swa_recipe import schedules
+from swa_recipe.arch import dropout_widths, model_dropout
+from swa_recipe.checkpoint import (
     CheckpointError,
     check_counters,
     check_identity,
@@ -36,9 +36,10 @@ from .checkpoint import (
     plain_layout,
     position,
 )
-from .config import ConfigError, run_dir, save_config
-from .dropout import keep_masks
-from .logs import (
+from swa_recipe.config import ConfigError, run_dir, save_config
+from swa_recipe.data.safe_pickle import short
+from swa_recipe.dropout import keep_masks
+from swa_recipe.logs import (
     PROGRESS_SECONDS,
     IterMeter,
     ProgressClock,
@@ -47,9 +48,8 @@ from .logs import (
     open_log_file,
     summarize,
 )
-from .rundir import writing
-from .runtime import launched_world_size
-from .safe_pickle import short
+from swa_recipe.rundir import writing
+from swa_recipe.runtime import launched_world_size
 
 # Under a launcher, ranks agree on a stop signal every this many steps (a collective each time),
 # and all stop at the same step.
@@ -64,8 +64,8 @@ class Trainer(abc.ABC):
     rate, dropout masks, logging, stop requests, EMA updates) and enters the twin through
     :meth:`set_lr` and :meth:`step` once per step. A twin's ``__init__`` calls this one, then
     builds ``device, rank, world_size, model, net, swa_model, optimizer, train_loader,
-    test_loader, batches`` (the loader's ``swa_recipe.datasets.Batches``) and ``iters``, and sets
-    the class attributes ``framework``, ``checkpoint`` and ``dist`` (its twin's modules).
+    test_loader, batches`` (the loader's ``swa_recipe.data.cifar.EpochBatches``) and ``iters``,
+    and sets the class attributes ``framework``, ``checkpoint`` and ``dist`` (its twin's modules).
     ``meter_class`` records each step (``logs.IterMeter``; ``diff/`` passes one that also keeps
     every step's exact values).
     """

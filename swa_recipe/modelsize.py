@@ -10,7 +10,7 @@ memory, hence this count; ``tests/test_hardening2.py`` checks it against both tw
 
 from __future__ import annotations
 
-from .arch import layout, model_kwargs, preresnet_blocks, scaled, wide_resnet_blocks
+from swa_recipe.arch import layout, model_kwargs, preresnet_blocks, scaled, wide_resnet_blocks
 
 
 def _conv(c_in: int, c_out: int, kernel: int, bias: bool) -> int:

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import regular
-from .arch import normalization
-from .checkpoint import CheckpointError
-from .cifar import DataError, load_cifar, normalize
-from .config import MAX_CLASSES, ConfigError, default_config, load_yaml, validate
-from .datasets import DATASETS
-from .numbers import NumberError, to_int
+from swa_recipe.arch import normalization
+from swa_recipe.checkpoint import CheckpointError
+from swa_recipe.config import MAX_CLASSES, ConfigError, default_config, load_yaml, validate
+from swa_recipe.data import regular
+from swa_recipe.data.cifar import DataError, load_cifar, normalize
+from swa_recipe.data.datasets import DATASETS
+from swa_recipe.numbers import NumberError, to_int
 
 IMAGE_SIZE = 32
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -194,7 +194,7 @@ def test_images(cfg: dict, indices: list[int]) -> Inputs:
 
 
 def preprocess(images: np.ndarray, cfg: dict) -> np.ndarray:
-    """The test preprocessing of training (``swa_recipe.cifar.normalize`` with the model's
+    """The test preprocessing of training (``swa_recipe.data.cifar.normalize`` with the model's
     statistics), float32 NCHW."""
     return np.ascontiguousarray(normalize(images, *normalization(cfg)))
 

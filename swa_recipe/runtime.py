@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from .numbers import to_int
+from swa_recipe.numbers import to_int
 
 
 def usable_cpus() -> int:

@@ -8,7 +8,6 @@ import zipfile
 import torch
 from torch import nn
 
-from swa_recipe import safe_pickle
 from swa_recipe.checkpoint import (
     CheckpointError,
     atomic_save,
@@ -18,7 +17,8 @@ from swa_recipe.checkpoint import (
     open_checkpoint,
     plain_layout,
 )
-from swa_recipe.safe_pickle import UnsafePickle, short
+from swa_recipe.data import safe_pickle
+from swa_recipe.data.safe_pickle import UnsafePickle, short
 
 
 def save(state: dict, path: str) -> None:

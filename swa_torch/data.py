@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.utils.data
 
 from swa_recipe.arch import normalization
-from swa_recipe.cifar import CIFARDataset, EpochBatches, Split, load_splits
+from swa_recipe.data.cifar import CIFARDataset, EpochBatches, Split, load_splits
 from swa_recipe.device import loader_workers
 
 

@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from swa_recipe.checkpoint import CheckpointError, check_export_destinations
+from swa_recipe.data.safe_pickle import short
 from swa_recipe.predict import IMAGE_SIZE, PREFIX, class_count
-from swa_recipe.safe_pickle import short
 
 from .models import build_model
 from .trainer import choose_device, torch_device

@@ -1,4 +1,4 @@
-"""The probe of ``swa_recipe.landscape`` for PyTorch: a model whose trainable weights are set
+"""The probe of ``swa_study.landscape`` for PyTorch: a model whose trainable weights are set
 from one flat float64 vector and measured on fixed train and test batches."""
 
 from __future__ import annotations

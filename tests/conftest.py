@@ -121,9 +121,9 @@ def straight_and_resumed(framework: str, archive_path, tmp_path: Path, epochs: i
     """A tiny run of ``epochs`` (``tmp_path/a``) and the same run restarted from its
     ``checkpoint-1`` (``tmp_path/b``): the first run's last table row and both runs' last
     checkpoints, for exact-resume tests."""
+    from swa_apps.twins import import_twin
     from swa_recipe.checkpoint import EXTENSIONS
     from swa_recipe.loop import fit
-    from swa_recipe.twins import import_twin
 
     twin, ext = import_twin(framework), EXTENSIONS[framework]
 

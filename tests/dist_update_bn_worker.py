@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from conftest import tiny_config  # noqa: E402
-from swa_recipe.cli import import_twin  # noqa: E402
+from swa_apps.cli import import_twin  # noqa: E402
 
 
 def main(framework: str, archive: str, out: str, name: str, depth: str) -> None:

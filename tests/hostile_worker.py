@@ -3,7 +3,7 @@
 CASES is a JSON list of ``{"id", "main", "argv"}``, ``main`` one of ``MAINS`` (every entry point
 that reads a file a user may be handed: train, eval, convert, predict, export, infer).
 Paddle and torch are imported first; then the address space is capped at what they took plus
-``LIMIT_MB``, and each case runs through ``swa_recipe.cli.run`` as the scripts do, with its own
+``LIMIT_MB``, and each case runs through ``swa_apps.cli.run`` as the scripts do, with its own
 alarm. OUT gets one JSON line per case (written as it ends): exit code, what the case printed
 on stderr, anything that escaped ``run`` (a traceback), and its time.
 """
@@ -22,7 +22,10 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from swa_recipe import cli, inference  # noqa: E402
+from swa_apps import (
+    cli,  # noqa: E402
+    inference,  # noqa: E402
+)
 from swa_recipe.runtime import tune_cpu_env  # noqa: E402
 
 LIMIT_MB = int(os.environ.get("HOSTILE_LIMIT_MB", "1536"))

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from conftest import make_batches, tiny_config, write_archive, write_folder
-from swa_recipe import cifar
-from swa_recipe.cifar import (
+from swa_recipe.data import cifar
+from swa_recipe.data.cifar import (
     MEAN,
     STD,
     CIFARDataset,

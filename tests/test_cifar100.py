@@ -13,10 +13,10 @@ import pytest
 from test_reliability import assert_refused, cli
 
 from conftest import CIFAR100_FOLDER, make_cifar100, write_archive, write_folder
-from swa_recipe import cifar
-from swa_recipe.cifar import DataError, load_cifar, locate
 from swa_recipe.config import ConfigError, default_config, merge, validate
-from swa_recipe.datasets import DATASETS
+from swa_recipe.data import cifar
+from swa_recipe.data.cifar import DataError, load_cifar, locate
+from swa_recipe.data.datasets import DATASETS
 
 C100 = DATASETS["CIFAR100"]
 MEMBERS = make_cifar100()  # the content of the ``cifar100_archive`` fixture
@@ -110,7 +110,7 @@ def c100_run(request, cifar100_archive, tmp_path_factory):
 def test_training_eval_and_conversion_with_100_classes(c100_run, cifar100_archive, tmp_path):
     framework, out = c100_run
     ckpt = out / f"checkpoint-2{EXT[framework]}"
-    from swa_recipe.twins import import_twin
+    from swa_apps.twins import import_twin
 
     state = import_twin(framework).checkpoint.load(str(ckpt))
     assert state["config"]["Arch"]["num_classes"] == 100

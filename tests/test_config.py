@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, tiny_config
-from swa_recipe.cli import train_parser
+from swa_apps.cli import train_parser
 from swa_recipe.config import (
     ConfigError,
     default_config,

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, tiny_config
-from swa_recipe.cifar import EpochBatches
 from swa_recipe.config import ConfigError, validate
+from swa_recipe.data.cifar import EpochBatches
 
 LAUNCHERS = {
     "paddle": [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2"],
@@ -61,7 +61,7 @@ def test_two_processes_equal_one(launcher, one_process, lite_archive, tmp_path):
     1.5e-5 on these random images, where max-pooling ties let rounding differences of the
     64- and 128-image sums grow; 6e-8 on real images; with per-rank dropout masks the runs
     differ by orders of magnitude more); one set of outputs is written."""
-    from swa_recipe.cli import import_twin
+    from swa_apps.cli import import_twin
 
     framework = launcher.split("-")[0]
     one, two = one_process(framework), tmp_path / "two"
@@ -94,7 +94,7 @@ def test_distributed_update_bn_equals_single_process(launcher, name, depth, n_st
     import torch
     from torch.optim.swa_utils import update_bn
 
-    from swa_recipe.convert import convert_state_dict
+    from swa_apps.convert import convert_state_dict
     from swa_torch.data import build_loaders
     from swa_torch.models import build_model
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import straight_and_resumed, tiny_config
+from swa_apps.convert import convert_state_dict
 from swa_recipe.config import ConfigError, default_config, merge, validate
-from swa_recipe.convert import convert_state_dict
 
 DECAY = 0.6
 
@@ -76,7 +76,7 @@ def test_ema_needs_swa():
 @pytest.mark.parametrize("framework", ["paddle", "torch"])
 def test_ema_run_resumes_exactly_and_evaluates(framework, archive, tmp_path):
     """A whole EMA run (loop, checkpoints, evaluation) equals one restarted from checkpoint-1."""
-    from swa_recipe.twins import import_twin
+    from swa_apps.twins import import_twin
 
     twin = import_twin(framework)
     row, straight, resumed = straight_and_resumed(

@@ -115,7 +115,7 @@ def test_original_repo_checkpoint_loads_into_eval(archive, tmp_path):
 @pytest.mark.parametrize("framework", ["paddle", "torch"])
 def test_resume_continues_exactly(framework, archive, tmp_path):
     """Three epochs straight equal one epoch, a restart from checkpoint-1, and two more."""
-    from swa_recipe.twins import import_twin
+    from swa_apps.twins import import_twin
 
     twin = import_twin(framework)
     _, straight, resumed = straight_and_resumed(framework, archive, tmp_path, 3,
@@ -151,7 +151,7 @@ def test_failed_checkpoint_write_keeps_the_previous_file(tmp_path):
 @pytest.mark.skipif(not (ROOT.parent / "shared" / "data" / "cifar-10-python.tar.gz").exists(),
                     reason="the shared CIFAR-10 copy is not beside the checkout")
 def test_reads_the_full_shared_archive():
-    from swa_recipe.cifar import load_cifar10
+    from swa_recipe.data.cifar import load_cifar10
 
     train, test = load_cifar10(str(ROOT.parent / "shared" / "data" / "cifar-10-python.tar.gz"))
     assert train.images.shape == (50000, 3, 32, 32) and test.images.shape == (10000, 3, 32, 32)

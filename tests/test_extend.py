@@ -1,4 +1,4 @@
-"""Extending a finished SWA run (``swa_recipe.extend``) and the study runner's extensions:
+"""Extending a finished SWA run (``swa_study.extend``) and the study runner's extensions:
 a run extended from 3 to 5 epochs is, bit for bit, a fresh 5-epoch run, in both twins."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, tiny_config
-from swa_recipe import extend
+from swa_study import extend
 
 ENV_RUN = {"PYTHONWARNINGS": "ignore"}
 
@@ -27,9 +27,9 @@ def rows_without_time(path) -> list[dict]:
 
 @pytest.mark.parametrize("framework", ["paddle", "torch"])
 def test_extended_run_equals_a_fresh_longer_run(framework, archive, tmp_path):
+    from swa_apps.twins import import_twin
     from swa_recipe.checkpoint import EXTENSIONS
     from swa_recipe.loop import fit
-    from swa_recipe.twins import import_twin
 
     twin, ext = import_twin(framework), EXTENSIONS[framework]
 
@@ -167,7 +167,7 @@ def test_study_runner_extends_the_shorter_swa_run(lite_archive, tmp_path):
 
 
 def test_machine_record_round_trips_and_reads_cpuinfo(tmp_path):
-    from swa_recipe.provenance import Machine, cpuinfo
+    from swa_study.provenance import Machine, cpuinfo
 
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nmodel name\t: AMD EPYC 7B13\n"
@@ -182,7 +182,7 @@ def test_machine_record_round_trips_and_reads_cpuinfo(tmp_path):
 
 
 def test_command_record_is_portable():
-    from swa_recipe.study import ROOT, portable
+    from swa_study.study import ROOT, portable
 
     cmd = [sys.executable, os.path.join(ROOT, "train.py"), "-o",
            f"Global.dir={os.path.join(ROOT, 'results', 'cpu', 'run')}", "-o",

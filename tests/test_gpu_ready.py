@@ -116,7 +116,7 @@ def test_dropout_masks_belong_to_samples_not_to_ranks():
 
 @pytest.mark.parametrize("framework", ["paddle", "torch"])
 def test_model_applies_the_masks_in_training_only(framework):
-    from swa_recipe.cli import import_twin
+    from swa_apps.cli import import_twin
 
     twin = import_twin(framework)
     cfg = tiny_config(None, Arch={"dropout": 0.5})
@@ -143,7 +143,7 @@ def test_model_applies_the_masks_in_training_only(framework):
 def test_step_values_are_read_only_when_a_line_is_due(framework, archive, tmp_path):
     """10 steps with log_freq 4: 3 reads (steps 4, 8 and the epoch's last), none between;
     evaluation reads once."""
-    from swa_recipe.cli import import_twin
+    from swa_apps.cli import import_twin
 
     cfg = tiny_config(archive, Global={"log_freq": 4, "framework": framework,
                                        "dir": str(tmp_path)},

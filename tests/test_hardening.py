@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from swa_recipe import safe_pickle
-from swa_recipe.safe_pickle import UnsafePickle
+from swa_recipe.data import safe_pickle
+from swa_recipe.data.safe_pickle import UnsafePickle
 
 MEMO_BOMB = b"\x80\x02]r" + struct.pack("<I", 2**28) + b"."  # LONG_BINPUT 2**28, 9 bytes
 
@@ -117,8 +117,8 @@ def small_config(model: str, framework: str, **arch) -> dict:
 
 def export_twin(framework: str, save_dir: Path, model: str = "VGG16", **arch) -> list[str]:
     """The project's own export of a small model (framework convolutions, as export_model)."""
+    from swa_apps.twins import import_export, import_twin
     from swa_recipe.predict import export_config
-    from swa_recipe.twins import import_export, import_twin
 
     cfg = export_config(small_config(model, framework, **arch))
     save_dir.mkdir(parents=True, exist_ok=True)
@@ -418,9 +418,9 @@ def test_a_pir_program_with_a_save_operation_is_refused(tmp_path):
 
 
 def test_infer_gets_the_refusal_as_one_line(torch_export, paddle_export, tmp_path, capsys):
-    """``infer.py``'s path (``swa_recipe.inference.infer_main``) reaches the checks."""
-    from swa_recipe.cli import run
-    from swa_recipe.inference import infer_main, infer_parser
+    """``infer.py``'s path (``swa_apps.inference.infer_main``) reaches the checks."""
+    from swa_apps.cli import run
+    from swa_apps.inference import infer_main, infer_parser
 
     marker = tmp_path / "pwned"
     rewrite_pt2(torch_export, tmp_path / "t", pickled_weight(marker))
@@ -648,8 +648,8 @@ def fifo_places(tmp_path: Path, archive: Path) -> dict[str, Path]:
 
 def test_a_data_path_that_is_a_fifo_or_a_device_is_refused_without_hanging(tmp_path, archive,
                                                                            alarm):
-    from swa_recipe.cifar import load_cifar10
-    from swa_recipe.datacheck import DataError
+    from swa_recipe.data.cifar import load_cifar10
+    from swa_recipe.data.datacheck import DataError
 
     for name, path in fifo_places(tmp_path, archive).items():
         with pytest.raises(DataError, match="is not a regular file") as info:
@@ -660,8 +660,8 @@ def test_a_data_path_that_is_a_fifo_or_a_device_is_refused_without_hanging(tmp_p
 
 def test_open_regular_refuses_a_fifo_swapped_in_after_the_check(tmp_path, alarm):
     """The descriptor read is the one checked: no window between check and open."""
-    from swa_recipe.cifar import open_regular
-    from swa_recipe.datacheck import DataError
+    from swa_recipe.data.cifar import open_regular
+    from swa_recipe.data.datacheck import DataError
 
     os.mkfifo(tmp_path / "f")
     with pytest.raises(DataError, match="not a regular file"):
@@ -740,8 +740,8 @@ def test_export_into_a_missing_folder_is_one_error(tmp_path, framework):
     from swa_recipe.checkpoint import CheckpointError
 
     with pytest.raises(CheckpointError, match="cannot write the export to .*pass a writable"):
+        from swa_apps.twins import import_export, import_twin
         from swa_recipe.predict import export_config
-        from swa_recipe.twins import import_export, import_twin
 
         cfg = export_config(small_config("VGG16", framework))
         module = import_twin(framework).models.build_model(cfg)
@@ -777,7 +777,7 @@ def current_umask() -> int:
 def test_download_never_writes_through_a_planted_symlink(tmp_path, monkeypatch, archive):
     """A dangling symlink at the cached archive's name, and one at its old ``.part`` name,
     both pointing at files the download must not create or overwrite."""
-    from swa_recipe import cifar
+    from swa_recipe.data import cifar
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     dest = cifar.default_data_path()
@@ -802,8 +802,8 @@ def test_download_never_writes_through_a_planted_symlink(tmp_path, monkeypatch, 
 
 
 def test_an_unwritable_download_cache_is_one_line(tmp_path, monkeypatch):
-    from swa_recipe import cifar
-    from swa_recipe.datacheck import DataError
+    from swa_recipe.data import cifar
+    from swa_recipe.data.datacheck import DataError
 
     (tmp_path / "not_a_folder").write_text("")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "not_a_folder"))
@@ -816,8 +816,8 @@ def test_an_unwritable_download_cache_is_one_line(tmp_path, monkeypatch):
 def test_predictor_knows_its_class_count(tmp_path, framework):
     """``num_classes`` (from one pass over black images) is what a caller compares with
     ``config.yaml``'s dataset before printing class names."""
+    from swa_apps.twins import import_export, import_twin
     from swa_recipe.predict import export_config
-    from swa_recipe.twins import import_export, import_twin
 
     for classes, dataset in ((10, "CIFAR10"), (100, "CIFAR100")):
         cfg = export_config(small_config("VGG16", framework))

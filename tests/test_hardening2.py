@@ -46,8 +46,8 @@ def special_checkpoints(tmp_path: Path) -> dict[str, str]:
 @pytest.mark.parametrize("framework", ["paddle", "torch"])
 def test_a_checkpoint_that_is_a_fifo_or_a_device_is_refused_without_reading(tmp_path, alarm,
                                                                            framework):
+    from swa_apps.twins import import_twin
     from swa_recipe.checkpoint import CheckpointError
-    from swa_recipe.twins import import_twin
 
     twin = import_twin(framework)
     for name, path in special_checkpoints(tmp_path).items():
@@ -62,7 +62,7 @@ def test_a_checkpoint_that_is_a_fifo_or_a_device_is_refused_without_reading(tmp_
     ["eval", "--model_path", "{torch_fifo}"], ["eval", "--model_path", "/dev/urandom"],
 ])
 def test_resume_or_eval_of_a_fifo_or_a_device_is_one_line(tmp_path, alarm, capsys, argv):
-    from swa_recipe import cli
+    from swa_apps import cli
 
     paths = special_checkpoints(tmp_path)
     main, *rest = [a.format(**paths) for a in argv]
@@ -79,8 +79,8 @@ def test_resume_or_eval_of_a_fifo_or_a_device_is_one_line(tmp_path, alarm, capsy
 def small_export(framework: str, save_dir: Path) -> Path:
     """The project's own export of a small 10-class VGG16."""
     from conftest import tiny_config
+    from swa_apps.twins import import_export, import_twin
     from swa_recipe.predict import export_config
-    from swa_recipe.twins import import_export, import_twin
 
     cfg = export_config(tiny_config("/nonexistent", Global={"framework": framework}))
     save_dir.mkdir(parents=True, exist_ok=True)
@@ -99,9 +99,9 @@ def a_png(path: Path) -> Path:
 @pytest.mark.parametrize("framework", ["paddle", "torch"])
 def test_a_config_of_another_class_count_beside_an_export_is_refused(tmp_path, capsys,
                                                                      framework):
-    from swa_recipe.cli import run
+    from swa_apps.cli import run
+    from swa_apps.inference import infer_main, infer_parser
     from swa_recipe.config import default_config, save_config, validate
-    from swa_recipe.inference import infer_main, infer_parser
 
     folder = small_export(framework, tmp_path / "export")
     cfg = default_config()
@@ -169,7 +169,7 @@ def test_a_folder_named_config_yaml_is_one_line(tmp_path):
 @pytest.mark.parametrize("name", ["two\nlines.pt", "cr\rreturn.pdparams", "esc\x1b[2Jclear.pt",
                                   "sep\u2028line.pt", "nel\x85x.pt"])
 def test_an_error_naming_a_path_with_control_characters_is_one_line(tmp_path, capsys, name):
-    from swa_recipe import cli
+    from swa_apps import cli
 
     for argv, exists in ((["--model_path", str(tmp_path / name)], False),
                          (["--model_path", str(tmp_path / name)], True)):
@@ -572,7 +572,8 @@ def test_the_number_reader_refuses_huge_nan_and_long_values_in_short_messages():
 def test_numeric_flags_are_read_by_the_number_reader(capsys, make_parser, argv, words):
     """argparse quotes a ``type=int`` failure in full (5,000 digits) and let 0 through to
     ``range(0, n, 0)``; each flag is now one short argparse error, exit 2."""
-    from swa_recipe import cli, inference, study
+    from swa_apps import cli, inference
+    from swa_study import study
 
     parser = {"infer": inference.infer_parser, "predict": inference.predict_parser,
               "train": cli.train_parser, "study": study.study_parser}[make_parser]()
@@ -586,7 +587,7 @@ def test_numeric_flags_are_read_by_the_number_reader(capsys, make_parser, argv, 
 
 
 def test_labels_txt_with_a_huge_or_unicode_label_is_one_line(tmp_path):
-    from swa_recipe.cifar import DataError
+    from swa_recipe.data.cifar import DataError
     from swa_recipe.predict import read_labels
 
     for text in (f"a.png {HUGE}\n", "a.png \u00b2\n", "a.png 100\n", "a.png 1 2\n"):
@@ -604,7 +605,7 @@ def test_labels_txt_with_a_huge_or_unicode_label_is_one_line(tmp_path):
 ])
 def test_a_study_file_with_a_huge_or_infinite_number_is_one_line(tmp_path, grid, words):
     from swa_recipe.config import ConfigError
-    from swa_recipe.study import load_study
+    from swa_study.study import load_study
 
     path = tmp_path / "s.yaml"
     path.write_text("name: s\ngrid:\n  model: VGG16\n  method: swa\n  budget: 2\n"
@@ -675,7 +676,7 @@ def test_ctrl_c_outside_training_is_one_line_not_a_keyboardinterrupt():
     import sys
 
     code = ("import sys, time\n"
-            "from swa_recipe import cli\n"
+            "from swa_apps import cli\n"
             "sys.exit(cli.run(lambda: (print('ready', flush=True), time.sleep(60)), False))\n")
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)

@@ -445,7 +445,7 @@ def rundir_results(tmp_path_factory, archive):
     import torch
 
     from conftest import tiny_config
-    from swa_recipe.convert import convert_file
+    from swa_apps.convert import convert_file
     from swa_torch.models import build_model as torch_model
 
     root = tmp_path_factory.mktemp("rundirs")
@@ -573,7 +573,7 @@ def test_stale_lock_is_taken_over_and_overwrite_replaces(archive, tmp_path):
 
 
 def cli_in_process(main: str, *argv: str) -> int:
-    from swa_recipe import cli
+    from swa_apps import cli
 
     parser, entry = {"eval": (cli.eval_parser, cli.eval_main),
                      "convert": (cli.convert_parser, cli.convert_main)}[main]
@@ -661,7 +661,7 @@ def test_disk_full_in_logs_table_csv_and_plot_is_one_user_error(tmp_path, monkey
 @pytest.mark.parametrize("dtype", ["b1", "u1", "i2", ">i4", "<u8", "f2", ">f4", "f8", "c8",
                                    "c16"])
 def test_restricted_unpickler_reads_every_numeric_array(dtype):
-    from swa_recipe import safe_pickle
+    from swa_recipe.data import safe_pickle
 
     arrays = [np.arange(24).astype(dtype).reshape(2, 3, 4),
               np.asfortranarray(np.arange(6).astype(dtype).reshape(2, 3)),
@@ -678,7 +678,7 @@ def test_restricted_unpickler_reads_every_numeric_array(dtype):
 
 def test_layout_checks_take_counts_and_classes_as_parameters():
     """CIFAR-100's layout (one train file, fine labels, 100 classes) uses the same checks."""
-    from swa_recipe.datacheck import DataError, Layout, check_batch, check_split_size
+    from swa_recipe.data.datacheck import DataError, Layout, check_batch, check_split_size
 
     c100 = Layout("CIFAR-100", "cifar-100-python.tar.gz", "cifar-100-python", ("train",),
                   ("test",), b"fine_labels", num_classes=100, train_size=50000,

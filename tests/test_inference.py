@@ -15,19 +15,19 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, make_batches, tiny_config, write_archive
-from swa_recipe.checkpoint import CheckpointError
-from swa_recipe.cifar import load_cifar10
-from swa_recipe.cli import run
-from swa_recipe.inference import (
+from swa_apps.cli import run
+from swa_apps.inference import (
     check_export,
     infer_main,
     infer_parser,
     predict_main,
     predict_parser,
 )
+from swa_recipe.checkpoint import CheckpointError
+from swa_recipe.data.cifar import load_cifar10
+from swa_recipe.data.samples import write_lite_archive, write_test_pngs
 from swa_recipe.logs import LOGGER_NAME
 from swa_recipe.predict import Inputs, format_top_k, read_image, top_k
-from swa_recipe.samples import write_lite_archive, write_test_pngs
 
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
 CONFIG = ROOT / "test_tipc" / "configs" / "VGG16" / "train_infer_python.txt"

@@ -1,4 +1,4 @@
-"""The width of the optima (``swa_recipe.landscape``, ``tools/landscape.py``) on tiny runs:
+"""The width of the optima (``swa_study.landscape``, ``tools/landscape.py``) on tiny runs:
 the line passes through both solutions, rays start at them and share their directions."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, tiny_config
-from swa_recipe import landscape
+from swa_study import landscape
 
 
 def test_width_interpolates_the_rise():
@@ -72,8 +72,8 @@ def last_row(run_dir) -> dict:
 
 @pytest.mark.parametrize("framework", ["paddle", "torch"])
 def test_landscape_tool_on_a_tiny_pair(framework, archive, tmp_path):
+    from swa_apps.twins import import_twin
     from swa_recipe.loop import fit
-    from swa_recipe.twins import import_twin
 
     twin = import_twin(framework)
     for method in ("swa", "sgd"):

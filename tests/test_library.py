@@ -30,7 +30,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 def test_import_loads_neither_torch_nor_cifar(tmp_path):
     code = (f"import sys; {LIBRARY_IMPORT}; "
             "bad = [m for m in sys.modules if m.split('.')[0] == 'torch' "
-            "or m in ('swa_recipe.cifar', 'swa_paddle.data', 'swa_torch')]; print(bad)")
+            "or m in ('swa_recipe.data.cifar', 'swa_paddle.data', 'swa_torch')]; print(bad)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                           text=True, env=clean_env(PYTHONPATH=str(ROOT)), timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -61,7 +61,7 @@ def installed(tmp_path_factory) -> Path:
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
-    for package in ("swa_recipe", "swa_paddle", "swa_torch"):
+    for package in ("swa_recipe", "swa_apps", "swa_paddle", "swa_torch", "swa_study"):
         shutil.copytree(ROOT / package, src / package,
                         ignore=shutil.ignore_patterns("__pycache__"))
     python = make_venv(tmp)
@@ -77,6 +77,16 @@ def test_installed_package_imports_from_anywhere(installed, tmp_path):
                           text=True, env=clean_env(), timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().startswith(str(installed.parents[1]))  # the venv's copy
+
+
+def test_the_study_tooling_is_not_shipped(installed, tmp_path):
+    """swa_study runs train.py from a source checkout: the wheel leaves it out (the copy that
+    was installed had it), and the data input subpackage is in."""
+    code = ("import importlib.util as u; print(u.find_spec('swa_study') is None, "
+            "u.find_spec('swa_recipe.data.cifar') is not None)")
+    proc = subprocess.run([str(installed), "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, env=clean_env(), timeout=300)
+    assert proc.stdout.split() == ["True", "True"], proc.stdout + proc.stderr
 
 
 def test_installed_swa_train_trains_and_swa_eval_evaluates(installed, lite_archive, tmp_path):

@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as tF
 
 from conftest import tiny_config
+from swa_apps.convert import BN_NAMES, convert_file, convert_state_dict
 from swa_paddle import checkpoint as pd_ckpt
 from swa_paddle import models as pd_models
 from swa_recipe.arch import VGG_MODELS
 from swa_recipe.checkpoint import CheckpointError
-from swa_recipe.convert import BN_NAMES, convert_file, convert_state_dict
 from swa_torch import checkpoint as th_ckpt
 from swa_torch import models as th_models
 

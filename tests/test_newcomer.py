@@ -140,7 +140,7 @@ def test_continued_config_takes_the_checkpoints_and_names_the_changed_key(archiv
     """In process, no training: the checkpoint's config and folder, the command line's same
     values and safe keys on top; ``--config`` repeated with the run's own file is accepted."""
     from conftest import tiny_config
-    from swa_recipe.cli import train_parser
+    from swa_apps.cli import train_parser
     from swa_recipe.config import ConfigError, continued_config
 
     saved = tiny_config(archive, Global={"dir": "elsewhere", "seed": 7})

@@ -12,9 +12,9 @@ import torch
 from test_end_to_end import cli, last_swa_accuracy, printed_accuracy
 from torch.optim import swa_utils as torch_swa
 
+from swa_apps.cli import convert_main, convert_parser, eval_main, eval_parser, run
 from swa_paddle import checkpoint as pd_ckpt
 from swa_paddle import models as pd_models
-from swa_recipe.cli import convert_main, convert_parser, eval_main, eval_parser, run
 from swa_recipe.config import default_config, merge, validate
 from swa_torch import models as th_models
 

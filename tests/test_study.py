@@ -18,9 +18,9 @@ import yaml
 from conftest import ROOT
 from swa_recipe.config import ConfigError, default_config
 from swa_recipe.logs import COLUMNS
-from swa_recipe.runs import read_study
-from swa_recipe.study import Run, expand, load_study, status
-from swa_recipe.summary import report
+from swa_study.runs import read_study
+from swa_study.study import Run, expand, load_study, status
+from swa_study.summary import report
 
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
 
@@ -92,7 +92,7 @@ def test_summary_tables(study_dir):
 
 
 def test_summary_shows_the_width_of_the_optima(study_dir):
-    from swa_recipe.summary import landscapes
+    from swa_study.summary import landscapes
 
     (study_dir / "landscape").mkdir()
     (study_dir / "landscape" / "vgg16-s1-paddle-swa3-sgd3.json").write_text(json.dumps({

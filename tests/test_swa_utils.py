@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch.optim import swa_utils as torch_swa
 
+from swa_apps.convert import convert_state_dict
 from swa_paddle import checkpoint as pd_ckpt
 from swa_paddle import models as pd_models
 from swa_paddle import swa_utils as pd_swa
-from swa_recipe.convert import convert_state_dict
 from swa_torch import checkpoint as th_ckpt
 from swa_torch import models as th_models
 

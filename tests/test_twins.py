@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as tF
 
 from conftest import tiny_config
+from swa_apps.convert import convert_state_dict
 from swa_paddle import checkpoint as pd_ckpt
 from swa_paddle import data as pd_data
 from swa_paddle import models as pd_models
-from swa_recipe.convert import convert_state_dict
 from swa_torch import checkpoint as th_ckpt
 from swa_torch import data as th_data
 from swa_torch import models as th_models
@@ -226,9 +226,9 @@ def test_checkpoints_with_the_old_scheduler_and_rng_entries_still_resume(archive
                                                                          framework):
     """Earlier code wrote a stepped SWALR's state and an ``rng`` note into each checkpoint;
     resuming such a file ignores both and continues bit for bit."""
+    from swa_apps.twins import import_twin
     from swa_recipe.checkpoint import EXTENSIONS
     from swa_recipe.loop import fit
-    from swa_recipe.twins import import_twin
 
     twin, ext = import_twin(framework), EXTENSIONS[framework]
     sections = {"Optimizer": {"schedule": "swalr"}, "SWA": {"swa_start": 2, "anneal_epochs": 2}}
@@ -254,8 +254,8 @@ def test_checkpoints_with_the_old_scheduler_and_rng_entries_still_resume(archive
 def test_dropout_that_cannot_be_drawn_per_sample_is_refused_in_one_line(archive, framework):
     """WideResNet's dropout would draw from the framework's generator (no bit-exact resume,
     twins with different masks): training it refuses, before building anything."""
+    from swa_apps.twins import import_twin
     from swa_recipe.config import ConfigError
-    from swa_recipe.twins import import_twin
 
     cfg = tiny_config(archive, Arch={"model": "WideResNet28x10", "depth": 10, "dropout": 0.3},
                       Global={"framework": framework})

@@ -13,9 +13,9 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from swa_recipe.cli import run  # noqa: E402
+from swa_apps.cli import run  # noqa: E402
+from swa_apps.inference import check_export, load_model  # noqa: E402
 from swa_recipe.config import add_config_args, resolve  # noqa: E402
-from swa_recipe.inference import check_export, load_model  # noqa: E402
 from swa_recipe.numbers import float_argument, int_argument  # noqa: E402
 from swa_recipe.predict import test_images  # noqa: E402
 

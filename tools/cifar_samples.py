@@ -12,9 +12,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from swa_recipe.cli import run  # noqa: E402
+from swa_apps.cli import run  # noqa: E402
+from swa_recipe.data.samples import write_lite_archive, write_test_pngs  # noqa: E402
 from swa_recipe.numbers import int_argument  # noqa: E402
-from swa_recipe.samples import write_lite_archive, write_test_pngs  # noqa: E402
 
 
 def parser() -> argparse.ArgumentParser:

@@ -9,7 +9,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from swa_recipe.console import convert  # noqa: E402
+from swa_apps.console import convert  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(convert())

@@ -30,8 +30,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from swa_apps.cli import import_twin  # noqa: E402
 from swa_recipe.checkpoint import EXTENSIONS, latest_checkpoint  # noqa: E402
-from swa_recipe.cli import import_twin  # noqa: E402
 from swa_recipe.config import MODELS  # noqa: E402
 from swa_recipe.numbers import float_argument, int_argument  # noqa: E402
 from swa_recipe.runtime import tune_cpu_env  # noqa: E402

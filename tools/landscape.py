@@ -14,14 +14,14 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from swa_recipe import extend, landscape  # noqa: E402
+from swa_apps.cli import run  # noqa: E402
+from swa_apps.twins import import_twin  # noqa: E402
 from swa_recipe.checkpoint import CheckpointError, atomic_save  # noqa: E402
-from swa_recipe.cifar import load_splits  # noqa: E402
-from swa_recipe.cli import run  # noqa: E402
 from swa_recipe.config import ConfigError, load_yaml, parse_value  # noqa: E402
+from swa_recipe.data.cifar import load_splits  # noqa: E402
 from swa_recipe.numbers import float_argument, int_argument  # noqa: E402
 from swa_recipe.runtime import tune_cpu_env  # noqa: E402
-from swa_recipe.twins import import_twin  # noqa: E402
+from swa_study import extend, landscape  # noqa: E402
 
 # What both runs of a pair must share (beyond SWA on one side, off on the other).
 PAIR_KEYS = (("Global", "framework"), ("Global", "seed"), ("Arch", "model"), ("Arch", "width"),

@@ -8,7 +8,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from swa_recipe.console import study  # noqa: E402
+from swa_apps.console import command  # noqa: E402
+from swa_study.study import study_main, study_parser  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(study())
+    sys.exit(command(study_parser, study_main)())

@@ -10,7 +10,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
-from swa_recipe.console import infer  # noqa: E402
+from swa_apps.console import infer  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(infer())

@@ -16,7 +16,7 @@ import torch.nn.functional as tF
 
 import swa_paddle.trainer as pd_trainer
 import swa_torch.trainer as th_trainer
-from swa_recipe.convert import convert_state_dict
+from swa_apps.convert import convert_state_dict
 
 from .context import (
     T_BACKWARD,

@@ -6,7 +6,7 @@ import numpy as np
 
 import swa_paddle.data as pd_data
 import swa_torch.data as th_data
-from swa_recipe.datasets import CIFAR10
+from swa_recipe.data.datasets import CIFAR10
 
 from .context import T_DATA, Context, make_cfg
 from .report import check, record

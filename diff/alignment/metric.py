@@ -8,8 +8,8 @@ import numpy as np
 
 import swa_paddle.trainer as pd_trainer
 import swa_torch.trainer as th_trainer
+from swa_apps.convert import convert_state_dict
 from swa_paddle import checkpoint as pd_ckpt
-from swa_recipe.convert import convert_state_dict
 from swa_torch import checkpoint as th_ckpt
 from swa_torch import models as th_models
 

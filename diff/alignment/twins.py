@@ -17,11 +17,11 @@ import swa_paddle.data as pd_data
 import swa_paddle.trainer as pd_trainer
 import swa_torch.data as th_data
 import swa_torch.trainer as th_trainer
+from swa_apps.convert import convert_state_dict
 from swa_paddle import checkpoint as pd_ckpt
 from swa_paddle import models as pd_models
-from swa_recipe import cifar
 from swa_recipe.config import merge, validate
-from swa_recipe.convert import convert_state_dict
+from swa_recipe.data import cifar
 from swa_torch import checkpoint as th_ckpt
 from swa_torch import models as th_models
 
@@ -44,7 +44,7 @@ _load_cifar = cifar.load_cifar
 
 @lru_cache(maxsize=2)
 def cached_load_cifar(layout, data_path: str | None, md5: str | None = "auto"):
-    """``swa_recipe.cifar.load_cifar``, read once per run instead of once per loader (the
+    """``swa_recipe.data.cifar.load_cifar``, read once per run instead of once per loader (the
     arrays are never written to)."""
     return _load_cifar(layout, data_path, md5)
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 import os
 import shutil
 
-from . import schedules
-from .checkpoint import atomic_save, checkpoint_path
-from .config import RESUME_SAFE_KEYS
+from swa_recipe import schedules
+from swa_recipe.checkpoint import atomic_save, checkpoint_path
+from swa_recipe.config import RESUME_SAFE_KEYS
 
 # Keys that may differ between a run and its extension are those a resumed run may change
 # (where outputs and data live, how often it logs and saves, its length): one rule for both.

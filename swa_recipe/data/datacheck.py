@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .safe_pickle import short
+from swa_recipe.data.safe_pickle import short
 
 IMAGE_BYTES = 3 * 32 * 32
 MAX_MEMBERS = 1000  # the official archives hold 8 (CIFAR-10) and 5 (CIFAR-100) members

@@ -29,9 +29,8 @@ from dataclasses import dataclass
 
 import yaml
 
-from . import extend
-from .checkpoint import latest_checkpoint
-from .config import (
+from swa_recipe.checkpoint import latest_checkpoint
+from swa_recipe.config import (
     FRAMEWORKS,
     MODELS,
     SEED_LIMIT,
@@ -40,13 +39,14 @@ from .config import (
     parse_override,
     resolve,
 )
-from .landscape import pair_name, summary_of
-from .numbers import NumberError, float_argument, int_argument, short, to_float, to_int
-from .numbers import load_yaml as load_numbers_yaml
-from .provenance import Machine, first_difference, recorded_machine
-from .rundir import LOCK_NAME
-from .runs import read_study
-from .runtime import tune_cpu_env
+from swa_recipe.numbers import NumberError, float_argument, int_argument, short, to_float, to_int
+from swa_recipe.numbers import load_yaml as load_numbers_yaml
+from swa_recipe.rundir import LOCK_NAME
+from swa_recipe.runtime import tune_cpu_env
+from swa_study import extend
+from swa_study.landscape import pair_name, summary_of
+from swa_study.provenance import Machine, first_difference, recorded_machine
+from swa_study.runs import read_study
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GRID_KEYS = ("model", "method", "budget", "seed", "framework")
@@ -197,7 +197,7 @@ def _yaml_text(value) -> str:
 
 def read_epochs(run_dir: str) -> list[dict]:
     """Rows of a run's ``metrics.csv`` (empty when absent)."""
-    from .logs import read_metrics
+    from swa_recipe.logs import read_metrics
 
     path = os.path.join(run_dir, "metrics.csv")
     return read_metrics(path) if os.path.exists(path) else []

@@ -16,11 +16,11 @@ import statistics
 
 import numpy as np
 
-from .checkpoint import atomic_save
-from .config import ConfigError
-from .landscape import summary_of
-from .runs import RunResult, read_study
-from .study import load_study
+from swa_recipe.checkpoint import atomic_save
+from swa_recipe.config import ConfigError
+from swa_study.landscape import summary_of
+from swa_study.runs import RunResult, read_study
+from swa_study.study import load_study
 
 
 def mean_std(values: list[float]) -> str:

@@ -12,9 +12,9 @@ import tarfile
 
 import numpy as np
 
-from .checkpoint import atomic_save
-from .cifar import FOLDER_NAME, TEST_FILES, TRAIN_FILES, Split, load_cifar10, subset
-from .datasets import CIFAR10_CLASSES
+from swa_recipe.checkpoint import atomic_save
+from swa_recipe.data.cifar import FOLDER_NAME, TEST_FILES, TRAIN_FILES, Split, load_cifar10, subset
+from swa_recipe.data.datasets import CIFAR10_CLASSES
 
 LABELS_FILE = "labels.txt"
 

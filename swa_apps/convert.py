@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from .checkpoint import (
+from swa_apps.twins import import_twin
+from swa_recipe.checkpoint import (
     CheckpointError,
     check_shapes,
     check_state_dict,
     check_weight_count,
     framework_of,
 )
-from .twins import import_twin
 
 BN_NAMES = {"running_mean": "_mean", "running_var": "_variance"}
 DIRECTIONS = ("torch2paddle", "paddle2torch")

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import regular, safe_pickle
-from .datacheck import (
+from swa_recipe.data import regular, safe_pickle
+from swa_recipe.data.datacheck import (
     MAX_MEMBERS,
     DataError,
     Layout,
@@ -29,9 +29,9 @@ from .datacheck import (
     check_member_size,
     check_split_size,
 )
-from .datasets import CIFAR10, DATASETS
-from .runtime import user_home
-from .safe_pickle import short
+from swa_recipe.data.datasets import CIFAR10, DATASETS
+from swa_recipe.data.safe_pickle import short
+from swa_recipe.runtime import user_home
 
 CIFAR10_MD5 = CIFAR10.md5
 ARCHIVE_NAME, FOLDER_NAME = CIFAR10.archive, CIFAR10.folder

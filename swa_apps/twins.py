@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from types import ModuleType, SimpleNamespace
 
-from .runtime import import_banner_hidden
+from swa_recipe.runtime import import_banner_hidden
 
 ROLES = ("models", "data", "checkpoint", "trainer", "dist", "landscape")
 

@@ -1,15 +1,15 @@
 """Console entry points of the installed package (``swa-train``, ``swa-eval``,
 ``swa-convert``, ``swa-predict``, ``swa-export``, ``swa-infer``); ``train.py``, ``eval.py``,
 ``tools/convert.py``, ``predict.py``, ``tools/export_model.py`` and
-``deploy/inference_python/infer.py`` call the same functions (and ``tools/study.py``,
-``tools/summarize.py`` the two study commands)."""
+``deploy/inference_python/infer.py`` call the same functions (``tools/study.py`` and
+``tools/summarize.py`` wrap the study commands with :func:`command` too)."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
 
-from .cli import (
+from swa_apps.cli import (
     convert_main,
     convert_parser,
     eval_main,
@@ -18,7 +18,7 @@ from .cli import (
     train_main,
     train_parser,
 )
-from .inference import (
+from swa_apps.inference import (
     export_main,
     export_parser,
     infer_main,
@@ -26,8 +26,6 @@ from .inference import (
     predict_main,
     predict_parser,
 )
-from .study import study_main, study_parser
-from .summary import summarize_main, summarize_parser
 
 
 def command(make_parser: Callable[[], argparse.ArgumentParser],
@@ -46,5 +44,3 @@ convert = command(convert_parser, convert_main)
 predict = command(predict_parser, predict_main)
 export = command(export_parser, export_main)
 infer = command(infer_parser, infer_main)
-study = command(study_parser, study_main)
-summarize = command(summarize_parser, summarize_main)

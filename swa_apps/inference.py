@@ -14,17 +14,18 @@ from types import ModuleType
 
 import numpy as np
 
-from .checkpoint import CheckpointError
-from .cli import (
+from swa_apps.cli import (
     add_common_args,
     checkpoint_parser,
     ensure_writable,
     import_twin,
     load_checkpoint,
 )
-from .config import save_config
-from .numbers import int_argument
-from .predict import (
+from swa_apps.twins import import_export
+from swa_recipe.checkpoint import CheckpointError
+from swa_recipe.config import save_config
+from swa_recipe.numbers import int_argument
+from swa_recipe.predict import (
     CONFIG_FILE,
     Inputs,
     class_names,
@@ -36,8 +37,7 @@ from .predict import (
     read_images,
     test_images,
 )
-from .runtime import tune_cpu_env
-from .twins import import_export
+from swa_recipe.runtime import tune_cpu_env
 
 Predict = Callable[[np.ndarray], np.ndarray]
 

@@ -31,7 +31,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .numbers import short
+from swa_recipe.numbers import short
 
 MAX_DEPTH = 64  # a checkpoint nests 4 deep, a CIFAR batch 2
 MAX_OPCODES = 50_000_000  # far above a 200 MB checkpoint's count

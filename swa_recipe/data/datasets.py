@@ -3,7 +3,7 @@ description per dataset; ``cifar.py`` reads any of them the same way)."""
 
 from __future__ import annotations
 
-from .datacheck import Layout
+from swa_recipe.data.datacheck import Layout
 
 # ``label_names`` of CIFAR-10's ``batches.meta`` and ``fine_label_names`` of CIFAR-100's
 # ``meta``, in label order: what predictions print, with no archive at hand.

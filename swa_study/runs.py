@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import yaml
 
-from .config import FRAMEWORKS, MODELS, ConfigError
-from .logs import read_metrics
-from .numbers import NumberError, load_yaml
+from swa_recipe.config import FRAMEWORKS, MODELS, ConfigError
+from swa_recipe.logs import read_metrics
+from swa_recipe.numbers import NumberError, load_yaml
 
 
 @dataclass

@@ -16,15 +16,16 @@ import unicodedata
 from collections.abc import Callable
 from types import SimpleNamespace
 
-from .checkpoint import (
+from swa_apps.convert import convert_file
+from swa_apps.twins import import_twin
+from swa_recipe.checkpoint import (
     CheckpointError,
     check_identity,
     check_state_dict,
     check_weight_count,
     framework_of,
 )
-from .cifar import DataError
-from .config import (
+from swa_recipe.config import (
     RESUME_SAFE_KEYS,
     ConfigError,
     add_config_args,
@@ -34,12 +35,12 @@ from .config import (
     resume_request,
     run_dir,
 )
-from .convert import convert_file
-from .logs import PROGRESS_SECONDS, get_logger, to_run_log
-from .loop import Interrupted, TrainingDiverged
-from .numbers import NumberError, float_argument
-from .rundir import RunDir, RunDirError
-from .runtime import (
+from swa_recipe.data.cifar import DataError
+from swa_recipe.logs import PROGRESS_SECONDS, get_logger, to_run_log
+from swa_recipe.loop import Interrupted, TrainingDiverged
+from swa_recipe.numbers import NumberError, float_argument
+from swa_recipe.rundir import RunDir, RunDirError
+from swa_recipe.runtime import (
     STOP_SIGNALS,
     launched_rank,
     launched_world_size,
@@ -47,7 +48,6 @@ from .runtime import (
     show_paddle_output,
     tune_cpu_env,
 )
-from .twins import import_twin
 
 # A NumberError that no caller turned into its own error is still one line: the net under
 # every number the project reads (``swa_recipe.numbers``).
@@ -200,7 +200,7 @@ def _train(cfg: dict, out: str, world: int, applied: dict, claim: RunDir,
            progress_every: float = PROGRESS_SECONDS) -> int:
     """Rank 0 claims the run directory; its log reaches ``train.log`` once ``fit`` begins
     writing, so a refused start (config, data, checkpoint) leaves the directory as it was."""
-    from .loop import fit
+    from swa_recipe.loop import fit
 
     logger = None
     if launched_rank() == 0:
