@@ -253,11 +253,12 @@ def test_sigterm_mid_epoch_then_resume_is_exact(framework, archive, tmp_path):
 
 def test_fault_test_tool_passes_on_a_short_run(lite_archive, tmp_path):
     """``tools/fault_test.py`` (docs/reliability.md), shortened: a SIGKILL and a SIGTERM, each
-    resumed with ``--resume auto``, and the end state bit-identical to an uninterrupted run."""
+    resumed with ``--resume auto``, and the end state bit-identical to an uninterrupted run.
+    12 short epochs: a resumed run must outlast the kill delay (start-up plus three epochs)."""
     proc = subprocess.run(
         [sys.executable, "tools/fault_test.py", "--framework", "torch", "--kills", "2",
          "--sigterm_every", "2", "--data_path", str(lite_archive), "--work_dir", str(tmp_path),
-         "-o", "Global.epochs=5", "-o", "SWA.swa_start=3", "-o", "Data.train_subset=256",
+         "-o", "Global.epochs=12", "-o", "SWA.swa_start=6", "-o", "Data.train_subset=256",
          "-o", "Data.test_subset=128"],
         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
