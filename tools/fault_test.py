@@ -6,7 +6,8 @@ Trains ``configs/lite.yaml`` stretched to 40 epochs (SWA from 21; ``--model`` pi
 e.g. VGG16BN, whose SWA BatchNorm statistics ``update_bn`` recomputes; ``--config`` and ``-o``
 change the rest) once without interruption, then again under ``--resume auto``, killing it
 ``--kills`` times after a uniformly random delay of up to ``--max_delay`` seconds (default:
-start-up plus three epochs, measured on the uninterrupted run), so kills land in start-up,
+start-up plus three epochs, measured on the uninterrupted run, and shorter once few epochs are
+left, so that every kill lands on a running job), so kills land in start-up,
 training, evaluation and checkpoint writes alike. Kills are SIGKILL; every ``--sigterm_every``-th
 is a SIGTERM, which must exit 143 after writing a checkpoint. Every kill must land on a running
 job, and the final weights, SWA weights, ``swa_n``, optimizer state and ``metrics.csv`` (less its
@@ -75,6 +76,18 @@ def kill_once(cmd: list[str], delay: float, signum: int) -> int:
     return proc.returncode
 
 
+def epochs_done(run_dir: str) -> int:
+    """Epochs the run has logged so far (0 before its first ``metrics.csv`` row)."""
+    return len(metric_rows(run_dir)) if os.path.isfile(os.path.join(run_dir, "metrics.csv")) else 0
+
+
+def kill_window(max_delay: float, startup: float, epoch_s: float, left: int) -> float:
+    """The longest delay for the next kill: ``max_delay``, shortened once few epochs are left
+    so that the kill still lands on a running job. A resumed run can start faster than the
+    uninterrupted one whose start-up was measured, so only half of that start-up is counted."""
+    return max(0.5, min(max_delay, 0.5 * startup + left * epoch_s))
+
+
 def metric_rows(run_dir: str) -> list[dict]:
     with open(os.path.join(run_dir, "metrics.csv")) as fh:
         return [{k: v for k, v in row.items() if k != "time"} for row in csv.DictReader(fh)]
@@ -141,7 +154,8 @@ def main() -> int:
     for k in range(1, args.kills + 1):
         sigterm = args.sigterm_every and k % args.sigterm_every == 0
         signum = signal.SIGTERM if sigterm else signal.SIGKILL
-        delay = rng.uniform(0.5, max_delay)
+        delay = rng.uniform(0.5, kill_window(max_delay, startup, epoch_s,
+                                             epochs - epochs_done(run_dir)))
         code = kill_once(train_cmd(args, run_dir, resume=True), delay, signum)
         if code == 0:
             sys.exit(f"kill {k} came after the run had finished: lengthen the run (-o "
