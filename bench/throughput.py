@@ -138,10 +138,11 @@ def bare_step_ips(twin, cfg: dict, steps: int, warmup: int, framework: str,
             x = x.contiguous(memory_format=torch.channels_last)
 
         def step():
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                loss = F.cross_entropy(trainer.net(x), y)
-            trainer.optimizer.zero_grad()
-            loss.backward()
+            with twin.models.kernels(trainer.model):  # Global.onednn, backward included
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    loss = F.cross_entropy(trainer.net(x), y)
+                trainer.optimizer.zero_grad()
+                loss.backward()
             trainer.optimizer.step()
             float(loss)
     trainer.net.train()

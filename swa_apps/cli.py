@@ -44,6 +44,7 @@ from swa_recipe.runtime import (
     STOP_SIGNALS,
     launched_rank,
     launched_world_size,
+    needs_legacy_ir,
     quiet_console,
     show_paddle_output,
     tune_cpu_env,
@@ -148,11 +149,21 @@ def exit_on_signal(signum: int, frame) -> None:
 
 
 def train_main(args: argparse.Namespace) -> int:
-    applied = tune_cpu_env()
+    applied = tune_cpu_env(legacy_ir=needs_legacy_ir(settings_before_import(args)))
     cfg = training_config(args)
     out, world = run_dir(cfg), launched_world_size()
     with RunDir(out, bool(cfg["Global"]["resume"]), args.overwrite) as claim:
         return _train(cfg, out, world, applied, claim, args.progress)
+
+
+def settings_before_import(args: argparse.Namespace) -> dict:
+    """The run's ``Global`` settings as far as they are known before a framework is imported:
+    the whole config, except with ``--resume PATH``, whose checkpoint holds the config (reading
+    it takes the framework): then what the command line sets."""
+    path = resume_request(args)
+    if not path or path == "auto":
+        return resolve(args)["Global"]
+    return command_line_update(args).get("Global", {})
 
 
 def training_config(args: argparse.Namespace) -> dict:
@@ -280,7 +291,8 @@ def load_checkpoint(args: argparse.Namespace) -> tuple[SimpleNamespace, dict, st
         raise CheckpointError(f"{args.model_path} not found; pass an existing checkpoint to "
                               f"--model_path")
     framework = _framework(args)
-    tune_cpu_env()
+    tune_cpu_env(legacy_ir=needs_legacy_ir(
+        {**command_line_update(args).get("Global", {}), "framework": framework}))
     twin = import_twin(framework)
     state = twin.checkpoint.load(args.model_path)
     if not isinstance(state, dict):
@@ -338,7 +350,7 @@ def convert_main(args: argparse.Namespace) -> int:
     if not os.path.isfile(args.src):
         raise CheckpointError(f"{args.src} not found; pass an existing checkpoint")
     check_destination(args.src, args.dst)
-    tune_cpu_env()
+    tune_cpu_env(legacy_ir=False)  # converting computes nothing
     src_fw = framework_of(args.src)
     state = import_twin(src_fw).checkpoint.load(args.src) if src_fw else None
     saved = state.get("config") if isinstance(state, dict) else None

@@ -133,7 +133,7 @@ def infer_main(args: argparse.Namespace) -> int:
     cfg = exported_config(args.model_dir)
     if args.data_path:
         cfg["Data"]["data_path"] = args.data_path
-    tune_cpu_env()
+    tune_cpu_env(legacy_ir=False)  # Paddle Inference reads either IR
     export = import_export(framework)
     predictor = export.Predictor(args.model_dir, args.device)
     check_class_count(predictor.num_classes, cfg, args.model_dir)
@@ -197,7 +197,7 @@ def check_export(framework: str, cfg: dict, weights: dict | None, images: np.nda
     x = preprocess(images, cfg)
     if weights is None:
         weights = random_weights(framework, cfg, x)
-    exportable = twin.models.build_model(export_config(cfg))  # before: it switches oneDNN off
+    exportable = twin.models.build_model(export_config(cfg))  # framework convolutions
     twin.checkpoint.load_weights(exportable, weights, "the weights")
     files = export.export(exportable, save_dir)
     model = twin.models.build_model(cfg)

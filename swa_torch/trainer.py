@@ -15,7 +15,7 @@ from swa_recipe.logs import IterMeter, note, summarize
 from . import checkpoint, dist
 from .averaging import build_average
 from .data import build_loaders
-from .models import build_model, set_dropout_masks
+from .models import build_model, kernels, set_dropout_masks
 
 
 def choose_device(device: str, option: str = "Global.device") -> str:
@@ -112,12 +112,13 @@ class Trainer(loop.Trainer):
              loss_scale: float) -> tuple[torch.Tensor, torch.Tensor, int]:
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         set_dropout_masks(self.model, masks and [to_device(m, self.device) for m in masks])
-        with self._autocast():
-            logits = self.net(x)
-            loss_sum = F.cross_entropy(logits, y, reduction="sum")
-        loss = loss_sum * loss_scale  # the global batch's mean once DDP averages
-        self.optimizer.zero_grad()
-        loss.backward()
+        with kernels(self.model):
+            with self._autocast():
+                logits = self.net(x)
+                loss_sum = F.cross_entropy(logits, y, reduction="sum")
+            loss = loss_sum * loss_scale  # the global batch's mean once DDP averages
+            self.optimizer.zero_grad()
+            loss.backward()
         self.optimizer.step()
         set_dropout_masks(self.model, None)
         correct = (logits.argmax(dim=1) == y).sum()

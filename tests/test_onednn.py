@@ -110,11 +110,49 @@ def test_build_model_follows_the_config_per_model():
     cfg["Global"]["onednn"] = False
     native = pd_models.build_model(cfg)
     assert not native.features[0].use_onednn and fast.features[0].use_onednn
-    try:
-        th_models.build_model(cfg)
+
+
+def test_torch_models_run_their_own_kernels():
+    """torch's oneDNN switch is process-wide: a model built with ``Global.onednn false`` turns
+    it off for its own forward passes (and its step's backward) only, and every other model
+    keeps oneDNN; an exception inside the forward still restores the switch."""
+    cfg = tiny_config("unused.tar.gz")
+    cfg["Global"]["onednn"] = False
+    native = th_models.build_model(cfg)
+    cfg["Global"]["onednn"] = True
+    fast = th_models.build_model(cfg)
+    assert torch.backends.mkldnn.enabled
+    seen = []
+    for model in (native, fast):
+        model.features[0].register_forward_hook(
+            lambda *_: seen.append(torch.backends.mkldnn.enabled))
+        model(torch.randn(2, 3, 32, 32))
+    assert seen == [False, True] and torch.backends.mkldnn.enabled
+    with pytest.raises(RuntimeError):
+        native(torch.randn(2, 5, 32, 32))  # wrong channel count: raises inside the forward
+    assert torch.backends.mkldnn.enabled
+    with th_models.kernels(native):
         assert not torch.backends.mkldnn.enabled
-    finally:
-        torch.backends.mkldnn.enabled = True
+    assert torch.backends.mkldnn.enabled
+
+
+def test_torch_step_runs_its_backward_with_the_models_kernels(lite_archive):
+    """torch picks a convolution's backward kernels when the backward runs: the twin's step
+    runs it under the model's switch."""
+    from swa_torch.trainer import Trainer
+
+    cfg = tiny_config(str(lite_archive))
+    cfg["Global"]["onednn"] = False
+    trainer = Trainer(cfg)
+    convs = [m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    seen = []
+    def watch_backward(module, args, out) -> None:  # runs before the conv's backward does
+        out.grad_fn.register_prehook(lambda *_: seen.append(torch.backends.mkldnn.enabled))
+
+    convs[1].register_forward_hook(watch_backward)
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    trainer.step(x, y, None, 0.25)
+    assert seen == [False] and torch.backends.mkldnn.enabled
 
 
 def test_vgg_logits_equal_with_and_without_onednn():
@@ -184,3 +222,44 @@ def test_residual_model_trains_after_a_forward_without_gradients(archive, model,
         scale = float(np.abs(grads[1][k]).mean()) or 1.0
         # + 1e-6: biases before a BatchNorm have a zero gradient (rounding noise only)
         assert float(np.abs(grads[0][k] - grads[1][k]).mean()) <= 1e-4 * scale + 1e-6, k
+
+
+def test_legacy_ir_only_where_onednn_convolutions_run():
+    """``FLAGS_enable_pir_api=0`` only for Paddle on the CPU with ``Global.onednn`` true."""
+    assert runtime.needs_legacy_ir({}) and runtime.needs_legacy_ir({"device": "cpu"})
+    for settings in ({"device": "gpu"}, {"onednn": False}, {"framework": "torch"}):
+        assert not runtime.needs_legacy_ir(settings)
+    env: dict[str, str] = {}
+    assert "FLAGS_enable_pir_api" not in runtime.tune_cpu_env(env, legacy_ir=False)
+    assert "FLAGS_enable_pir_api" not in env
+
+
+def test_training_settings_are_known_before_the_import():
+    """``train.py`` decides the IR from the whole config, or with ``--resume PATH`` (whose
+    config only Paddle can read) from the command line."""
+    from swa_apps.cli import settings_before_import, train_parser
+
+    args = train_parser().parse_args(["--config", str(ROOT / "configs" / "lite.yaml"),
+                                      "-o", "Global.onednn=false"])
+    assert settings_before_import(args)["onednn"] is False
+    args = train_parser().parse_args(["--resume", "run/checkpoint-3.pdparams",
+                                      "-o", "Global.device=gpu"])
+    settings = settings_before_import(args)
+    assert settings["device"] == "gpu" and "onednn" not in settings  # no checkpoint was read
+
+
+@pytest.mark.parametrize("onednn", [True, False])
+def test_a_run_without_onednn_keeps_paddles_own_ir(tmp_path, lite_archive, onednn):
+    """The flag is set (and logged with what else was set) only for oneDNN runs."""
+    unset = ("FLAGS_enable_pir_api", "OMP_NUM_THREADS")  # conftest set them for this process
+    env = {k: v for k, v in os.environ.items() if k not in unset}
+    run = tmp_path / "run"
+    subprocess.run([sys.executable, str(ROOT / "train.py"), "--config",
+                    str(ROOT / "configs" / "lite.yaml"), "--data_path", str(lite_archive),
+                    "--dir", str(run), "-o", "Global.epochs=1", "-o", "SWA.swa_start=1",
+                    "-o", "Data.train_subset=128", "-o", "Data.batch_size=64",
+                    "-o", "Data.test_subset=64", "-o", f"Global.onednn={str(onednn).lower()}"],
+                   env=env, capture_output=True, text=True, check=True, timeout=600)
+    applied = next(line for line in (run / "train.log").read_text().splitlines()
+                   if "CPU settings applied" in line)
+    assert ("FLAGS_enable_pir_api=0" in applied) is onednn

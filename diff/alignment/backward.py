@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as tF
 
 import swa_paddle.trainer as pd_trainer
+import swa_torch.models as th_models
 import swa_torch.trainer as th_trainer
 from swa_apps.convert import convert_state_dict
 
@@ -119,9 +120,10 @@ def backward(ctx: Context, cfg: dict, tag: str, twin_gate: bool) -> None:
         pt.optimizer.clear_grad()
         pd_loss.backward()
         tt.set_lr(tt.learning_rate(0, it))
-        th_loss = tF.cross_entropy(tt.model(tx), ty, reduction="sum") * (1.0 / len(y))
-        tt.optimizer.zero_grad()
-        th_loss.backward()
+        with th_models.kernels(tt.model):  # the backward too: torch picks its kernels then
+            th_loss = tF.cross_entropy(tt.model(tx), ty, reduction="sum") * (1.0 / len(y))
+            tt.optimizer.zero_grad()
+            th_loss.backward()
         if it == 0:
             probe.remove()
             pd_grads = convert_state_dict(
