@@ -4,15 +4,21 @@ Each measurement runs in a fresh process per framework (CPU settings apply befor
 RSS is that framework's), alternating the frameworks round by round so that both see the same
 machine state. Prints a table and writes JSON (``--json``).
 
-Figures: the bare train step (model + optimizer on tensors already in memory), the real training
-loop (loader, augmentation, logging, per-step seeding) on real CIFAR-10 images, evaluation, the
+Widths 1 and 1/4 by default (``--width``), each measured in the same invocation, the
+frameworks' order alternating round by round and width by width. The table and the JSON name
+the machine (CPU model, the instruction-set flags the kernels dispatch on, threads, versions).
+
+Figures: the real training loop (loader, augmentation, logging, per-step seeding) on real
+CIFAR-10 images and, in the same trainer right after it, the loop's own step on batches already
+in memory (loop / step is then the loader's and logging's cost alone), evaluation, the
 cost of one SWA collection and of ``update_bn`` (on the model, or its BN variant for VGG16/19) as
 fractions of a training epoch, peak
-RSS after full-width training, and resident memory after each epoch of the lite run
+RSS after training, and resident memory after each epoch of the lite run
 (``configs/lite.yaml`` for 6 epochs: training, SWA collection from epoch 2, evaluation).
 Any model of the zoo: ``--model PreResNet164``, and ``-o Section.key=value`` as for train.py.
-Variants of the bare step: the frameworks' own convolutions (``Global.onednn false``), and for
-torch channels_last and bf16 autocast (``Global.precision bf16``).
+A bare step on random tensors in a fresh trainer (forward, loss, backward, SGD) and its
+variants: the frameworks' own convolutions (``Global.onednn false``), and for torch
+channels_last and bf16 autocast (``Global.precision bf16``).
 
 For a GPU (``--part loader,syncs`` runs only these, in seconds): the numpy augmentation's
 images/s in one process (what each loader worker delivers), and the host's reads of tensor
@@ -23,10 +29,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import math
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -37,12 +43,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from swa_recipe.numbers import float_argument, int_argument  # noqa: E402
-from swa_recipe.runtime import cpu_vendor, tune_cpu_env  # noqa: E402
+from swa_recipe.runtime import tune_cpu_env  # noqa: E402
+from swa_study.provenance import MACHINE_PREFIX, Machine  # noqa: E402
 
 FIGURES = [  # key, label, unit
-    ("bare_ips", "bare train step", "img/s"),
+    ("step_ips", "train step, batches in memory", "img/s"),
     ("loop_ips", "real training loop", "img/s"),
-    ("loop_efficiency", "loop / bare", "x"),
+    ("loop_efficiency", "loop / step", "x"),
+    ("bare_ips", "bare step, random tensors", "img/s"),
     ("eval_ips", "evaluation", "img/s"),
     ("collect_fraction", "SWA collection / epoch", "%"),
     ("update_bn_fraction", "update_bn / epoch", "x"),
@@ -86,7 +94,7 @@ def bench_config(args: argparse.Namespace, framework: str, model: str | None = N
     cfg = merge(default_config(), {
         "Global": {"framework": framework, "epochs": 1, "log_freq": 10**9, "device": "cpu",
                    "onednn": onednn},
-        "Arch": {"model": model or args.model, "width": args.width},
+        "Arch": {"model": model or args.model, "width": args.width[0]},  # a worker's one width
         "SWA": {"swa": True, "swa_start": 1},
         "Data": {"data_path": args.data_path, "batch_size": args.batch,
                  "train_subset": args.loop_images, "test_subset": args.eval_images},
@@ -146,8 +154,30 @@ def bare_step_ips(twin, cfg: dict, steps: int, warmup: int, framework: str,
             trainer.optimizer.step()
             float(loss)
     trainer.net.train()
-    timed(step, warmup)
+    for _ in range(warmup):
+        step()
     return batch / timed(step, steps)
+
+
+def loop_step_ips(trainer, steps: int) -> float:
+    """The training loop's own step (``Trainer.step``: learning rate, dropout masks, forward,
+    loss, backward, SGD) on real batches already in memory, in the trainer that has just timed
+    the loop: the same warm-up, allocator state and code, so loop / step is what the loader,
+    augmentation and logging cost and nothing else."""
+    trainer.net.train()
+    batches = list(itertools.islice(iter(trainer.train_loader), steps))
+    masks = [trainer.dropout_masks(1, it) for it in range(len(batches))]
+    scale = trainer.world_size / trainer.batches.global_size(0)
+
+    def run():
+        for it, (x, y) in enumerate(batches):
+            trainer.set_lr(trainer.learning_rate(1, it))
+            sums = trainer.step(x, y, masks[it], scale)
+        trainer.to_host(list(sums[:2]))  # the loop, too, reads its sums once per log line
+
+    run()  # the batches' first step in this order
+    n = sum(int(y.shape[0]) for _, y in batches)
+    return n / timed(run)
 
 
 @contextlib.contextmanager
@@ -265,7 +295,8 @@ def worker(args: argparse.Namespace) -> dict:
     epoch_s = timed(lambda: trainer.train_epoch(1))
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out["loop_ips"] = n_train / epoch_s
-    out["loop_efficiency"] = out["loop_ips"] / out["bare_ips"]
+    out["step_ips"] = loop_step_ips(trainer, args.steps)
+    out["loop_efficiency"] = out["loop_ips"] / out["step_ips"]
     n_test = trainer.test_loader.batch_sampler.batches.n
     out["eval_ips"] = n_test / timed(trainer.evaluate)
     full_epoch_s = CIFAR10_TRAIN / out["loop_ips"]
@@ -278,7 +309,7 @@ def worker(args: argparse.Namespace) -> dict:
     bn_epoch_s = timed(lambda: bn_trainer.train_epoch(1))
     bn_trainer.collect()
     out["update_bn_fraction"] = timed(bn_trainer.update_bn) / bn_epoch_s
-    # Last: switching kernels is process-wide.
+    # Last: Paddle's FLAGS_use_mkldnn, which the oneDNN model set, stays set in the process.
     native = bench_config(args, framework, onednn=False)
     out["native_conv_ips"] = bare_step_ips(twin, native, args.steps, args.warmup, framework)
     return out
@@ -329,7 +360,8 @@ def main() -> int:
     parser.add_argument("--model", default="VGG16", help="any model of the zoo")
     parser.add_argument("-o", "--override", action="append", default=[], metavar="S.KEY=VALUE",
                         help="config override, as for train.py (e.g. -o Arch.depth=20)")
-    parser.add_argument("--width", type=float_argument(0, strict=True), default=1.0)
+    parser.add_argument("--width", type=widths_argument, default=[1.0, 0.25],
+                        help="comma-separated widths, measured in one run (default: 1,0.25)")
     parser.add_argument("--batch", type=int_argument(1), default=128)
     parser.add_argument("--steps", type=int_argument(1), default=5, help="timed bare steps")
     parser.add_argument("--warmup", type=int_argument(0), default=2)
@@ -355,13 +387,58 @@ def main() -> int:
         parser.error(f"unknown --part {', '.join(sorted(unknown))}; choose from {PARTS}")
     if set(parts) != set(PARTS) and "--json" not in sys.argv:
         args.json = os.path.join(ROOT, "bench", f"results-{'-'.join(parts)}.json")
-    argv = sys.argv[1:]
+    argv = without_option(sys.argv[1:], "--width")
     frameworks = args.frameworks.split(",")
+    measured = {w: measure(args, parts, frameworks, argv + ["--width", str(w)], order)
+                for w, order in alternating_widths(args.width)}
+    machine = Machine.here()
+    report = {"machine": {"cpu": machine.cpu, "flags": list(machine.flags),
+                          "threads": machine.threads, "versions": dict(machine.versions),
+                          "cores": os.cpu_count()},
+              "options": {k: v for k, v in vars(args).items() if k not in ("worker", "json")},
+              "widths": {str(w): measured[w] for w in args.width}}
+    with open(args.json, "w") as fh:
+        json.dump(report, fh, indent=2)
+    print(machine.line().removeprefix(MACHINE_PREFIX))
+    for w in args.width:
+        print(f"\n{args.model}, width {w}, batch {args.batch}")
+        print(table(measured[w]["results"]))
+    return 0
+
+
+def widths_argument(text: str) -> list[float]:
+    """``--width 1,0.25``: each a positive float."""
+    return [float_argument(0, strict=True)(part) for part in text.split(",")]
+
+
+def without_option(argv: list[str], option: str) -> list[str]:
+    """``argv`` less ``option VALUE`` and ``option=VALUE`` (each width passes its own)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(option + "="):
+            out.append(arg)
+    return out
+
+
+def alternating_widths(widths: list[float]) -> list[tuple[float, int]]:
+    """Each width with the round order its frameworks start in (0: as given, 1: reversed),
+    so that with two widths each framework goes first at one of them."""
+    return [(w, i % 2) for i, w in enumerate(widths)]
+
+
+def measure(args: argparse.Namespace, parts: list[str], frameworks: list[str],
+            argv: list[str], order: int) -> dict:
+    """One width's figures: ``--rounds`` rounds of the speed workers, the frameworks'
+    order alternating round by round (medians over rounds), then the other parts."""
     runs: dict[str, list[dict]] = {f: [] for f in frameworks}
     results: dict[str, dict] = {f: {} for f in frameworks}
     if "speed" in parts:
         for r in range(args.rounds):
-            for framework in frameworks if r % 2 == 0 else frameworks[::-1]:
+            for framework in frameworks if (r + order) % 2 == 0 else frameworks[::-1]:
                 runs[framework].append(run_worker(framework, argv))
         results = {f: {k: statistics.median(run[k] for run in runs[f]) for k in runs[f][0]}
                    for f in frameworks}
@@ -374,17 +451,7 @@ def main() -> int:
             results[f].update(run_worker(f, argv, "syncs"))
         if loader is not None:  # framework-free: the same numpy code feeds both twins
             results[f]["loader_ips_per_worker"] = loader
-    machine = {"cpu": platform.processor() or platform.machine(), "vendor": cpu_vendor(),
-               "cores": os.cpu_count(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
-    report = {"machine": machine, "options": {k: v for k, v in vars(args).items()
-                                              if k not in ("worker", "json")},
-              "results": results, "runs": runs}
-    with open(args.json, "w") as fh:
-        json.dump(report, fh, indent=2)
-    print(f"{machine['vendor']} {machine['cores']} cores, {args.model}, width {args.width}, "
-          f"batch {args.batch}")
-    print(table(results))
-    return 0
+    return {"results": results, "runs": runs}
 
 
 if __name__ == "__main__":

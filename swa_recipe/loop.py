@@ -130,7 +130,7 @@ class Trainer(abc.ABC):
         for it, (x, y) in enumerate(meter.iterate(self.train_loader), start=meter.start):
             lr = self.learning_rate(epoch, it)
             self.set_lr(lr)
-            loss_sum, correct, n = self.step(x, y, self._dropout_masks(epoch, it),
+            loss_sum, correct, n = self.step(x, y, self.dropout_masks(epoch, it),
                                              self.world_size / self.batches.global_size(it))
             if self._end_step(meter, it, lr, loss_sum, correct, n, should_stop):
                 return {"interrupted": True, "iteration": it + 1}
@@ -154,7 +154,7 @@ class Trainer(abc.ABC):
                                 progress_wanted() and self.rank == 0, self.progress.totals,
                                 start, clock=self.clock)
 
-    def _dropout_masks(self, epoch: int, it: int) -> list[np.ndarray] | None:
+    def dropout_masks(self, epoch: int, it: int) -> list[np.ndarray] | None:
         """This rank's dropout masks for step ``it``: drawn per sample of the global batch
         (``swa_recipe.dropout``), so they do not depend on the number of processes."""
         p, widths = model_dropout(self.cfg), dropout_widths(self.cfg)
