@@ -181,3 +181,39 @@ def test_resume_auto_is_rank_zeros_choice(tmp_path):
     rank0 = SimpleNamespace(rank=0, world_size=2,
                             dist=SimpleNamespace(broadcast_object=lambda obj, w: obj))
     assert agreed_resume_path(rank0, cfg, str(tmp_path)).endswith("checkpoint-3.pdparams")
+
+
+NO_PADDLE = '''import sys
+
+
+class NoPaddle:
+    """A machine without Paddle (the lent GPU machine has only CUDA torch)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "paddle" or name.startswith("paddle."):
+            raise ImportError(f"No module named {name!r}")
+
+
+sys.meta_path.insert(0, NoPaddle())
+'''
+
+
+def test_the_torch_twin_trains_and_evaluates_without_paddle(tmp_path, lite_archive):
+    """``train.py --framework torch`` and ``eval.py`` on its checkpoint never import Paddle."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(NO_PADDLE)
+    env = {**ENV, "PYTHONPATH": str(site)}
+    blocked = subprocess.run([sys.executable, "-c", "import paddle"], env=env,
+                             capture_output=True, text=True)
+    assert blocked.returncode == 1 and "No module named 'paddle'" in blocked.stderr
+    run = tmp_path / "run"
+    for cmd in (["train.py", "--config", "configs/lite.yaml", "--framework", "torch",
+                 "--data_path", str(lite_archive), "--dir", str(run), "-o", "Global.epochs=1",
+                 "-o", "SWA.swa_start=1"],
+                ["eval.py", "--model_path", str(run / "checkpoint-1.pt"), "--data_path",
+                 str(lite_archive)]):
+        proc = subprocess.run([sys.executable, *cmd], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-1500:] + proc.stderr[-1500:]
+    assert "SWA weights of" in proc.stdout and "accuracy" in proc.stdout
