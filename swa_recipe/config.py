@@ -374,6 +374,16 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
                         help="override any key, e.g. -o Arch.width=0.25 (repeatable)")
 
 
+def needs_legacy_ir(settings: dict) -> bool:
+    """Whether a command must start Paddle with its legacy IR: only ``swa_paddle.onednn``'s
+    convolutions need it, and they run for Paddle on the CPU with ``Global.onednn`` true.
+    ``settings`` is the ``Global`` section as far as it is known before Paddle is imported
+    (a checkpoint's own config needs Paddle to read it); a key not known takes its default,
+    and ``auto`` counts as the CPU: whether a GPU is visible is known only after the import."""
+    g = {**default_config()["Global"], **settings}
+    return g["framework"] == "paddle" and g["onednn"] is not False and g["device"] != "gpu"
+
+
 def command_line_update(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """The flags and ``-o`` overrides of ``args`` as ``{section: {key: value}}`` (read, not yet
     checked against the schema's ranges)."""

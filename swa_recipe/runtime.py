@@ -47,7 +47,7 @@ def tune_cpu_env(environ: dict | None = None, legacy_ir: bool = True) -> dict[st
     ``FLAGS_enable_pir_api=0`` lets ``swa_paddle.onednn`` run oneDNN convolutions (2.4x faster
     VGG16 training on a 2-core Intel machine); eager training does not otherwise use the IR.
     Paddle reads it once, at import, so it is set only where those convolutions may run
-    (``legacy_ir``: :func:`needs_legacy_ir`); elsewhere Paddle keeps its default IR (PIR).
+    (``legacy_ir``: ``swa_recipe.config.needs_legacy_ir``); elsewhere Paddle keeps PIR.
     ``MALLOC_ARENA_MAX=2``: with glibc's default of 8 arenas per core, the resident memory of a
     Paddle run kept growing for 20 epochs (fragmentation across the oneDNN and OpenMP threads'
     arenas); with 2 it is flat from the second epoch, at the same speed.
@@ -66,18 +66,6 @@ def tune_cpu_env(environ: dict | None = None, legacy_ir: bool = True) -> dict[st
             limit_malloc_arenas(2)  # this process has started: tell glibc directly
     env.update(applied)
     return applied
-
-
-def needs_legacy_ir(settings: dict) -> bool:
-    """Whether a command must start Paddle with its legacy IR: only ``swa_paddle.onednn``'s
-    convolutions need it, and they run for Paddle on the CPU with ``Global.onednn`` true.
-    ``settings`` is the ``Global`` section as far as it is known before Paddle is imported
-    (a checkpoint's own config needs Paddle to read it); a key not known takes its default
-    (framework paddle, device auto, onednn true), and ``auto`` counts as the CPU: whether a GPU
-    is visible is known only after the import."""
-    return (settings.get("framework", "paddle") == "paddle"
-            and settings.get("onednn", True) is not False
-            and settings.get("device", "auto") != "gpu")
 
 
 def limit_malloc_arenas(count: int) -> bool:

@@ -17,6 +17,7 @@ from conftest import ROOT, tiny_config
 from swa_paddle import models as pd_models
 from swa_paddle import onednn
 from swa_recipe import runtime
+from swa_recipe.config import needs_legacy_ir
 from swa_torch import models as th_models
 
 pytestmark = pytest.mark.skipif(not core.is_compiled_with_mkldnn(), reason="no oneDNN in Paddle")
@@ -226,9 +227,9 @@ def test_residual_model_trains_after_a_forward_without_gradients(archive, model,
 
 def test_legacy_ir_only_where_onednn_convolutions_run():
     """``FLAGS_enable_pir_api=0`` only for Paddle on the CPU with ``Global.onednn`` true."""
-    assert runtime.needs_legacy_ir({}) and runtime.needs_legacy_ir({"device": "cpu"})
+    assert needs_legacy_ir({}) and needs_legacy_ir({"device": "cpu"})
     for settings in ({"device": "gpu"}, {"onednn": False}, {"framework": "torch"}):
-        assert not runtime.needs_legacy_ir(settings)
+        assert not needs_legacy_ir(settings)
     env: dict[str, str] = {}
     assert "FLAGS_enable_pir_api" not in runtime.tune_cpu_env(env, legacy_ir=False)
     assert "FLAGS_enable_pir_api" not in env

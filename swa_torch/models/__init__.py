@@ -36,17 +36,18 @@ def kernels(model: nn.Module) -> Iterator[None]:
     """Run what the block computes with ``model``'s convolution kernels (oneDNN or torch's
     own). torch chooses the kernels of a convolution's backward again when the backward runs,
     so a training step's backward must run inside this block too (the twin's ``step`` does)."""
-    previous = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = getattr(model, "onednn", True)
+    _enter_kernels(model, ())
     try:
         yield
     finally:
-        torch.backends.mkldnn.enabled = previous
+        _leave_kernels(model, (), None)
 
 
 def _enter_kernels(model: nn.Module, args: tuple) -> None:
+    """Set ``model``'s switch, keeping the one it replaces (forward pre-hook and
+    :func:`kernels`)."""
     model.__dict__.setdefault("_kernels_before", []).append(torch.backends.mkldnn.enabled)
-    torch.backends.mkldnn.enabled = model.onednn
+    torch.backends.mkldnn.enabled = getattr(model, "onednn", True)
 
 
 def _leave_kernels(model: nn.Module, args: tuple, output) -> None:
