@@ -115,6 +115,27 @@ SCHEMA: dict[str, dict[str, Field]] = {
                            "changes numerics", ("fp32", "bf16")),
         "onednn": Field(True, bool, "oneDNN convolutions on CPU (Paddle: swa_paddle.onednn; "
                         "torch: torch.backends.mkldnn)"),
+        "use_visualdl": Field(False, bool, "scalars for VisualDL (Paddle) / TensorBoard "
+                              "(torch) under <dir>/vdl, rank 0 (pip install visualdl / "
+                              "tensorboard)"),
+        "compile": Field(False, bool, "torch.compile the training model (torch twin)"),
+        "channels_last": Field(False, bool, "channels_last memory format for the model and "
+                               "its inputs (torch twin)"),
+    },
+    "AMP": {
+        "use_amp": Field(False, bool, "automatic mixed precision of the training forward "
+                         "(PaddleClas's AMP block; paddle.amp / torch.autocast); weights, "
+                         "optimizer, SWA average and update_bn stay float32"),
+        "level": Field("O1", str, "O1: per-op casts; O2: almost every op in low precision "
+                       "(float32 master weights)", ("O1", "O2")),
+        "dtype": Field("float16", str, "low-precision type: float16 (GPU, with loss "
+                       "scaling) or bfloat16 (CPU or GPU, no scaling)",
+                       ("float16", "bfloat16")),
+        "scale_loss": Field(65536.0, float, "initial loss scale (float16)", check=_positive,
+                            rule="> 0"),
+        "use_dynamic_loss_scaling": Field(True, bool, "adapt the loss scale (float16)"),
+        "tf32": Field(False, bool, "TF32 matmuls and convolutions on NVIDIA GPUs (torch twin; "
+                      "off keeps float32 exact)"),
     },
     "Arch": {
         "model": Field("VGG16", str, "model name", MODELS),
@@ -168,6 +189,8 @@ SCHEMA: dict[str, dict[str, Field]] = {
                               check=_positive, rule="> 0", nullable=True),
         "test_subset": Field(None, int, "use only the first N test images", check=_positive,
                              rule="> 0", nullable=True),
+        "on_device": Field(False, bool, "hold the images on the training device as uint8 and "
+                           "crop, flip and normalise there (torch twin; byte-identical batches)"),
     },
 }
 

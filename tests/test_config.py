@@ -60,7 +60,7 @@ def test_default_config_is_the_paper_recipe():
     assert cfg["Arch"]["width"] == 1.0
     assert cfg["Data"]["data_path"] is None
     assert cfg["Data"]["md5"] == "auto"
-    assert set(cfg) == {"Global", "Arch", "Optimizer", "SWA", "Data"}
+    assert set(cfg) == {"Global", "AMP", "Arch", "Optimizer", "SWA", "Data"}
 
 
 def test_default_config_is_a_fresh_copy():
@@ -177,7 +177,7 @@ def test_resolve_from_a_checkpoint_config():
 def test_unknown_section():
     msg = refused("-o", "Foo.bar=1")
     assert "Foo" in msg
-    for section in ("Global", "Arch", "Optimizer", "SWA", "Data"):
+    for section in ("Global", "AMP", "Arch", "Optimizer", "SWA", "Data"):
         assert section in msg
 
 
@@ -354,7 +354,7 @@ def test_save_config_round_trips(tmp_path):
     assert load_yaml(str(path)) == cfg
     # plain YAML, sections in schema order
     raw = yaml.safe_load(path.read_text())
-    assert list(raw) == ["Global", "Arch", "Optimizer", "SWA", "Data"]
+    assert list(raw) == ["Global", "AMP", "Arch", "Optimizer", "SWA", "Data"]
     assert raw["Data"]["md5"] is None
 
 
