@@ -4,7 +4,7 @@
 for each step S it writes ``S_paddle.npy`` / ``S_torch.npy`` with ``reprod_log.ReprodLogger`` and
 ``S_diff.log`` with ``reprod_log.ReprodDiffHelper.report`` into ``output/diff/`` (not committed),
 prints a summary table and exits 1 if any step fails. ``--out diff/`` refreshes the committed
-files, ``--out DIR`` writes anywhere else; ``--steps a,b`` runs a subset,
+logs (and writes their dumps beside them, which git ignores), ``--out DIR`` writes anywhere else; ``--steps a,b`` runs a subset,
 ``--break KIND`` builds a deliberately broken Paddle twin (to see the right step fail and name the
 layer), ``--long`` adds the reduced-scale reproduction (``train_align_*``). See diff/README.md.
 """
@@ -52,12 +52,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         f"from {','.join(MODELS)}, or all")
     parser.add_argument("--out", default=str(DEFAULT_OUT),
                         help="where the .npy/.log files go (default output/diff/, not committed; "
-                        "--out diff/ refreshes the committed files)")
+                        "--out diff/ refreshes the committed logs; the .npy dumps stay "
+                        "untracked)")
     parser.add_argument("--break", dest="brk", default="none", choices=BREAKS,
                         help="build a deliberately broken Paddle twin (demonstrates localisation)")
     parser.add_argument("--backward_width", type=float, default=0.125,
-                        help="VGG16 width of the backward step (1/8: its gradients fit in the "
-                        "committed .npy files; 1 works, see README)")
+                        help="VGG16 width of the backward step (1/8 keeps its dump and log small "
+                        "and the step quick; 1 works, see README)")
     parser.add_argument("--train_lr", type=float, default=0.01,
                         help="learning rate of the train step (default: the recipe's swa_lr; "
                         "at 0.05 the trajectories separate chaotically, see README)")
