@@ -4,9 +4,10 @@
 for each step S it writes ``S_paddle.npy`` / ``S_torch.npy`` with ``reprod_log.ReprodLogger`` and
 ``S_diff.log`` with ``reprod_log.ReprodDiffHelper.report`` into ``output/diff/`` (not committed),
 prints a summary table and exits 1 if any step fails. ``--out diff/`` refreshes the committed
-logs (and writes their dumps beside them, which git ignores), ``--out DIR`` writes anywhere else; ``--steps a,b`` runs a subset,
-``--break KIND`` builds a deliberately broken Paddle twin (to see the right step fail and name the
-layer), ``--long`` adds the reduced-scale reproduction (``train_align_*``). See diff/README.md.
+logs (and writes their dumps beside them, which git ignores), ``--out DIR`` writes anywhere
+else; ``--steps a,b`` runs a subset, ``--break KIND`` builds a deliberately broken Paddle twin
+(to see the right step fail and name the layer), ``--long`` adds the reduced-scale reproduction
+(``train_align_*``). See diff/README.md.
 """
 
 from __future__ import annotations
