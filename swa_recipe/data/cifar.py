@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from swa_recipe.data import regular, safe_pickle
+from swa_recipe.data import jpeg_pack, regular, safe_pickle
 from swa_recipe.data.datacheck import (
     MAX_MEMBERS,
     DataError,
@@ -222,11 +222,25 @@ def _wanted_member(member: tarfile.TarInfo, index: int, names: tuple[str, ...], 
 def _read_archive(archive: Path, names: tuple[str, ...], md5: str | None,
                   layout: Layout = CIFAR10) -> list[dict]:
     with open_regular(archive, layout) as fh:
-        if md5 and (found := stream_md5(fh)) != md5:
-            raise DataError(f"{archive} has MD5 {found}, expected {md5}; replace the file, or "
-                            f"for a trusted local copy pass -o Data.md5=null")
-        fh.seek(0)
+        _check_md5(fh, archive, md5)
         return _read_members(fh, archive, names, layout)
+
+
+def _check_md5(fh, path: Path, md5: str | None) -> None:
+    """The whole open file against ``md5`` (none: no check), then back to its start."""
+    if md5 and (found := stream_md5(fh)) != md5:
+        raise DataError(f"{path} has MD5 {found}, expected {md5}; replace the file, or "
+                        f"for a trusted local copy pass -o Data.md5=null")
+    fh.seek(0)
+
+
+def _read_pack(path: Path, md5: str | None, layout: Layout) -> tuple[Split, Split]:
+    """CIFAR-10 from its JPEG pack (``jpeg_pack``), opened and MD5-checked as an archive is."""
+    jpeg_pack.check_dataset(path, layout)
+    with open_regular(path, layout) as fh:
+        _check_md5(fh, path, md5)
+        train, test = jpeg_pack.read_pack(fh, path, layout)
+    return Split(*train), Split(*test)
 
 
 def _read_members(fh, archive: Path, names: tuple[str, ...], layout: Layout = CIFAR10
@@ -261,9 +275,11 @@ def _to_split(batches: list[dict], names: tuple[str, ...], origin: Path, split: 
 
 def load_cifar(layout: Layout, data_path: str | None, md5: str | None = "auto"
                ) -> tuple[Split, Split]:
-    """Read (train, test) of ``layout``'s dataset from its official archive or extracted
-    folder."""
+    """Read (train, test) of ``layout``'s dataset from its official archive, extracted folder
+    or (CIFAR-10) JPEG pack."""
     path = locate(data_path, md5, layout)
+    if jpeg_pack.is_pack(path):
+        return _read_pack(path, expected_md5(data_path, md5, layout), layout)
     train_names, test_names = layout.train_files, layout.test_files
     names = train_names + test_names
     if path.is_dir():
