@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import paddle
 import paddle.nn.functional as F
 
 from swa_recipe import loop
+from swa_recipe.config import ConfigError
 from swa_recipe.device import resolve_device
 from swa_recipe.logs import IterMeter, note, summarize
+from swa_recipe.precision import Amp, amp_settings, device_refusal
 
-from . import checkpoint, dist
+from . import checkpoint, dist, visual
 from .averaging import build_average
 from .data import build_loaders
 from .models import build_model, set_dropout_masks
@@ -67,16 +71,36 @@ def evaluate(model: paddle.nn.Layer, loader: paddle.io.DataLoader, world_size: i
     return summarize(dist.all_reduce_sum(totals, world_size))
 
 
+def autocast(amp: Amp) -> contextlib.AbstractContextManager:
+    """``paddle.amp.auto_cast`` of the training forward and loss as ``amp`` asks (level O1,
+    on a GPU: ``swa_recipe.precision.device_refusal`` refuses it on the CPU, where Paddle
+    switches it off); without AMP no context at all, so the float32 step is untouched."""
+    if not amp.enabled:
+        return contextlib.nullcontext()
+    return paddle.amp.auto_cast(enable=True, level=amp.level, dtype=amp.dtype)
+
+
+def grad_scaler(amp: Amp) -> paddle.amp.GradScaler:
+    """PaddleClas's loss scaling for float16 (``AMP.scale_loss``,
+    ``AMP.use_dynamic_loss_scaling``); a disabled scaler otherwise, whose ``scale`` returns
+    the loss and whose ``step`` is the optimizer's."""
+    return paddle.amp.GradScaler(enable=amp.scaling, init_loss_scaling=amp.init_scale,
+                                 use_dynamic_loss_scaling=amp.dynamic)
+
+
 class Trainer(loop.Trainer):
     """Model, SWA average, optimizer and loaders of one run, and the Paddle calls that
     ``swa_recipe.loop.Trainer`` (the epoch and batch loop) asks for."""
 
-    checkpoint, dist = checkpoint, dist
+    checkpoint, dist, visual = checkpoint, dist, visual
     framework = "paddle"
 
     def __init__(self, cfg: dict, meter_class: type[IterMeter] = IterMeter):
         super().__init__(cfg, meter_class)
         self.device = set_device(cfg["Global"]["device"])
+        self.amp = amp_settings(cfg)
+        if (refusal := device_refusal(self.amp, self.framework, self.device)) is not None:
+            raise ConfigError(refusal)
         self.rank, self.world_size = dist.init_distributed()
         paddle.seed(cfg["Global"]["seed"])
         self.model = build_model(cfg)
@@ -90,6 +114,7 @@ class Trainer(loop.Trainer):
         self.optimizer = paddle.optimizer.Momentum(
             learning_rate=opt["lr_init"], momentum=opt["momentum"],
             parameters=self.model.parameters(), weight_decay=opt["wd"])
+        self.scaler = grad_scaler(self.amp)
 
     def set_lr(self, lr: float) -> None:
         self.optimizer.set_lr(lr)
@@ -97,12 +122,14 @@ class Trainer(loop.Trainer):
     def step(self, x: paddle.Tensor, y: paddle.Tensor, masks: list[np.ndarray] | None,
              loss_scale: float) -> tuple[paddle.Tensor, paddle.Tensor, int]:
         set_dropout_masks(self.model, masks and [to_device(m, self.device) for m in masks])
-        logits = self.net(x)
-        loss_sum = F.cross_entropy(logits, y, reduction="sum")
+        with autocast(self.amp):
+            logits = self.net(x)
+            loss_sum = F.cross_entropy(logits, y, reduction="sum")
         loss = loss_sum * loss_scale  # the global batch's mean once DataParallel averages
         self.optimizer.clear_grad()
-        loss.backward()
-        self.optimizer.step()
+        self.scaler.scale(loss).backward()  # the loss itself without float16
+        self.scaler.step(self.optimizer)  # unscales; skips a step whose gradients overflowed
+        self.scaler.update()
         set_dropout_masks(self.model, None)
         correct = (logits.argmax(axis=1) == y).astype("int64").sum()
         return loss_sum.detach(), correct, int(y.shape[0])
@@ -110,9 +137,14 @@ class Trainer(loop.Trainer):
     def optimizer_state(self) -> dict:
         return checkpoint.optimizer_state(self.optimizer, self.model)
 
+    def scaler_state(self) -> dict | None:
+        return self.scaler.state_dict() if self.amp.scaling else None
+
     def load_framework_state(self, state: dict) -> None:
         self.model.set_state_dict(state["state_dict"])
         checkpoint.load_optimizer_state(self.optimizer, self.model, state["optimizer"])
+        if self.amp.scaling and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         if self.swa_model is not None and state.get("swa_state_dict") is not None:
             self.swa_model.module.set_state_dict(state["swa_state_dict"])
             self.swa_model.n_averaged.set_value(paddle.to_tensor(state["swa_n"], dtype="int64"))

@@ -22,6 +22,7 @@ from swa_recipe.checkpoint import atomic_save
 from swa_recipe.data.datasets import DATASETS
 from swa_recipe.numbers import NumberError, short, to_float, to_int
 from swa_recipe.numbers import load_yaml as load_numbers_yaml
+from swa_recipe.precision import amp_refusal
 from swa_recipe.runtime import launched_world_size
 
 FRAMEWORKS = ("paddle", "torch")
@@ -370,6 +371,8 @@ def validate(cfg: dict, world_size: int = 1) -> dict:
     if g["precision"] == "bf16" and g["framework"] != "torch":
         raise ConfigError("Global.precision=bf16 is a torch-twin option (Paddle's auto_cast "
                           "leaves CPU ops in float32); use precision fp32 or framework torch")
+    if (amp_problem := amp_refusal(cfg)) is not None:
+        raise ConfigError(amp_problem)
     return cfg
 
 

@@ -9,6 +9,7 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
+from typing import Protocol
 
 import tabulate
 
@@ -222,9 +223,14 @@ class IterMeter:
         self.samples += n
         self.window_samples += n
         self.window_iters += 1
-        if self.logger and ((it + 1) % self.log_freq == 0 or it + 1 == self.iters):
+        if self.logger and self.line_due(it):
             self.logger.info(self.line(it, lr, loss, correct / max(n, 1)))
             self._reset_window()
+
+    def line_due(self, it: int) -> bool:
+        """Whether iteration ``it`` (0-based) ends with a training line: every ``log_freq``
+        iterations and at the epoch's last."""
+        return (it + 1) % self.log_freq == 0 or it + 1 == self.iters
 
     def line(self, it: int, lr: float, loss: float, acc: float) -> str:
         k = max(self.window_iters, 1)
@@ -240,6 +246,45 @@ class IterMeter:
     def totals(self) -> list[float]:
         """(loss sum, correct, samples) of this rank, to be summed over ranks."""
         return [self.loss_sum, self.correct, self.samples]
+
+
+class Writer(Protocol):
+    """A scalar writer: ``visualdl.LogWriter`` and torch's ``SummaryWriter`` as each twin's
+    ``visual.open_writer`` returns them."""
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+# The epoch row's columns an evaluation writes, and their scalar tags.
+EVAL_TAGS = {"te_loss": "test/loss", "te_acc": "test/acc", "swa_te_loss": "swa/test_loss",
+             "swa_te_acc": "swa/test_acc"}
+TRAIN_TAGS = ("train/lr", "train/loss", "train/acc")
+
+
+class Scalars:
+    """``Global.use_visualdl``: the values of each training line and each evaluation as
+    scalars (rank 0), through a twin's writer, so that the loop stays framework-free. The step
+    is the global iteration: iterations done since the run began (an evaluation's, its epoch's
+    last), the x axis both VisualDL and TensorBoard expect."""
+
+    def __init__(self, writer: Writer):
+        self.writer = writer
+
+    def train(self, step: int, lr: float, loss: float, acc: float) -> None:
+        """One training line's learning rate, loss and accuracy (%, as the line shows)."""
+        for tag, value in zip(TRAIN_TAGS, (lr, loss, acc), strict=True):
+            self.writer.add_scalar(tag, float(value), step)
+
+    def evaluation(self, step: int, row: dict) -> None:
+        """The test loss and accuracy of an epoch's row (and SWA's), where evaluated."""
+        for column, tag in EVAL_TAGS.items():
+            if row.get(column) is not None:
+                self.writer.add_scalar(tag, float(row[column]), step)
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 def summarize(totals) -> dict:

@@ -44,6 +44,7 @@ from swa_recipe.logs import (
     IterMeter,
     ProgressClock,
     RunLog,
+    Scalars,
     get_logger,
     open_log_file,
     summarize,
@@ -65,20 +66,25 @@ class Trainer(abc.ABC):
     :meth:`set_lr` and :meth:`step` once per step. A twin's ``__init__`` calls this one, then
     builds ``device, rank, world_size, model, net, swa_model, optimizer, train_loader,
     test_loader, batches`` (the loader's ``swa_recipe.data.cifar.EpochBatches``) and ``iters``,
-    and sets the class attributes ``framework``, ``checkpoint`` and ``dist`` (its twin's modules).
-    ``meter_class`` records each step (``logs.IterMeter``; ``diff/`` passes one that also keeps
-    every step's exact values).
+    and sets the class attributes ``framework``, ``checkpoint``, ``dist`` and ``visual`` (its
+    twin's modules; ``visual.require()`` and ``visual.open_writer(path)`` give the scalar writer
+    of ``Global.use_visualdl``, VisualDL or TensorBoard). ``meter_class`` records each step
+    (``logs.IterMeter``; ``diff/`` passes one that also keeps every step's exact values).
     """
 
     framework: str
     checkpoint: ModuleType
     dist: ModuleType
+    visual: ModuleType
 
     def __init__(self, cfg: dict, meter_class: type[IterMeter] = IterMeter):
         check_sample_dropout(cfg)
+        if cfg["Global"]["use_visualdl"]:
+            self.visual.require()  # a missing package is refused before any work
         self.cfg, self.meter_class = cfg, meter_class
         self.progress = Progress()
         self.clock: ProgressClock | None = None  # fit() sets rank 0's: estimate, progress lines
+        self.scalars: Scalars | None = None  # fit() sets rank 0's with Global.use_visualdl
 
     # ---------------------------------------------------------------- what a twin supplies
 
@@ -100,8 +106,13 @@ class Trainer(abc.ABC):
         """The optimizer's state for a checkpoint, loadable in any process."""
 
     @abc.abstractmethod
+    def scaler_state(self) -> dict | None:
+        """The AMP loss scaler's state for a checkpoint (float16), None without one."""
+
+    @abc.abstractmethod
     def load_framework_state(self, state: dict) -> None:
-        """Weights, optimizer state and SWA average (with its count) from a checkpoint."""
+        """Weights, optimizer state, SWA average (with its count) and the loss scaler's state
+        (``scaler``, absent in older checkpoints) from a checkpoint."""
 
     @abc.abstractmethod
     def evaluate_model(self, model: Any) -> dict:
@@ -194,6 +205,9 @@ class Trainer(abc.ABC):
         for k, (it, lr, _, _, n) in enumerate(pending):
             loss = check_finite(float(values[2 * k]) / n, self._epoch, it)
             meter.step(it, lr, loss, int(values[2 * k + 1]), n)
+            if self.scalars is not None and meter.line_due(it):
+                self.scalars.train(self._epoch * self.iters + it + 1, lr, loss,
+                                   100 * int(values[2 * k + 1]) / max(n, 1))
             first_lr = lr if self.progress.first_lr is None else self.progress.first_lr
             self.progress = Progress(it + 1, meter.totals(), first_lr)
 
@@ -239,6 +253,7 @@ class Trainer(abc.ABC):
             "swa_state_dict": self.swa_model.module.state_dict() if self.swa_n else None,
             "swa_n": self.swa_n if self.swa_model is not None else None,
             "optimizer": self.optimizer_state(),
+            "scaler": self.scaler_state(),
             "config": self.cfg,
             "progress": self.progress.state_dict(),
         }
@@ -464,8 +479,15 @@ def fit(trainer: Trainer, cfg: dict, logger: logging.Logger | None = None,
         trainer.clock = ProgressClock(logger, cfg["Global"]["epochs"], trainer.iters,
                                       cfg["Data"]["batch_size"], not progress_wanted(),
                                       progress_every)
-    with StopSignal() as stop:
-        return _epochs(trainer, cfg, out, start_epoch, log, logger, stop)
+    if main and cfg["Global"]["use_visualdl"]:
+        trainer.scalars = Scalars(trainer.visual.open_writer(os.path.join(out, "vdl")))
+    try:
+        with StopSignal() as stop:
+            return _epochs(trainer, cfg, out, start_epoch, log, logger, stop)
+    finally:  # at the end, and on an interruption or an error
+        if trainer.scalars is not None:
+            trainer.scalars.close()
+            trainer.scalars = None
 
 
 def _epochs(trainer: Trainer, cfg: dict, out: str, start_epoch: int, log: RunLog | None,
@@ -498,6 +520,8 @@ def _epochs(trainer: Trainer, cfg: dict, out: str, start_epoch: int, log: RunLog
         if log:
             log.add(row)
             trainer.clock.end_epoch(row["time"])
+        if trainer.scalars is not None:
+            trainer.scalars.evaluation((epoch + 1) * trainer.iters, row)
         if stopping:
             raise Interrupted(stop.signum, path)
     if log:

@@ -9,10 +9,12 @@ import torch
 import torch.nn.functional as F
 
 from swa_recipe import loop
+from swa_recipe.config import ConfigError
 from swa_recipe.device import resolve_device
 from swa_recipe.logs import IterMeter, note, summarize
+from swa_recipe.precision import Amp, amp_settings, device_refusal
 
-from . import checkpoint, dist
+from . import checkpoint, dist, visual
 from .averaging import build_average
 from .data import build_loaders
 from .models import build_model, kernels, set_dropout_masks
@@ -80,17 +82,38 @@ def evaluate(model: torch.nn.Module, loader: torch.utils.data.DataLoader,
     return summarize(dist.all_reduce_sum(totals, world_size))
 
 
+def autocast(amp: Amp, device: torch.device) -> torch.autocast:
+    """``torch.autocast`` of the training forward and loss as ``amp`` asks (its one level is
+    O1); weights, optimizer, evaluation and the BN update stay float32."""
+    dtype = getattr(torch, amp.dtype) if amp.enabled else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype, enabled=amp.enabled)
+
+
+def set_tf32(allowed: bool) -> None:
+    """``AMP.tf32``, set explicitly either way: torch's own defaults differ (matmuls off,
+    cuDNN convolutions on), which would make an fp32 GPU run TF32 in its convolutions only.
+    The ``allow_tf32`` switches, not the newer ``fp32_precision`` ones: in torch 2.13, once
+    the new ones are set, reading ``torch.backends.cudnn.allow_tf32`` (as Inductor's
+    convolution templates do) raises, while the old switches keep both readable."""
+    torch.backends.cuda.matmul.allow_tf32 = allowed
+    torch.backends.cudnn.allow_tf32 = allowed
+
+
 class Trainer(loop.Trainer):
     """Model, SWA average, optimizer and loaders of one run, and the PyTorch calls that
     ``swa_recipe.loop.Trainer`` (the epoch and batch loop) asks for."""
 
-    checkpoint, dist = checkpoint, dist
+    checkpoint, dist, visual = checkpoint, dist, visual
     framework = "torch"
 
     def __init__(self, cfg: dict, meter_class: type[IterMeter] = IterMeter):
         super().__init__(cfg, meter_class)
         device = set_device(cfg["Global"]["device"])
         self.device = torch_device(device)
+        self.amp = amp_settings(cfg)
+        if (refusal := device_refusal(self.amp, self.framework, device)) is not None:
+            raise ConfigError(refusal)
+        set_tf32(self.amp.tf32)
         self.rank, self.world_size = dist.init_distributed(self.device)
         torch.manual_seed(cfg["Global"]["seed"])
         self.model = build_model(cfg).to(self.device)
@@ -103,6 +126,8 @@ class Trainer(loop.Trainer):
         opt = cfg["Optimizer"]
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=opt["lr_init"],
                                          momentum=opt["momentum"], weight_decay=opt["wd"])
+        self.scaler = torch.amp.GradScaler(self.device.type, init_scale=self.amp.init_scale,
+                                           enabled=self.amp.scaling)
 
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
@@ -113,29 +138,29 @@ class Trainer(loop.Trainer):
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         set_dropout_masks(self.model, masks and [to_device(m, self.device) for m in masks])
         with kernels(self.model):
-            with self._autocast():
+            with autocast(self.amp, self.device):
                 logits = self.net(x)
                 loss_sum = F.cross_entropy(logits, y, reduction="sum")
             loss = loss_sum * loss_scale  # the global batch's mean once DDP averages
             self.optimizer.zero_grad()
-            loss.backward()
-        self.optimizer.step()
+            self.scaler.scale(loss).backward()  # the loss itself without float16
+        self.scaler.step(self.optimizer)  # unscales; skips a step whose gradients overflowed
+        self.scaler.update(None if self.amp.dynamic else self.amp.init_scale)
         set_dropout_masks(self.model, None)
         correct = (logits.argmax(dim=1) == y).sum()
         return loss_sum.detach(), correct, int(y.shape[0])
 
-    def _autocast(self) -> torch.autocast:
-        """bf16 autocast of the training forward when asked; weights, optimizer, evaluation and
-        the BN update stay float32."""
-        bf16 = self.cfg["Global"]["precision"] == "bf16"
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
-
     def optimizer_state(self) -> dict:
         return self.optimizer.state_dict()
+
+    def scaler_state(self) -> dict | None:
+        return self.scaler.state_dict() if self.amp.scaling else None
 
     def load_framework_state(self, state: dict) -> None:
         self.model.load_state_dict(state["state_dict"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.amp.scaling and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         if self.swa_model is not None and state.get("swa_state_dict") is not None:
             self.swa_model.module.load_state_dict(state["swa_state_dict"])
             self.swa_model.n_averaged.fill_(state["swa_n"])
