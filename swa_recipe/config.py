@@ -341,6 +341,10 @@ def _num_classes(cfg: dict) -> None:
                           f"{classes}), or use a checkpoint of {dataset}")
 
 
+# Speed options only the torch twin implements (swa_torch.fast, swa_torch.device_data).
+TORCH_ONLY = (("Global", "compile"), ("Global", "channels_last"), ("Data", "on_device"))
+
+
 def validate(cfg: dict, world_size: int = 1) -> dict:
     """Checks across keys (and against the number of processes), after each key on its own."""
     g, swa, data = cfg["Global"], cfg["SWA"], cfg["Data"]
@@ -373,6 +377,10 @@ def validate(cfg: dict, world_size: int = 1) -> dict:
                           "leaves CPU ops in float32); use precision fp32 or framework torch")
     if (amp_problem := amp_refusal(cfg)) is not None:
         raise ConfigError(amp_problem)
+    for section, key in TORCH_ONLY:
+        if cfg[section][key] and g["framework"] != "torch":
+            raise ConfigError(f"{section}.{key}=true is a torch-twin option (swa_torch's GPU "
+                              f"path); set {section}.{key} false, or use framework torch")
     return cfg
 
 

@@ -12,15 +12,20 @@ from __future__ import annotations
 
 import numpy as np
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+# splitmix64's constants, as Python ints so that ``swa_torch.device_dropout`` draws the same bits
+# with torch's int64 on the training device: the Weyl step between keys, the finaliser's
+# (shift, multiplier) rounds and its last shift.
+GOLDEN = 0x9E3779B97F4A7C15
+MIX_ROUNDS = ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB))
+LAST_SHIFT = 31
+_GOLDEN = np.uint64(GOLDEN)
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
     """splitmix64's finaliser: a bijection of uint64 that spreads every input bit."""
-    x = (x ^ (x >> np.uint64(30))) * _M1
-    x = (x ^ (x >> np.uint64(27))) * _M2
-    return x ^ (x >> np.uint64(31))
+    for shift, multiplier in MIX_ROUNDS:
+        x = (x ^ (x >> np.uint64(shift))) * np.uint64(multiplier)
+    return x ^ (x >> np.uint64(LAST_SHIFT))
 
 
 def _key(x: np.ndarray, values) -> np.ndarray:
@@ -39,7 +44,16 @@ def keep_masks(seed: int, epoch: int, indices, p: float, widths: list[int]
                ) -> list[np.ndarray]:
     """One float32 mask per dropout layer, ``len(indices) x width``: ``1 / (1 - p)`` where a
     unit is kept (probability ``1 - p``), 0 where it is dropped, as inverted dropout scales."""
-    threshold = np.uint64(min(int(p * 2.0**64), 2**64 - 1))
-    scale = np.float32(1.0 / (1.0 - p))
+    threshold, scale = np.uint64(drop_threshold(p)), keep_scale(p)
     return [(random_bits(seed, epoch, indices, layer, width) >= threshold) * scale
             for layer, width in enumerate(widths)]
+
+
+def drop_threshold(p: float) -> int:
+    """The uint64 below which a unit is dropped: a fraction ``p`` of all 2**64 values."""
+    return min(int(p * 2.0**64), 2**64 - 1)
+
+
+def keep_scale(p: float) -> np.float32:
+    """Inverted dropout's factor for a kept unit, rounded to float32 once for both paths."""
+    return np.float32(1.0 / (1.0 - p))

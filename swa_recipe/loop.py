@@ -171,6 +171,11 @@ class Trainer(abc.ABC):
         p, widths = model_dropout(self.cfg), dropout_widths(self.cfg)
         if p == 0 or not widths:
             return None
+        return self.draw_masks(epoch, it, p, widths)
+
+    def draw_masks(self, epoch: int, it: int, p: float, widths: list[int]) -> list:
+        """``keep_masks`` of this rank's shard of batch ``it`` as host arrays; a twin whose
+        batches are built on the device draws the same masks there (torch, ``Data.on_device``)."""
         return keep_masks(self.cfg["Global"]["seed"], epoch, self.batches.shard(it), p, widths)
 
     def _end_step(self, meter: IterMeter, it: int, lr: float, loss_sum, correct, n: int,

@@ -17,6 +17,8 @@ from swa_recipe.precision import Amp, amp_settings, device_refusal
 from . import checkpoint, dist, visual
 from .averaging import build_average
 from .data import build_loaders
+from .device_dropout import keep_masks as device_keep_masks
+from .fast import channels_last, compiled
 from .models import build_model, kernels, set_dropout_masks
 
 
@@ -46,8 +48,11 @@ def torch_device(device: str) -> torch.device:
     return torch.device("cuda", local)
 
 
-def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """A host array on ``device``; to a GPU through pinned memory, without waiting."""
+def to_device(array: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host array on ``device``; to a GPU through pinned memory, without waiting. A tensor
+    (drawn on the device already, ``Data.on_device``) is moved only if it is elsewhere."""
+    if isinstance(array, torch.Tensor):
+        return array.to(device)
     tensor = torch.from_numpy(array)
     if device.type != "cuda":
         return tensor
@@ -116,8 +121,8 @@ class Trainer(loop.Trainer):
         set_tf32(self.amp.tf32)
         self.rank, self.world_size = dist.init_distributed(self.device)
         torch.manual_seed(cfg["Global"]["seed"])
-        self.model = build_model(cfg).to(self.device)
-        self.net = dist.wrap(self.model, self.world_size)
+        self.model = channels_last(build_model(cfg).to(self.device), cfg)
+        self.net = compiled(dist.wrap(self.model, self.world_size), cfg)
         self.train_loader, self.test_loader = build_loaders(cfg, self.rank, self.world_size,
                                                             device=device)
         self.batches = self.train_loader.batch_sampler.batches
@@ -132,6 +137,14 @@ class Trainer(loop.Trainer):
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+
+    def draw_masks(self, epoch: int, it: int, p: float, widths: list[int]) -> list:
+        """With ``Data.on_device``, the masks are drawn on the device from the batch's
+        device indices (``device_dropout``: bit-identical to the host's), no host arrays."""
+        if not self.cfg["Data"]["on_device"]:
+            return super().draw_masks(epoch, it, p, widths)
+        indices = self.train_loader.shard_indices(it)
+        return device_keep_masks(self.cfg["Global"]["seed"], epoch, indices, p, widths)
 
     def step(self, x: torch.Tensor, y: torch.Tensor, masks: list[np.ndarray] | None,
              loss_scale: float) -> tuple[torch.Tensor, torch.Tensor, int]:
