@@ -48,16 +48,17 @@ WEIGHT_KEYS = ("state_dict", "swa_state_dict")
 
 
 def convert_checkpoint(state: dict, direction: str, to_numpy, target: str) -> dict:
-    """A whole training checkpoint: both weight sets converted; ``optimizer`` and ``scheduler``
-    dropped (their layouts differ between frameworks: a converted checkpoint evaluates and
-    initialises, it does not resume); the config names the ``target`` framework."""
+    """A whole training checkpoint: both weight sets converted; ``optimizer``, ``scheduler``
+    and the AMP loss ``scaler`` dropped (their layouts differ between frameworks: a converted
+    checkpoint evaluates and initialises, it does not resume); the config names the ``target``
+    framework."""
     if "state_dict" not in state:
         return convert_state_dict(to_numpy(state), direction)
     out = {k: v for k, v in state.items() if k not in WEIGHT_KEYS + ("optimizer", "scheduler")}
     for key in WEIGHT_KEYS:
         weights = state.get(key)
         out[key] = None if weights is None else convert_state_dict(to_numpy(weights), direction)
-    out["optimizer"] = out["scheduler"] = None
+    out["optimizer"] = out["scheduler"] = out["scaler"] = None
     if isinstance(out.get("config"), dict):
         out["config"] = {**out["config"], "Global": {**out["config"]["Global"],
                                                      "framework": target}}

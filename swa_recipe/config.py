@@ -127,8 +127,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "use_amp": Field(False, bool, "automatic mixed precision of the training forward "
                          "(PaddleClas's AMP block; paddle.amp / torch.autocast); weights, "
                          "optimizer, SWA average and update_bn stay float32"),
-        "level": Field("O1", str, "O1: per-op casts; O2: almost every op in low precision "
-                       "(float32 master weights)", ("O1", "O2")),
+        "level": Field("O1", str, "O1: per-op casts (O2, low-precision weights with float32 "
+                       "master copies, is refused: the SWA average reads the weights)",
+                       ("O1", "O2")),
         "dtype": Field("float16", str, "low-precision type: float16 (GPU, with loss "
                        "scaling) or bfloat16 (CPU or GPU, no scaling)",
                        ("float16", "bfloat16")),

@@ -259,3 +259,25 @@ def test_tf32_is_set_explicitly_either_way(archive):
     assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
     Trainer(tiny_config(archive, Global={"framework": "torch"}))
     assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+
+
+def test_a_converted_checkpoint_drops_the_loss_scaler(archive, tmp_path):
+    """A Paddle float16 checkpoint's ``scaler`` (GradScaler.state_dict: a numpy scale) is
+    Paddle's own layout, like its optimizer state: ``convert`` drops both, and the torch file
+    loads with ``weights_only``."""
+    from swa_apps.convert import convert_file
+    from swa_paddle import checkpoint as pd_ckpt
+    from swa_paddle.models import VGG
+    from swa_torch import checkpoint as th_ckpt
+
+    model = VGG(depth=16, width=0.0625, dropout=0.0)
+    scaler = {"scale": np.array([1024.0], dtype=np.float32), "incr_ratio": 2.0,
+              "decr_ratio": 0.5, "incr_every_n_steps": 1000, "decr_every_n_nan_or_inf": 2,
+              "incr_count": 7, "decr_count": 0, "use_dynamic_loss_scaling": True}
+    src, dst = tmp_path / "c.pdparams", tmp_path / "c.pt"
+    pd_ckpt.save({"epoch": 1, "state_dict": model.state_dict(), "swa_state_dict": None,
+                  "swa_n": None, "optimizer": {"lr": 0.1}, "scaler": scaler}, str(src))
+    assert pd_ckpt.load(str(src))["scaler"]["incr_count"] == 7
+    convert_file(str(src), str(dst), tiny_config(archive))
+    loaded = th_ckpt.load(str(dst))
+    assert loaded["scaler"] is None and loaded["optimizer"] is None
