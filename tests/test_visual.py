@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +16,8 @@ import pytest
 
 from conftest import ROOT, tiny_config
 from swa_apps.twins import import_twin
-from swa_recipe.logs import EVAL_TAGS, TRAIN_TAGS, read_metrics
-from swa_recipe.loop import fit
+from swa_recipe.logs import EVAL_TAGS, TRAIN_TAGS, IterMeter, read_metrics
+from swa_recipe.loop import Interrupted, fit
 
 LINE = re.compile(r"\[Epoch (\d+)/\d+, iter (\d+)/(\d+)\] lr: ([\d.]+), loss: ([\d.]+), "
                   r"acc: ([\d.]+)")
@@ -79,6 +80,41 @@ def test_scalars_read_back_equal_the_log_and_metrics(framework, archive, tmp_pat
         expected = [(r["ep"] * iters, float(np.float32(r[column]))) for r in rows
                     if r[column] is not None]
         assert scalars[tag] == expected and expected, tag  # stored as float32
+
+
+class StopInEpoch2(IterMeter):
+    """SIGTERM to this process once epoch 2's second step is recorded: ``fit`` stops after the
+    third of 4 and writes a mid-epoch checkpoint."""
+
+    def step(self, it: int, lr: float, loss: float, correct: int, n: int) -> None:
+        super().step(it, lr, loss, correct, n)
+        if self.epoch == 1 and it == 1:
+            signal.raise_signal(signal.SIGTERM)
+
+
+@pytest.mark.parametrize("framework", ["paddle", "torch"])
+def test_an_interrupted_run_closes_its_writer_and_the_resumed_one_appends(framework, archive,
+                                                                           tmp_path):
+    """The writer is closed on the interruption (both tools buffer: unclosed, the steps before
+    the stop would not be on disk), and the resumed run adds the steps after the checkpoint,
+    each step once."""
+    out = tmp_path / "run"
+    trainer_class = import_twin(framework).trainer.Trainer
+
+    def cfg_of(**global_) -> dict:
+        return tiny_config(archive, Global={"framework": framework, "dir": str(out),
+                                            "epochs": 2, "use_visualdl": True, **global_})
+
+    with pytest.raises(Interrupted) as info:
+        fit(trainer_class(cfg_of(), meter_class=StopInEpoch2), cfg_of())
+    scalars = READERS[framework](out / "vdl")
+    assert [s for s, _ in scalars["train/loss"]] == [1, 2, 3, 4, 5, 6, 7]
+    assert [s for s, _ in scalars["test/acc"]] == [4]
+    cfg = cfg_of(resume=info.value.path)
+    fit(trainer_class(cfg), cfg)
+    scalars = READERS[framework](out / "vdl")
+    assert sorted(s for s, _ in scalars["train/loss"]) == list(range(1, 9))
+    assert sorted(s for s, _ in scalars["test/acc"]) == [4, 8]
 
 
 NO_PACKAGE = '''
