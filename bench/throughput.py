@@ -17,8 +17,16 @@ RSS after training, and resident memory after each epoch of the lite run
 (``configs/lite.yaml`` for 6 epochs: training, SWA collection from epoch 2, evaluation).
 Any model of the zoo: ``--model PreResNet164``, and ``-o Section.key=value`` as for train.py.
 A bare step on random tensors in a fresh trainer (forward, loss, backward, SGD) and its
-variants: the frameworks' own convolutions (``Global.onednn false``), and for torch
-channels_last and bf16 autocast (``Global.precision bf16``).
+variant with the frameworks' own convolutions (``Global.onednn false``).
+
+The torch twin's speed options (``--part options``: AMP bfloat16 and float16, TF32,
+channels_last, torch.compile, ``Data.on_device``), each set as a config key exactly as ``-o``
+would and measured through the trainer's own ``Trainer.step``, so the figure is the option as
+training runs it: the step's images/s on batches in memory, the real loop's images/s, and the
+largest difference of the per-step loss from the float32 eager path over the same first steps
+(same batches, same initial weights, same dropout masks). Options that only exist on a CUDA GPU
+(float16 with loss scaling, TF32) say "skipped: needs CUDA" on a CPU. ``tools/gpu_check.py``
+runs the same functions on a GPU.
 
 For a GPU (``--part loader,syncs`` runs only these, in seconds): the numpy augmentation's
 images/s in one process (what each loader worker delivers), and the host's reads of tensor
@@ -42,7 +50,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from swa_recipe.numbers import float_argument, int_argument  # noqa: E402
+from swa_recipe.numbers import float_argument, int_argument, short  # noqa: E402
 from swa_recipe.runtime import tune_cpu_env  # noqa: E402
 from swa_study.provenance import MACHINE_PREFIX, Machine  # noqa: E402
 
@@ -57,13 +65,11 @@ FIGURES = [  # key, label, unit
     ("peak_rss_mb", "peak RSS, full-width training", "MiB"),
     ("lite_rss_growth_mb", "RSS growth, lite run epochs 3 -> 6", "MiB"),
     ("native_conv_ips", "bare step, Global.onednn false", "img/s"),
-    ("channels_last_ips", "bare step, channels_last", "img/s"),
-    ("bf16_ips", "bare step, bf16 autocast", "img/s"),
     ("loader_ips_per_worker", "numpy augmentation, one loader worker", "img/s"),
     ("host_syncs_per_step", "host syncs per training step", "x"),
     ("host_syncs_between_lines", "host syncs between log lines", "x"),
 ]
-PARTS = ("speed", "memory", "loader", "syncs")
+PARTS = ("speed", "memory", "loader", "syncs", "options")
 # Tensor methods through which the host reads values: each waits for the device on a GPU.
 # (torch's numpy() only works on CPU tensors, which cpu() made; Paddle's numpy() copies.)
 HOST_READS = {
@@ -74,6 +80,22 @@ HOST_READS = {
 # CPU tensor): no device is waited for, so these callers are not counted.
 HOST_ONLY_CALLERS = ("torch.utils.data", "paddle.io")
 CIFAR10_TRAIN = 50000
+# The torch twin's speed options, each the config update that turns it on (what ``-o`` sets):
+# the trainer implements every one, the bench only sets keys and measures Trainer.step.
+FP32 = "fp32"
+OPTIONS: dict[str, dict] = {
+    FP32: {},
+    "amp_bf16": {"AMP": {"use_amp": True, "dtype": "bfloat16"}},
+    "amp_fp16": {"AMP": {"use_amp": True, "dtype": "float16"}},
+    "tf32": {"AMP": {"tf32": True}},
+    "channels_last": {"Global": {"channels_last": True}},
+    "compile": {"Global": {"compile": True}},
+    "on_device": {"Data": {"on_device": True}},
+}
+# Options whose whole effect is a CUDA feature (float16 autocast with loss scaling; TF32
+# tensor cores): on a CPU there is nothing to measure, and the report says so.
+CUDA_ONLY = ("amp_fp16", "tf32")
+NEEDS_CUDA = "skipped: needs CUDA"
 
 
 def overrides(args: argparse.Namespace) -> dict:
@@ -114,8 +136,7 @@ def timed(fn, repeat: int = 1) -> float:
     return (time.perf_counter() - t0) / repeat
 
 
-def bare_step_ips(twin, cfg: dict, steps: int, warmup: int, framework: str,
-                  channels_last: bool = False, bf16: bool = False) -> float:
+def bare_step_ips(twin, cfg: dict, steps: int, warmup: int, framework: str) -> float:
     """Forward, loss, backward and SGD step on one batch of random tensors, repeated."""
     import numpy as np
 
@@ -141,14 +162,10 @@ def bare_step_ips(twin, cfg: dict, steps: int, warmup: int, framework: str,
         import torch.nn.functional as F
 
         x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
-        if channels_last:
-            trainer.net.to(memory_format=torch.channels_last)
-            x = x.contiguous(memory_format=torch.channels_last)
 
         def step():
             with twin.models.kernels(trainer.model):  # Global.onednn, backward included
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    loss = F.cross_entropy(trainer.net(x), y)
+                loss = F.cross_entropy(trainer.net(x), y)
                 trainer.optimizer.zero_grad()
                 loss.backward()
             trainer.optimizer.step()
@@ -159,25 +176,206 @@ def bare_step_ips(twin, cfg: dict, steps: int, warmup: int, framework: str,
     return batch / timed(step, steps)
 
 
-def loop_step_ips(trainer, steps: int) -> float:
-    """The training loop's own step (``Trainer.step``: learning rate, dropout masks, forward,
-    loss, backward, SGD) on real batches already in memory, in the trainer that has just timed
-    the loop: the same warm-up, allocator state and code, so loop / step is what the loader,
-    augmentation and logging cost and nothing else."""
-    trainer.net.train()
+def memory_batches(trainer, steps: int) -> tuple[list, list]:
+    """The first ``steps`` batches of epoch 1 from the trainer's own loader (host or
+    ``Data.on_device``), held in memory, and their dropout masks: every option trained on
+    these sees the same images, in the same order, with the same masks."""
+    trainer.train_loader.batch_sampler.set_epoch(1)
     batches = list(itertools.islice(iter(trainer.train_loader), steps))
-    masks = [trainer.dropout_masks(1, it) for it in range(len(batches))]
+    return batches, [trainer.dropout_masks(1, it) for it in range(len(batches))]
+
+
+def run_steps(trainer, batches: list, masks: list) -> list[float]:
+    """The loop's own step (``Trainer.step``: learning rate, dropout masks, forward, loss,
+    backward, SGD) over ``batches``; each step's mean loss, read in one transfer at the end
+    as the loop reads its sums once per log line (the only wait for a GPU)."""
+    trainer.net.train()
     scale = trainer.world_size / trainer.batches.global_size(0)
+    sums = []
+    for it, (x, y) in enumerate(batches):
+        trainer.set_lr(trainer.learning_rate(1, it))
+        loss_sum, _, n = trainer.step(x, y, masks[it], scale)
+        sums.append((loss_sum, n))
+    values = trainer.to_host([loss for loss, _ in sums])
+    return [float(v) / n for v, (_, n) in zip(values, sums, strict=True)]
 
-    def run():
-        for it, (x, y) in enumerate(batches):
-            trainer.set_lr(trainer.learning_rate(1, it))
-            sums = trainer.step(x, y, masks[it], scale)
-        trainer.to_host(list(sums[:2]))  # the loop, too, reads its sums once per log line
 
-    run()  # the batches' first step in this order
+def loop_step_ips(trainer, steps: int) -> float:
+    """The training loop's own step on real batches already in memory, in the trainer that has
+    just timed the loop: the same warm-up, allocator state and code, so loop / step is what the
+    loader, augmentation and logging cost and nothing else."""
+    batches, masks = memory_batches(trainer, steps)
+    run_steps(trainer, batches, masks)  # the batches' first step in this order
     n = sum(int(y.shape[0]) for _, y in batches)
-    return n / timed(run)
+    return n / timed(lambda: run_steps(trainer, batches, masks))
+
+
+def loop_epoch_ips(trainer) -> float:
+    """The real training loop's images/s (loader, augmentation, logging, per-step seeding):
+    epoch 0 warms up (first-touch allocations, kernel selection, compilation), epoch 1 is
+    timed."""
+    trainer.train_epoch(0)
+    return trainer.batches.n / timed(lambda: trainer.train_epoch(1))
+
+
+def option_names(text: str) -> list[str]:
+    """``amp_bf16+channels_last``: options of ``OPTIONS`` combined (``fp32`` alone is none)."""
+    names = [n for n in text.split("+") if n != FP32]
+    unknown = [n for n in names if n not in OPTIONS]
+    if unknown or not text:
+        raise ValueError(f"unknown option {short(unknown[0] if unknown else text)}; choose "
+                         f"from {', '.join(OPTIONS)} (combine with +)")
+    return names
+
+
+def option_config(cfg: dict, option: str) -> dict:
+    """``cfg`` with the option's config keys set (``a+b``: both), checked as ``-o`` would."""
+    from swa_recipe.config import merge, validate
+
+    for name in option_names(option):
+        cfg = merge(cfg, OPTIONS[name], option)
+    return validate(cfg)
+
+
+def skip_reason(option: str, cuda: bool) -> str | None:
+    """Why ``option`` is not measured here: a CUDA-only option without a CUDA GPU."""
+    if not cuda and any(n in CUDA_ONLY for n in option_names(option)):
+        return NEEDS_CUDA
+    return None
+
+
+@contextlib.contextmanager
+def backend_flags_kept():
+    """torch's global math switches (TF32, float32 matmul precision, cuDNN autotuning) as they
+    were before the block: an option that sets them for its trainer must not carry them into
+    the next option measured in this process."""
+    import torch
+
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    precision, benchmark = torch.get_float32_matmul_precision(), torch.backends.cudnn.benchmark
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+        torch.set_float32_matmul_precision(precision)
+        torch.backends.cudnn.benchmark = benchmark
+
+
+def timed_passes(run, window_s: float) -> tuple[int, float]:
+    """Call ``run`` until ``window_s`` seconds have passed (at least once): the passes made and
+    the seconds they took. A window, rather than a count, keeps a fast GPU's figure from
+    resting on a few milliseconds, and lets processes measured at once share the same span."""
+    t0 = time.perf_counter()
+    passes = 0
+    while passes == 0 or time.perf_counter() - t0 < window_s:
+        run()
+        passes += 1
+    return passes, time.perf_counter() - t0
+
+
+def measure_option(twin, cfg: dict, option: str, steps: int, warmup: int,
+                   reference: list[float] | None = None, loop: bool = False,
+                   window_s: float = 0.0, before_timing=None) -> dict:
+    """One option (or ``a+b``) in a fresh trainer of the torch twin: the first ``steps`` steps
+    from the initial weights with their losses (compilation and autotuning happen here),
+    ``warmup`` more passes, then timed passes over the same batches for ``window_s``
+    (images/s); with ``reference`` (the float32 eager losses of the same steps) the largest
+    absolute loss difference; with ``loop`` the real training loop's and evaluation's
+    images/s too. ``before_timing`` runs just before the timed passes (a barrier)."""
+    with backend_flags_kept():
+        trainer = twin.trainer.Trainer(option_config(cfg, option))
+        batches, masks = memory_batches(trainer, steps)
+        losses = run_steps(trainer, batches, masks)
+        for _ in range(warmup):
+            run_steps(trainer, batches, masks)
+        if before_timing is not None:
+            before_timing()
+        passes, seconds = timed_passes(lambda: run_steps(trainer, batches, masks), window_s)
+        n = sum(int(y.shape[0]) for _, y in batches)
+        out = {"option": option, "step_ips": passes * n / seconds, "losses": losses,
+               "steps": len(batches)}
+        if reference is not None:
+            out["max_loss_diff"] = max(abs(a - b) for a, b in zip(losses, reference, strict=True))
+        if loop:
+            out["loop_ips"] = loop_epoch_ips(trainer)
+            out["eval_ips"] = trainer.test_loader.batch_sampler.batches.n / timed(
+                trainer.evaluate)
+    return out
+
+
+def option_or_reason(twin, cfg: dict, option: str, steps: int, warmup: int, cuda: bool,
+                     reference: list[float] | None = None, loop: bool = False,
+                     window_s: float = 0.0, before_timing=None) -> dict:
+    """:func:`measure_option`, or why it was not measured: "skipped: needs CUDA", the config's
+    refusal, or the error the option raised (one line), so one broken option does not hide
+    the others' figures."""
+    from swa_recipe.config import ConfigError
+
+    reason = skip_reason(option, cuda)
+    if reason:
+        return {"option": option, "skipped": reason}
+    try:
+        return measure_option(twin, cfg, option, steps, warmup, reference, loop, window_s,
+                              before_timing)
+    except ConfigError as exc:
+        return {"option": option, "skipped": f"refused: {exc}"}
+    except Exception as exc:  # a diagnostic: report the option's failure, measure the rest
+        return {"option": option, "failed": f"{type(exc).__name__}: {one_line(str(exc))}"}
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """``text`` on one line, at most ``limit`` characters (a table cell, a JSON field)."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def options_worker(args: argparse.Namespace) -> dict:
+    """Every option of ``--options`` against float32 eager, in this process (torch twin)."""
+    import torch
+
+    from swa_apps.cli import import_twin
+
+    twin, cuda = import_twin("torch"), torch.cuda.is_available()
+    cfg = bench_config(args, "torch")
+    results = {}
+    reference = None
+    for option in [FP32, *[o for o in args.options if o != FP32]]:
+        result = option_or_reason(twin, cfg, option, args.steps, args.warmup, cuda, reference,
+                                  loop=True)
+        if option == FP32:
+            reference = result.get("losses")
+            result["max_loss_diff"] = 0.0
+        results[option] = result
+    return {"options": results}
+
+
+def options_table(options: dict) -> str:
+    """The options' rows: step and loop images/s, their ratio to float32 eager, the largest
+    loss difference from it, or why an option has no figures."""
+    base = options.get(FP32, {}).get("step_ips")
+    head = ["option", "step (img/s)", "x fp32", "loop (img/s)", "eval (img/s)",
+            "max loss diff vs fp32"]
+    rows = []
+    for name, r in options.items():
+        if "step_ips" not in r:
+            rows.append([name, r.get("skipped") or f"failed: {r.get('failed')}", "", "", "", ""])
+            continue
+        ratio = f"{r['step_ips'] / base:.2f}" if base else ""
+        loop = f"{r['loop_ips']:.0f}" if "loop_ips" in r else ""
+        evaluation = f"{r['eval_ips']:.0f}" if "eval_ips" in r else ""
+        diff = f"{r['max_loss_diff']:.2e}" if "max_loss_diff" in r else ""
+        rows.append([name, f"{r['step_ips']:.0f}", ratio, loop, evaluation, diff])
+    return markdown(head, rows)
+
+
+def markdown(head: list, rows: list[list]) -> str:
+    """A Markdown table, columns padded to their widest cell."""
+    widths = [max(len(str(r[i])) for r in [head] + rows) for i in range(len(head))]
+
+    def line(cells: list) -> str:
+        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+    return "\n".join([line(head), line(["---"] * len(head)), *map(line, rows)])
 
 
 @contextlib.contextmanager
@@ -284,17 +482,10 @@ def worker(args: argparse.Namespace) -> dict:
     twin = import_twin(framework)
     cfg = bench_config(args, framework)
     out = {"bare_ips": bare_step_ips(twin, cfg, args.steps, args.warmup, framework)}
-    if framework == "torch":
-        out["channels_last_ips"] = bare_step_ips(twin, cfg, args.steps, args.warmup, framework,
-                                                 channels_last=True)
-        out["bf16_ips"] = bare_step_ips(twin, cfg, args.steps, args.warmup, framework, bf16=True)
 
     trainer = twin.trainer.Trainer(cfg)
-    trainer.train_epoch(0)  # warm-up: first-touch allocations, kernel selection
-    n_train = trainer.batches.n
-    epoch_s = timed(lambda: trainer.train_epoch(1))
+    out["loop_ips"] = loop_epoch_ips(trainer)
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    out["loop_ips"] = n_train / epoch_s
     out["step_ips"] = loop_step_ips(trainer, args.steps)
     out["loop_efficiency"] = out["loop_ips"] / out["step_ips"]
     n_test = trainer.test_loader.batch_sampler.batches.n
@@ -321,6 +512,8 @@ def worker_part(args: argparse.Namespace) -> dict:
         return {"lite_rss_mb": lite_rss(args)}
     if args.part == "syncs":
         return host_syncs(args.worker, args.data_path)
+    if args.part == "options":
+        return options_worker(args)
     return worker(args)
 
 
@@ -346,12 +539,7 @@ def table(results: dict) -> str:
         paired = len(vals) == 2 and None not in vals and key.endswith("ips")
         ratio = [f"{vals[0] / vals[1]:.2f}"] if paired else [""] if len(vals) == 2 else []
         rows.append([f"{label} ({unit})", *cells, *ratio])
-    widths = [max(len(str(r[i])) for r in [head] + rows) for i in range(len(head))]
-
-    def line(cells: list) -> str:
-        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
-
-    return "\n".join([line(head), line(["---"] * len(head)), *map(line, rows)])
+    return markdown(head, rows)
 
 
 def main() -> int:
@@ -375,6 +563,9 @@ def main() -> int:
     parser.add_argument("--part", default=",".join(PARTS),
                         help=f"comma-separated subset of {', '.join(PARTS)} (default: all; "
                         f"loader,syncs take seconds); a subset writes bench/results-PARTS.json")
+    parser.add_argument("--options", type=options_argument, default=list(OPTIONS),
+                        help=f"--part options: comma-separated, each one of {', '.join(OPTIONS)} "
+                        f"or a combination with + (default: each on its own)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     tune_cpu_env()
@@ -403,7 +594,22 @@ def main() -> int:
     for w in args.width:
         print(f"\n{args.model}, width {w}, batch {args.batch}")
         print(table(measured[w]["results"]))
+        options = measured[w]["results"].get("torch", {}).get("options")
+        if options:
+            print(f"\ntorch options, {args.steps} steps against float32 eager")
+            print(options_table(options))
     return 0
+
+
+def options_argument(text: str) -> list[str]:
+    """``--options amp_bf16,channels_last+compile``: each known (``option_names``)."""
+    options = text.split(",")
+    for option in options:
+        try:
+            option_names(option)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return options
 
 
 def widths_argument(text: str) -> list[float]:
@@ -451,6 +657,8 @@ def measure(args: argparse.Namespace, parts: list[str], frameworks: list[str],
             results[f].update(run_worker(f, argv, "syncs"))
         if loader is not None:  # framework-free: the same numpy code feeds both twins
             results[f]["loader_ips_per_worker"] = loader
+    if "options" in parts and "torch" in frameworks:  # the options are the torch twin's
+        results["torch"]["options"] = run_worker("torch", argv, "options")["options"]
     return {"results": results, "runs": runs}
 
 
