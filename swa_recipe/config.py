@@ -447,12 +447,13 @@ def resolve(args: argparse.Namespace, base: dict | None = None) -> dict:
 
 
 # Keys a run continued from ``--resume PATH`` may change: where it writes and reads, how long it
-# runs (an extension), how often it logs and saves, where it computes. Every other key decided
-# what was trained, so a different value there would silently make another run.
+# runs (an extension), how often it logs and saves, where it computes (``Data.on_device`` builds
+# byte-identical batches). Every other key decided what was trained, so a different value there
+# would silently make another run.
 RESUME_SAFE_KEYS = frozenset({
     ("Global", "epochs"), ("Global", "dir"), ("Global", "resume"), ("Global", "device"),
     ("Global", "log_freq"), ("Global", "save_freq"), ("Data", "data_path"), ("Data", "md5"),
-    ("Data", "num_workers")})
+    ("Data", "num_workers"), ("Data", "on_device")})
 
 
 def resume_request(args: argparse.Namespace) -> str | None:

@@ -55,7 +55,7 @@ class Normalizer:
     def __init__(self, mean: np.ndarray, std: np.ndarray, device: torch.device):
         self.mean = torch.from_numpy(np.asarray(mean, np.float32)).to(device)
         self.std = torch.from_numpy(np.asarray(std, np.float32)).to(device)
-        self.full_scale = torch.tensor(255.0, dtype=torch.float32, device=device)
+        self.full_scale = torch.full((), 255.0, dtype=torch.float32, device=device)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return (images.to(torch.float32) / self.full_scale - self.mean) / self.std

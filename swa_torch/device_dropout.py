@@ -50,7 +50,8 @@ def random_bits(seed: int, epoch: int, indices: torch.Tensor, layer: int, width:
     device = indices.device
 
     def scalar(value: int) -> torch.Tensor:
-        return torch.tensor([as_int64(value)], dtype=torch.int64, device=device)
+        """A fill kernel, not a copy from the host (a blocking copy would wait for the GPU)."""
+        return torch.full((1,), as_int64(value), dtype=torch.int64, device=device)
 
     base = _key(_key(torch.zeros(1, dtype=torch.int64, device=device), scalar(seed)),
                 scalar(epoch))
@@ -65,6 +66,6 @@ def keep_masks(seed: int, epoch: int, indices: torch.Tensor, p: float, widths: l
     layer, ``1 / (1 - p)`` where a unit is kept and 0 where it is dropped."""
     threshold = as_int64(drop_threshold(p) ^ _TOP_BIT)  # unsigned order as signed order
     flip = as_int64(_TOP_BIT)
-    scale = torch.tensor(float(keep_scale(p)), dtype=torch.float32, device=indices.device)
+    scale = torch.full((), float(keep_scale(p)), dtype=torch.float32, device=indices.device)
     return [((random_bits(seed, epoch, indices, layer, width) ^ flip) >= threshold) * scale
             for layer, width in enumerate(widths)]

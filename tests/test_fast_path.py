@@ -195,6 +195,28 @@ def test_on_device_run_equals_the_host_run_bit_for_bit(archive, tmp_path):
     assert state["config"]["Data"]["on_device"] is True
     assert without_time(rows) == without_time(host_rows) and len(rows) == 2
     assert_same_weights(state, host_state)
+    switched = continued_on_device(tmp_path / "host" / "checkpoint-1.pt", tmp_path / "switched")
+    assert_same_weights(switched, host_state)
+
+
+def continued_on_device(path: Path, out: Path) -> dict:
+    """A host run's checkpoint continued with ``-o Data.on_device=true`` (a key that may change
+    on resume: the batches are the same) as ``train.py --resume`` configures it; the last
+    checkpoint."""
+    from swa_apps.cli import train_parser
+    from swa_recipe.config import continued_config
+    from swa_recipe.loop import fit
+    from swa_torch import checkpoint
+    from swa_torch.trainer import Trainer
+
+    out.mkdir()
+    copy = out / path.name
+    copy.write_bytes(path.read_bytes())
+    args = train_parser().parse_args(["--resume", str(copy), "-o", "Data.on_device=true"])
+    cfg = continued_config(args, checkpoint.load(str(copy))["config"], str(copy))
+    assert cfg["Data"]["on_device"] is True and cfg["Global"]["dir"] == str(out)
+    fit(Trainer(cfg), cfg)
+    return checkpoint.load(str(out / f"checkpoint-{cfg['Global']['epochs']}.pt"))
 
 
 def assert_trains_and_resumes(archive, tmp_path, epochs: int, sections: dict) -> list[dict]:
