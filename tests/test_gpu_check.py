@@ -22,7 +22,7 @@ import gpu_check  # noqa: E402
 
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
 NEEDS_CUDA = "skipped: needs CUDA"
-STOPPED = ("stopped by the budget (checkpoint written)", "finished")
+STOPPED = (gpu_check.STOPPED, "finished")
 
 
 def check(*args: str, timeout: float = 400) -> subprocess.CompletedProcess:
@@ -72,7 +72,7 @@ def test_dry_check_reports_every_phase_and_resumes(tmp_path, lite_archive):
     assert len(again.stderr.strip().splitlines()) == 1
 
     resumed = check("--dry", "--resume", "--data_path", str(lite_archive), "--out", str(out),
-                    "--budget_s", "35")
+                    "--budget_s", "30")
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     report = json.loads((out / "gpu_check.json").read_text())
     assert len(report["recipe_calls"]) == 2 and "lite" in report  # the first call's phases kept
@@ -133,6 +133,16 @@ def test_the_recipe_runs_at_once_when_two_processes_measured_faster(one, two, co
     assert gpu_check.make_plan({}, gpu_check.DRY).option == "fp32"
 
 
+def test_a_run_stopped_before_training_is_not_reported_as_saved():
+    line = "interrupted: stopped by SIGTERM; continue with: python train.py --resume c.pt"
+    assert gpu_check.run_status(143, line) == gpu_check.STOPPED
+    assert gpu_check.run_status(143, "interrupted: stopped by SIGTERM").startswith(
+        "stopped before training began")
+    assert gpu_check.run_status(0, "") == "finished"
+    assert gpu_check.run_status(2, "error: bad").startswith("FAIL (exit 2): error: bad")
+    assert gpu_check.run_status(None, "").startswith("FAIL")
+
+
 @pytest.mark.parametrize("args, says", [
     (["--budget_s", "-5"], "--budget_s"),
     (["--budget_s", "nan"], "--budget_s"),
@@ -144,6 +154,18 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, says):
     proc = check("--out", str(tmp_path / "gc"), *args, timeout=120)
     assert proc.returncode == 2 and says in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and len(proc.stderr) < 600
+
+
+@pytest.mark.parametrize("plan", ["[1, 2]", '{"option": "warp", "concurrent": true, '
+                                  '"device": "cpu", "overrides": ["Data.evil=1"]}',
+                                  '{"option": "fp32", "concurrent": true, "device": "gpu", '
+                                  '"overrides": []}'])
+def test_a_damaged_or_foreign_plan_is_refused_in_one_line(tmp_path, plan):
+    (tmp_path / "gc" / "recipe").mkdir(parents=True)
+    (tmp_path / "gc" / "recipe" / "plan.json").write_text(plan)
+    proc = check("--dry", "--resume", "--out", str(tmp_path / "gc"), timeout=120)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "not a plan this tool wrote" in proc.stderr or "without --dry" in proc.stderr
 
 
 def test_without_a_gpu_only_the_dry_run_starts(tmp_path):

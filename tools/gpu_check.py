@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import math
 import os
@@ -63,6 +64,9 @@ LOSS_TOLERANCE = 0.1
 DRY_SKIPS = {"compile": "skipped in --dry: compiling takes minutes on a small CPU "
                         "(--options compile runs it)"}
 RESULT = "RESULT "  # a worker's result line on stdout (train and library lines pass by)
+STOPPED = "stopped by the budget (checkpoint written)"
+# Of the throughput phase's time, the worker's share; the two processes at once get the rest.
+WORKER_SHARE = 0.75
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,11 @@ class Mode:
     min_recipe_s: float  # below this the recipe phase does not start (data loading alone)
     stop_margin_s: float  # SIGTERM this long before the budget ends: step, checkpoint, exit
 
+    @property
+    def recipe_reserve(self) -> float:
+        """Seconds the earlier phases leave for the recipe phase, whatever their shares."""
+        return self.min_recipe_s + self.stop_margin_s
+
 
 GPU = Mode(device="gpu", width=1.0, batch=128, steps=20, warmup=2, window_s=3.0,
            loop_images=12800, eval_images=CIFAR10_TEST,
@@ -96,7 +105,7 @@ DRY = Mode(device="cpu", width=0.0625, batch=128, steps=2, warmup=0, window_s=0.
                  "Data.test_subset=128", "Data.num_workers=0"),
            recipe=("Arch.width=0.0625", "Data.train_subset=256", "Data.test_subset=128",
                    "Data.num_workers=0"),
-           lite_jobs=1, lite_share=0.3, speed_share=0.4, min_recipe_s=12, stop_margin_s=8)
+           lite_jobs=1, lite_share=0.4, speed_share=0.35, min_recipe_s=12, stop_margin_s=8)
 
 
 class Clock:
@@ -306,9 +315,8 @@ def final_row(run_dir: str) -> dict | None:
 def lite_phase(args: argparse.Namespace, mode: Mode, clock: Clock, cuda: bool) -> dict:
     """One lite train.py run per option, ``mode.lite_jobs`` at a time, within the phase's
     share of the budget: pass (exit 0 and a finite final loss) or fail, with the loss."""
-    seconds = clock.share(mode.lite_share, reserve=mode.min_recipe_s)
-    deadline = time.monotonic() + seconds
-    results, queue, running = {}, [], []
+    deadline = time.monotonic() + clock.share(mode.lite_share, reserve=mode.recipe_reserve)
+    results, queue = {}, []
     for option in args.lite:
         reason = skip_reason(option, args.dry, cuda, option in args.asked)
         if reason:
@@ -316,32 +324,34 @@ def lite_phase(args: argparse.Namespace, mode: Mode, clock: Clock, cuda: bool) -
         else:
             queue.append(option)
     os.makedirs(os.path.join(args.out, "lite"), exist_ok=True)
-    while queue or running:
-        while queue and len(running) < mode.lite_jobs:
-            option = queue.pop(0)
-            run_dir = os.path.join(args.out, "lite", option)
-            log = run_dir + ".log"
-            fh = open(log, "w")  # closed when the run ends (below)
-            proc = subprocess.Popen(lite_command(args, mode, option, run_dir), cwd=ROOT,
-                                    env=subprocess_env(), stdout=fh, stderr=subprocess.STDOUT)
-            running.append((option, proc, fh, time.monotonic()))
-        time.sleep(0.2)
-        for item in list(running):
-            option, proc, fh, t0 = item
-            timed_out = time.monotonic() > deadline
-            if proc.poll() is None and not timed_out:
-                continue
-            rc = proc.returncode if proc.poll() is not None else None
-            if rc is None:
-                stop(proc, 5)
-            fh.close()
-            running.remove(item)
-            results[option] = lite_result(os.path.join(args.out, "lite", option), rc,
-                                          time.monotonic() - t0)
-    return {o: results[o] for o in args.lite if o in results}
+    with contextlib.ExitStack() as stack:
+        running: dict[str, tuple[subprocess.Popen, float]] = {}
+        while (queue or running) and time.monotonic() < deadline:
+            while queue and len(running) < mode.lite_jobs:
+                option = queue.pop(0)
+                run_dir = os.path.join(args.out, "lite", option)
+                log = stack.enter_context(open(run_dir + ".log", "w"))
+                running[option] = (subprocess.Popen(
+                    lite_command(args, mode, option, run_dir), cwd=ROOT, env=subprocess_env(),
+                    stdout=log, stderr=subprocess.STDOUT), time.monotonic())
+            time.sleep(0.2)
+            for option, (proc, t0) in list(running.items()):
+                if proc.poll() is not None:
+                    del running[option]
+                    results[option] = lite_result(args.out, option, proc.returncode,
+                                                  time.monotonic() - t0)
+        stop_all([proc for proc, _ in running.values()], 5)
+    for option, (_, t0) in running.items():
+        results[option] = lite_result(args.out, option, None, time.monotonic() - t0)
+    for option in queue:
+        results[option] = {"status": "not run: the phase's share of the budget ran out"}
+    return {o: results[o] for o in args.lite}
 
 
-def lite_result(run_dir: str, rc: int | None, seconds: float) -> dict:
+def lite_result(out: str, option: str, rc: int | None, seconds: float) -> dict:
+    """A lite run's outcome: pass or FAIL, its final training loss and test accuracy, and
+    why it failed (the last line of its output, or the time limit)."""
+    run_dir = os.path.join(out, "lite", option)
     row = final_row(run_dir)
     loss = row.get("tr_loss") if row else None
     ok = rc == 0 and loss is not None and math.isfinite(loss)
@@ -350,7 +360,7 @@ def lite_result(run_dir: str, rc: int | None, seconds: float) -> dict:
     if row:
         out["final_test_acc"] = row.get("te_acc")
     if not ok:
-        out["why"] = "timed out" if rc is None else last_lines(run_dir + ".log")
+        out["why"] = "timed out" if rc is None else last_lines(run_dir + ".log", 1)
     return out
 
 
@@ -393,6 +403,7 @@ def speed_worker(args: argparse.Namespace, mode: Mode) -> int:
             return emit({"option": option, "skipped": reason, "stage": stage})
         result = bench.option_or_reason(twin, cfg, option, mode.steps, mode.warmup, cuda,
                                         reference, loop, window_s=mode.window_s)
+        gc.collect()  # the trainer's loader workers and device memory, before the next one
         if cuda:
             torch.cuda.empty_cache()
         return emit({**result, "stage": stage})
@@ -459,10 +470,10 @@ def speed_phase(args: argparse.Namespace, mode: Mode, clock: Clock) -> dict:
     the chosen option; each with the projected time of the paper's row at its rate."""
     logs = os.path.join(args.out, "speed")
     os.makedirs(logs, exist_ok=True)
-    seconds = clock.share(mode.speed_share / (1 - mode.lite_share), reserve=mode.min_recipe_s)
+    seconds = clock.share(mode.speed_share / (1 - mode.lite_share), reserve=mode.recipe_reserve)
     t0 = time.monotonic()
     log = os.path.join(logs, "worker.log")
-    rc, _ = run_logged(worker_command(args, "speed"), log, seconds)
+    rc, _ = run_logged(worker_command(args, "speed"), log, WORKER_SHARE * seconds)
     measured = results_of(log)
     out = {"results": measured, "returncode": rc}
     if rc != 0:
@@ -586,6 +597,28 @@ class Plan:
         return cmd + (["--resume", "auto"] if resume else [])
 
 
+def load_plan(path: str, mode: Mode) -> Plan | str:
+    """The plan an earlier call wrote, checked as any file read back may need (a known option,
+    this call's device, overrides train.py parses), or why it cannot be used."""
+    from swa_recipe.config import ConfigError, parse_override
+
+    try:
+        with open(path) as fh:
+            plan = Plan(**json.load(fh))
+        bench.option_names(plan.option)
+        if not isinstance(plan.concurrent, bool) or not isinstance(plan.overrides, list):
+            raise TypeError("bad field types")
+        for text in plan.overrides:
+            parse_override(text)
+    except (OSError, ValueError, TypeError, AttributeError, ConfigError) as exc:
+        return f"{path} is not a plan this tool wrote ({bench.one_line(str(exc), 120)})"
+    if plan.device != mode.device:
+        return (f"the recipe runs in {os.path.dirname(os.path.dirname(path))} were started on "
+                f"the {plan.device}; resume them {'with' if plan.device == 'cpu' else 'without'} "
+                f"--dry")
+    return plan
+
+
 def make_plan(speed: dict, mode: Mode) -> Plan:
     """The chosen option (float32 eager when nothing was measured), two processes at once
     when they measured faster in total than one (or were not measured), and loader workers
@@ -645,23 +678,33 @@ def train_until(args: argparse.Namespace, plan: Plan, kinds: list[str], dirs: di
 
 
 def run_summary(run_dir: str, rc: int | None) -> dict:
-    """Where a recipe run stands: epochs finished, its last row, its newest checkpoint, its
-    mean epoch time and the 200 epochs that implies."""
+    """Where a recipe run stands: how it ended, epochs finished, its last row, its newest
+    checkpoint, its mean epoch time and the 200 epochs that implies."""
     from swa_recipe.checkpoint import latest_checkpoint
 
     rows = read_rows(os.path.join(run_dir, "metrics.csv"))
-    status = {0: "finished", 128 + signal.SIGTERM: "stopped by the budget (checkpoint written)"}
-    out = {"status": status.get(rc, f"FAIL (exit {rc}): {last_lines(run_dir + '.log', 1)}"),
-           "returncode": rc, "epochs_done": len(rows),
+    out = {"status": run_status(rc, last_lines(run_dir + ".log", 1)), "returncode": rc,
+           "epochs_done": len(rows),
            "checkpoint": latest_checkpoint(run_dir, "torch") if os.path.isdir(run_dir) else None}
     if rows:
-        last = rows[-1]
-        out["last_row"] = last
+        out["last_row"] = rows[-1]
         times = [r["time"] for r in rows if r.get("time") is not None]
         if times:
             out["epoch_s"] = sum(times) / len(times)
             out["projected_200_epochs_s"] = 200 * out["epoch_s"]
     return out
+
+
+def run_status(rc: int | None, last_line: str) -> str:
+    """How train.py ended: finished, stopped with a checkpoint (its last line names the command
+    that continues it), stopped before training began (nothing to save), or failed."""
+    if rc == 0:
+        return "finished"
+    if rc == 128 + signal.SIGTERM and "continue with:" in last_line:
+        return STOPPED
+    if rc == 128 + signal.SIGTERM:
+        return "stopped before training began (no new checkpoint)"
+    return f"FAIL (exit {rc}): {last_line}"
 
 
 def read_rows(path: str) -> list[dict]:
@@ -813,8 +856,9 @@ def check(args: argparse.Namespace, mode: Mode) -> int:
     save(report, args.out)
     print(summary({"env": report["env"]}), flush=True)
     if args.resume:
-        with open(plan_path) as fh:
-            plan = Plan(**json.load(fh))
+        plan = load_plan(plan_path, mode)
+        if isinstance(plan, str):
+            return refuse(plan)
     else:
         report["lite"] = lite_phase(args, mode, clock, cuda)
         save(report, args.out)
@@ -825,7 +869,8 @@ def check(args: argparse.Namespace, mode: Mode) -> int:
         with open(plan_path, "w") as fh:
             json.dump(asdict(plan), fh, indent=2)
     report["recipe"] = recipe_phase(args, mode, clock, plan, args.resume)
-    report.setdefault("recipe_calls", []).append(report["recipe"])
+    calls = report.get("recipe_calls")
+    report["recipe_calls"] = [*(calls if isinstance(calls, list) else []), report["recipe"]]
     save(report, args.out)
     print(summary({k: v for k, v in report.items() if k != "env"}))
     print(f"\nwritten: {os.path.join(args.out, 'gpu_check.json')}; continue the recipe runs "
