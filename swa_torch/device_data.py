@@ -68,8 +68,8 @@ class DeviceLoader:
     device. Per epoch, the shards' indices and the augmentation draws go to the device in one
     copy each; per step only kernels run."""
 
-    def __init__(self, split: Split, train: bool, batch_sampler, normalizer: Normalizer,
-                 device: torch.device):
+    def __init__(self, split: Split, train: bool, batch_sampler: torch.utils.data.Sampler,
+                 normalizer: Normalizer, device: torch.device):
         self.device, self.train, self.normalize = device, train, normalizer
         self.images = torch.from_numpy(np.ascontiguousarray(split.images)).to(device)
         self.labels = torch.from_numpy(split.labels.astype(np.int64)).to(device)

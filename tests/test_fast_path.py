@@ -32,12 +32,19 @@ def torch_config(archive, sections: dict, **global_) -> dict:
     return tiny_config(archive, **merged)
 
 
-def host_and_device(archive, rank: int = 0, world_size: int = 1, **data_keys):
-    """(host train, host test), (device train, device test) loaders of one config."""
+# Where the device path is checked: the CPU always, and a CUDA GPU when this machine has one
+# (there CUDA's own kernels must give the same bytes and bits).
+DEVICES = ["cpu", *(["gpu"] if torch.cuda.is_available() else [])]
+
+
+def host_and_device(archive, rank: int = 0, world_size: int = 1, device: str = "cpu",
+                    **data_keys):
+    """(host train, host test), (device train, device test) loaders of one config, the
+    device ones on ``device`` ("cpu" or "gpu")."""
     cfg = torch_config(archive, {"Data": data_keys})
     device_cfg = torch_config(archive, {"Data": {**data_keys, "on_device": True}})
     return (data.build_loaders(cfg, rank, world_size),
-            data.build_loaders(device_cfg, rank, world_size))
+            data.build_loaders(device_cfg, rank, world_size, device=device))
 
 
 def epoch_batches(loader, epoch: int, start: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -49,18 +56,19 @@ def assert_same_batches(host: list, device: list) -> None:
     assert len(host) == len(device) > 0
     for (hx, hy), (dx, dy) in zip(host, device, strict=True):
         assert dx.dtype == hx.dtype == torch.float32 and dy.dtype == hy.dtype == torch.int64
-        assert dx.shape == hx.shape and torch.equal(dy, hy)
-        assert dx.numpy().tobytes() == hx.numpy().tobytes()  # -0.0 and 0.0 differ here
+        assert dx.shape == hx.shape and torch.equal(dy.cpu(), hy)
+        assert dx.cpu().numpy().tobytes() == hx.numpy().tobytes()  # -0.0 and 0.0 differ here
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("rank, world_size, subsets", [
     (0, 1, {}), (0, 2, {}), (1, 2, {}), (0, 1, {"train_subset": 70, "test_subset": 30})])
 def test_device_batches_are_byte_identical_to_the_host_loaders(archive, rank, world_size,
-                                                               subsets):
+                                                               subsets, device):
     """Shuffled, augmented training batches of several epochs (the short last one included)
     and the unshuffled test batches, whole and as either rank's shard, whole sets and subsets."""
     (host_train, host_test), (dev_train, dev_test) = host_and_device(archive, rank, world_size,
-                                                                     **subsets)
+                                                                     device, **subsets)
     assert isinstance(dev_train, device_data.DeviceLoader)
     for epoch in (0, 1, 5):
         batches = epoch_batches(dev_train, epoch)
@@ -109,18 +117,21 @@ def test_update_bn_over_device_batches_equals_the_host_loaders(archive):
 # ------------------------------------------------------------------------------ masks
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("seed", [0, 1, 2**31, 2**32 - 1, 2**64 - 1])
-def test_device_masks_are_bit_identical_to_keep_masks(seed):
+def test_device_masks_are_bit_identical_to_keep_masks(seed, device):
     """Every bit of the int64 hash: seeds at the word edges (2**64 - 1 wraps to 0 on +1),
     epochs, sample indices up to CIFAR's last, three layers, p at and near its edges."""
     indices = np.concatenate([[0, 49999], np.random.default_rng(seed % 97).permutation(50000)
                               [:61]])
+    on_device = torch.from_numpy(indices).to(device_data.training_device(device))
     for epoch, p in itertools.product((0, 7, 10**6), (0.0, 0.5, 0.3, 2.0**-60, 0.999999)):
         host = keep_masks(seed, epoch, indices, p, [8, 40, 3])
-        device = device_dropout.keep_masks(seed, epoch, torch.from_numpy(indices), p, [8, 40, 3])
-        for h, d in zip(host, device, strict=True):
-            assert d.dtype == torch.float32 and torch.equal(torch.from_numpy(h), d)
-        dropped = float((device[1] == 0).double().mean())
+        masks = device_dropout.keep_masks(seed, epoch, on_device, p, [8, 40, 3])
+        for h, d in zip(host, masks, strict=True):
+            assert d.device == on_device.device and d.dtype == torch.float32
+            assert torch.equal(torch.from_numpy(h), d.cpu())
+        dropped = float((masks[1] == 0).double().mean())
         assert abs(dropped - p) < 0.05  # masks, not all ones or all zeros
 
 
