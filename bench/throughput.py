@@ -593,7 +593,8 @@ def main() -> int:
     print(machine.line().removeprefix(MACHINE_PREFIX))
     for w in args.width:
         print(f"\n{args.model}, width {w}, batch {args.batch}")
-        print(table(measured[w]["results"]))
+        if set(parts) - {"options"}:
+            print(table(measured[w]["results"]))
         options = measured[w]["results"].get("torch", {}).get("options")
         if options:
             print(f"\ntorch options, {args.steps} steps against float32 eager")

@@ -95,10 +95,10 @@ class Mode:
         return self.min_recipe_s + self.stop_margin_s
 
 
-GPU = Mode(device="gpu", width=1.0, batch=128, steps=20, warmup=2, window_s=3.0,
+GPU = Mode(device="gpu", width=1.0, batch=128, steps=20, warmup=2, window_s=2.0,
            loop_images=12800, eval_images=CIFAR10_TEST,
            lite=("Data.num_workers=2",), recipe=(), lite_jobs=len(LITE_OPTIONS),
-           lite_share=0.2, speed_share=0.35, min_recipe_s=60, stop_margin_s=25)
+           lite_share=0.25, speed_share=0.35, min_recipe_s=60, stop_margin_s=25)
 DRY = Mode(device="cpu", width=0.0625, batch=128, steps=2, warmup=0, window_s=0.5,
            loop_images=256, eval_images=128,
            lite=("Global.epochs=1", "SWA.swa_start=1", "Data.train_subset=256",
