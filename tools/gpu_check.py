@@ -115,6 +115,7 @@ class Clock:
         self.end = time.monotonic() + budget_s
 
     def left(self) -> float:
+        """Seconds until the budget ends (negative once past it)."""
         return self.end - time.monotonic()
 
     def share(self, fraction: float, reserve: float = 0.0) -> float:
@@ -149,6 +150,7 @@ def environment() -> dict:
 
 
 def _importable(name: str) -> bool:
+    """Whether ``name`` is installed, without importing it (Paddle's import is slow and loud)."""
     import importlib.util
 
     return importlib.util.find_spec(name) is not None
@@ -230,10 +232,13 @@ def with_option(option: str, extra: str) -> str:
 
 
 def python_command(*args: str) -> list[str]:
+    """This interpreter (the one whose torch the check measures) running ``args``."""
     return [sys.executable, *args]
 
 
 def subprocess_env() -> dict:
+    """Children's environment: warnings off (their output is parsed and tabled), unbuffered
+    so that a worker stopped at its time limit has written every result it had."""
     return {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONUNBUFFERED": "1"}
 
 
@@ -274,12 +279,19 @@ def stop_all(procs: list[subprocess.Popen], grace: float) -> list[int]:
 
 
 def results_of(log: str) -> list[dict]:
-    """A worker's ``RESULT`` lines, in order (those written before a timeout included)."""
+    """A worker's ``RESULT`` lines, in order (those written before a timeout included; a line
+    cut off by the timeout is left out)."""
+    found = []
     with open(log, errors="replace") as fh:
-        return [json.loads(line[len(RESULT):]) for line in fh if line.startswith(RESULT)]
+        for line in fh:
+            if line.startswith(RESULT):
+                with contextlib.suppress(ValueError):
+                    found.append(json.loads(line[len(RESULT):]))
+    return [r for r in found if isinstance(r, dict) and isinstance(r.get("option"), str)]
 
 
 def last_lines(path: str, n: int = 3) -> str:
+    """The last ``n`` non-empty lines of a child's output, on one line: why it failed."""
     try:
         with open(path, errors="replace") as fh:
             lines = [ln.strip() for ln in fh.read().splitlines() if ln.strip()]
@@ -292,6 +304,7 @@ def last_lines(path: str, n: int = 3) -> str:
 
 
 def lite_command(args: argparse.Namespace, mode: Mode, option: str, run_dir: str) -> list[str]:
+    """train.py on ``configs/lite.yaml`` with the option's keys, as a user would type it."""
     cmd = python_command("train.py", "--config", "configs/lite.yaml", "--framework", "torch",
                          "--dir", run_dir, "--overwrite", "-o", f"Global.device={mode.device}")
     if args.data_path:
@@ -456,6 +469,8 @@ def pair_worker(args: argparse.Namespace, mode: Mode) -> int:
 
 
 def worker_command(args: argparse.Namespace, kind: str, *extra: str) -> list[str]:
+    """This script as a measuring process (``--worker speed`` or ``pair``): a fresh process
+    per measurement run, so that its GPU memory and compiled code are its own."""
     cmd = python_command(os.path.abspath(__file__), "--worker", kind, "--out", args.out,
                          "--options", ",".join(args.asked) or "fp32")
     if args.data_path:
@@ -588,6 +603,8 @@ class Plan:
     overrides: list[str]
 
     def command(self, kind: str, run_dir: str, data_path: str | None, resume: bool) -> list[str]:
+        """train.py for the ``kind`` run (sgd or swa): the paper's config, the plan's keys, and
+        ``--resume auto`` (the newest checkpoint in ``run_dir``) on a later call."""
         cmd = python_command("train.py", "--config", PAPER_CONFIGS[kind], "--framework", "torch",
                              "--dir", run_dir, "-o", f"Global.device={self.device}")
         if data_path:
@@ -634,6 +651,7 @@ def make_plan(speed: dict, mode: Mode) -> Plan:
 
 
 def recipe_dirs(out: str) -> dict[str, str]:
+    """The SGD and SWA run folders under ``out``: fixed, so that ``--resume`` finds them."""
     return {kind: os.path.join(out, "recipe", f"vgg16_{kind}") for kind in PAPER_CONFIGS}
 
 
@@ -708,6 +726,7 @@ def run_status(rc: int | None, last_line: str) -> str:
 
 
 def read_rows(path: str) -> list[dict]:
+    """A run's ``metrics.csv`` rows (checked by ``read_metrics``); none before its first epoch."""
     from swa_recipe.logs import read_metrics
 
     return read_metrics(path) if os.path.isfile(path) else []
@@ -717,6 +736,7 @@ def read_rows(path: str) -> list[dict]:
 
 
 def fmt_s(seconds: float | None) -> str:
+    """Seconds as minutes or hours: projections span minutes to days."""
     if seconds is None:
         return ""
     return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
@@ -760,7 +780,8 @@ def summary(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _num(value, spec: str) -> str:
+def _num(value: float | None, spec: str) -> str:
+    """A table cell: empty where there is no figure."""
     return "" if value is None else format(value, spec)
 
 
@@ -776,6 +797,7 @@ def save(report: dict, out: str) -> None:
 
 
 def resume_line(args: argparse.Namespace) -> str:
+    """The command that continues this call's recipe runs, printed last."""
     parts = ["python tools/gpu_check.py", "--resume", "--out", args.out]
     if args.data_path:
         parts += ["--data_path", args.data_path]
@@ -800,6 +822,7 @@ def options_argument(text: str) -> list[str]:
 
 
 def parser() -> argparse.ArgumentParser:
+    """The command line (the worker options are hidden: only this script passes them)."""
     p = OneLineParser(description=__doc__.split("\n")[0])
     p.add_argument("--data_path", default=None, help="the CIFAR-10 JPEG pack (.npz) or the "
                    "python archive (.tar.gz); default: the user cache (download)")
@@ -821,6 +844,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse, then run the check or, with the hidden ``--worker``, one measuring process."""
     args = parser().parse_args(argv)
     args.asked = [o for o in args.options if o != "fp32"] if args.options else []
     args.lite = args.options or list(LITE_OPTIONS)
@@ -879,6 +903,7 @@ def check(args: argparse.Namespace, mode: Mode) -> int:
 
 
 def load_report(out: str) -> dict:
+    """The earlier call's report, kept under ``--resume`` (anything but a JSON object: none)."""
     path = os.path.join(out, "gpu_check.json")
     try:
         with open(path) as fh:
@@ -889,6 +914,7 @@ def load_report(out: str) -> dict:
 
 
 def refuse(message: str) -> int:
+    """One line on stderr and exit status 2, as the project's commands refuse bad input."""
     print(f"error: {message}", file=sys.stderr)
     return 2
 
