@@ -368,12 +368,13 @@ def lite_result(out: str, option: str, rc: int | None, seconds: float) -> dict:
     row = final_row(run_dir)
     loss = row.get("tr_loss") if row else None
     ok = rc == 0 and loss is not None and math.isfinite(loss)
-    out = {"status": "pass" if ok else "FAIL", "seconds": round(seconds, 1),
+    status = "pass" if ok else "FAIL" if rc is not None else "unfinished: the phase's time ran out"
+    out = {"status": status, "seconds": round(seconds, 1),
            "final_train_loss": loss, "returncode": rc}
     if row:
         out["final_test_acc"] = row.get("te_acc")
     if not ok:
-        out["why"] = "timed out" if rc is None else last_lines(run_dir + ".log", 1)
+        out["why"] = last_lines(run_dir + ".log", 1)
     return out
 
 
