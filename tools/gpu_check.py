@@ -824,7 +824,10 @@ def options_argument(text: str) -> list[str]:
 
 def parser() -> argparse.ArgumentParser:
     """The command line (the worker options are hidden: only this script passes them)."""
-    p = OneLineParser(description=__doc__.split("\n")[0])
+    p = OneLineParser(description="Check a CUDA GPU and measure what it gives the paper's VGG16 "
+                      "row: environment, a lite run per speed option, throughput with "
+                      "projections, then the SGD and SWA runs until the budget ends (--dry: a "
+                      "CPU rehearsal).")
     p.add_argument("--data_path", default=None, help="the CIFAR-10 JPEG pack (.npz) or the "
                    "python archive (.tar.gz); default: the user cache (download)")
     p.add_argument("--out", default=os.path.join("output", "gpu_check"),
