@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import subprocess
 from dataclasses import dataclass
 from importlib import metadata
 
@@ -42,6 +43,18 @@ def cpuinfo(path: str = "/proc/cpuinfo") -> tuple[str, list[str]]:
             flags = [f for f in KERNEL_FLAGS if f in present]
             break
     return model, flags
+
+
+def git_commit(root: str) -> str | None:
+    """The short commit of the checkout at ``root``, or None where there is none to read (a
+    tree copied without ``.git``, no git installed): what decides the numbers besides the
+    machine."""
+    try:
+        return subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, check=True,
+                              timeout=30).stdout.strip()
+    except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired):
+        return None
 
 
 def versions() -> dict[str, str]:

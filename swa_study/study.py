@@ -43,7 +43,7 @@ from swa_recipe.numbers import NumberError, float_argument, int_argument, short,
 from swa_recipe.numbers import load_yaml as load_numbers_yaml
 from swa_recipe.rundir import LOCK_NAME
 from swa_recipe.runtime import tune_cpu_env
-from swa_study import extend
+from swa_study import extend, provenance
 from swa_study.landscape import pair_name, summary_of
 from swa_study.provenance import Machine, first_difference, recorded_machine
 from swa_study.runs import read_study
@@ -341,11 +341,7 @@ def train_command(study: Study, run: Run, run_dir: str, state: str, extra: list[
 
 
 def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    return provenance.git_commit(ROOT) or "unknown"
 
 
 def refuse_if_in_use(run_dir: str) -> None:

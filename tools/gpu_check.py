@@ -169,14 +169,17 @@ def nvidia_smi() -> dict:
 def git_commit() -> str:
     """The checkout's commit, and whether its tracked files differ from it; a copied tree
     without ``.git`` says so."""
+    from swa_study.provenance import git_commit as checkout_commit
+
+    head = checkout_commit(ROOT)
+    if head is None:
+        return "unknown (not a git checkout)"
     try:
-        head = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, check=True, timeout=30)
         dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, check=True, timeout=30)
     except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired):
         return "unknown (not a git checkout)"
-    return head.stdout.strip() + (" (modified)" if dirty.stdout.strip() else "")
+    return head + (" (modified)" if dirty.stdout.strip() else "")
 
 
 # -------------------------------------------------------------------------------- options
