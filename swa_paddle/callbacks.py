@@ -20,6 +20,7 @@ from paddle import nn
 
 from swa_recipe import schedules
 
+from . import checkpoint
 from .averaging import build_average
 from .swa_utils import AveragedModel, check_anneal, is_finite, is_int, require, update_bn
 
@@ -74,7 +75,7 @@ class SWA(paddle.callbacks.Callback):
     - At the end, ``swap=True`` loads the average into the network (what a ``ModelCheckpoint``
       listed after this callback saves as ``final``); ``swap=False`` keeps the network's own
       weights and the average in ``averaged_model``. ``save_path``: ``paddle.save`` of the
-      averaged state dict.
+      averaged state dict, written atomically (complete or absent, never through a symlink).
     """
 
     def __init__(self, swa_start: int, swa_lr: float | None = None, swa_c_epochs: int = 1,
@@ -151,4 +152,4 @@ class SWA(paddle.callbacks.Callback):
         if self.swap:
             self.network.set_state_dict(state)
         if self.save_path:
-            paddle.save(state, self.save_path)
+            checkpoint.save(state, os.fspath(self.save_path))  # atomic, never through a link

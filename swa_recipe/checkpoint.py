@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import math
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Callable
 
@@ -87,6 +89,23 @@ def atomic_save(write: Callable[[str], None], path: str) -> None:
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(tmp)
+        raise
+
+
+def open_append(path: str, encoding: str | None = None, errors: str | None = None):
+    """``open(path, "a")`` for the logs a run appends to (``train.log``, ``train_log.txt``),
+    without following a symlink at ``path`` (``O_NOFOLLOW``: ``ELOOP``, an ``OSError``) and only
+    onto a regular file: a link or FIFO planted in the run folder is refused, not written
+    through or waited on."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK,
+                 0o666)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "a", encoding=encoding, errors=errors)
+    except BaseException:
+        os.close(fd)
         raise
 
 

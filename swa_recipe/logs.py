@@ -13,7 +13,7 @@ from typing import Protocol
 
 import tabulate
 
-from swa_recipe.checkpoint import atomic_save
+from swa_recipe.checkpoint import atomic_save, open_append
 from swa_recipe.numbers import to_float, to_int
 from swa_recipe.rundir import writing
 
@@ -25,7 +25,11 @@ FORMAT, DATE_FORMAT = "%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"
 
 class LogFile(logging.FileHandler):
     """``train.log``; a failed write (disk full) stops the run with one line instead of
-    logging's traceback on stderr."""
+    logging's traceback on stderr, and a symlink or FIFO at its path is refused (``open_append``),
+    not written through."""
+
+    def _open(self):
+        return open_append(self.baseFilename, self.encoding, self.errors)
 
     def handleError(self, record: logging.LogRecord) -> None:
         exc = sys.exc_info()[1]
@@ -47,7 +51,9 @@ class Pending(logging.Handler):
 
 
 def _log_file(run_dir: str) -> LogFile:
-    handler = LogFile(os.path.join(run_dir, "train.log"))
+    path = os.path.join(run_dir, "train.log")
+    with writing(path):  # a link, FIFO or read-only file there: one line
+        handler = LogFile(path)
     handler.setFormatter(logging.Formatter(FORMAT, DATE_FORMAT))
     return handler
 
@@ -377,7 +383,7 @@ class RunLog:
         self.rows.append(row)
         self._write_csv()
         text = self._format(row)
-        with writing(self.table_path), open(self.table_path, "a") as fh:
+        with writing(self.table_path), open_append(self.table_path) as fh:
             fh.write(text + "\n")
         if self.logger:
             for line in text.split("\n"):  # one timestamp per line, no empty stamped lines

@@ -780,3 +780,66 @@ def test_run_logs_never_write_through_a_planted_symlink(tmp_path):
     log.plot()
     assert all(t.read_text() == "precious" for t in targets.values())
     assert not (run / "train_log.txt").is_symlink() and (run / "metrics.csv").is_file()
+
+
+def test_appended_logs_never_write_through_a_link_or_fifo_planted_during_a_run(tmp_path, alarm):
+    """``train_log.txt`` and ``train.log`` are appended to while a run goes on: a symlink or
+    FIFO put at their path after the start is refused (an OSError the run turns into its one
+    line), not written through or waited on."""
+    from swa_recipe.checkpoint import open_append
+    from swa_recipe.logs import RunLog, get_logger, open_log_file
+    from swa_recipe.rundir import RunDirError
+
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    run = tmp_path / "run"
+    run.mkdir()
+    log = RunLog(str(run), swa=False)
+    (run / "train_log.txt").unlink()
+    (run / "train_log.txt").symlink_to(victim)
+    with pytest.raises(RunDirError, match="train_log.txt"):
+        log.add({"ep": 1, "lr": 0.1, "tr_loss": 1.0, "tr_acc": 50.0, "te_loss": 1.0,
+                 "te_acc": 40.0, "time": 1.0})
+    (run / "train.log").symlink_to(victim)
+    logger = get_logger(str(run), defer=True)
+    with pytest.raises(RunDirError, match=r"train.log \(Too many levels"):
+        open_log_file(logger, str(run))
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(OSError):  # no reader: ENXIO at once (a reader: not a regular file)
+        open_append(str(tmp_path / "fifo"))
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(OSError):
+        open_append(str(tmp_path / "folder"))
+    assert victim.read_text() == "precious"
+    with open_append(str(tmp_path / "plain.txt")) as fh:  # a plain file is appended to
+        fh.write("a\n")
+    with open_append(str(tmp_path / "plain.txt")) as fh:
+        fh.write("b\n")
+    assert (tmp_path / "plain.txt").read_text() == "a\nb\n"
+
+
+def test_the_swa_callback_saves_atomically_and_never_through_a_link(tmp_path):
+    """``SWA(save_path=...)`` writes through ``atomic_save``: a symlink at the path is replaced
+    by the averaged state dict, its target untouched."""
+    import paddle
+
+    from swa_paddle.callbacks import SWA
+
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    path = tmp_path / "swa.pdparams"
+    path.symlink_to(victim)
+    paddle.seed(0)
+    net = paddle.nn.Linear(3, 2)
+    x = paddle.randn([8, 3])
+    y = paddle.randint(0, 2, [8, 1])
+    loader = [(x, y)]
+    model = paddle.Model(net)
+    model.prepare(paddle.optimizer.SGD(0.1, parameters=net.parameters()),
+                  paddle.nn.CrossEntropyLoss())
+    model.fit(loader, epochs=2, verbose=0,
+              callbacks=[SWA(swa_start=1, swa_lr=0.05, save_path=str(path))])
+    assert victim.read_text() == "precious"
+    assert not path.is_symlink()
+    saved = paddle.load(str(path))
+    assert set(saved) == set(net.state_dict())
