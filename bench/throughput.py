@@ -50,6 +50,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from swa_recipe.arguments import ArgumentParser  # noqa: E402
 from swa_recipe.numbers import float_argument, int_argument, short  # noqa: E402
 from swa_recipe.runtime import tune_cpu_env  # noqa: E402
 from swa_study.provenance import MACHINE_PREFIX, Machine  # noqa: E402
@@ -543,7 +544,7 @@ def table(results: dict) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--frameworks", default="paddle,torch")
     parser.add_argument("--model", default="VGG16", help="any model of the zoo")
     parser.add_argument("-o", "--override", action="append", default=[], metavar="S.KEY=VALUE",

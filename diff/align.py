@@ -26,6 +26,7 @@ for path in (ROOT, DIFF_DIR):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
+from swa_recipe.arguments import ArgumentParser  # noqa: E402
 from swa_recipe.runtime import tune_cpu_env  # noqa: E402
 
 CPU_ENV = tune_cpu_env()  # before paddle (reprod_log imports paddle too)
@@ -43,7 +44,7 @@ STEPS = tuple(STEP_FUNCS)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", default=",".join(STEPS),
                         help=f"comma-separated subset of {','.join(STEPS)}")
     parser.add_argument("--data_path", default=None,

@@ -18,6 +18,7 @@ from types import SimpleNamespace
 
 from swa_apps.convert import convert_file
 from swa_apps.twins import import_twin
+from swa_recipe.arguments import ArgumentParser
 from swa_recipe.checkpoint import (
     CheckpointError,
     check_identity,
@@ -111,7 +112,7 @@ TRAIN_EPILOG = f"""continuing a run (Ctrl-C prints the command):
 
 
 def train_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="SGD/SWA training on CIFAR-10/100 "
+    parser = ArgumentParser(description="SGD/SWA training on CIFAR-10/100 "
                                      "(Paddle; --framework torch for the PyTorch twin)",
                                      epilog=TRAIN_EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -232,7 +233,7 @@ def _train(cfg: dict, out: str, world: int, applied: dict, claim: RunDir,
 
 def checkpoint_parser(description: str) -> argparse.ArgumentParser:
     """``--model_path`` and ``--which`` (eval.py, predict.py, tools/export_model.py)."""
-    parser = argparse.ArgumentParser(description=description)
+    parser = ArgumentParser(description=description)
     parser.add_argument("--model_path", required=True, help="checkpoint-N.pdparams/.pt or a "
                         "plain state dict")
     parser.add_argument("--which", choices=("auto", "swa", "sgd"), default="auto",
@@ -323,7 +324,7 @@ def eval_main(args: argparse.Namespace) -> int:
 
 
 def convert_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Convert a checkpoint between PyTorch (.pt) "
+    parser = ArgumentParser(description="Convert a checkpoint between PyTorch (.pt) "
                                      "and Paddle (.pdparams)")
     parser.add_argument("src", help="checkpoint or state dict to read")
     parser.add_argument("dst", help="file to write, the other framework's extension")

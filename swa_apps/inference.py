@@ -22,6 +22,7 @@ from swa_apps.cli import (
     load_checkpoint,
 )
 from swa_apps.twins import import_export
+from swa_recipe.arguments import ArgumentParser
 from swa_recipe.checkpoint import CheckpointError
 from swa_recipe.config import save_config
 from swa_recipe.numbers import int_argument
@@ -112,7 +113,7 @@ def export_main(args: argparse.Namespace) -> int:
 
 
 def infer_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Classify images with an exported model "
+    parser = ArgumentParser(description="Classify images with an exported model "
                                      "(Paddle Inference, or torch.export for a .pt2)")
     parser.add_argument("--model_dir", required=True, help="folder written by "
                         "tools/export_model.py")

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import yaml
 
+from swa_recipe.arguments import ArgumentParser
 from swa_recipe.checkpoint import latest_checkpoint
 from swa_recipe.config import (
     FRAMEWORKS,
@@ -548,7 +549,7 @@ def select(runs: list[Run], only: list[str]) -> list[Run]:
 
 
 def study_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Run a grid of training runs (configs/study/)")
+    parser = ArgumentParser(description="Run a grid of training runs (configs/study/)")
     parser.add_argument("study", help="configs/study/NAME.yaml")
     parser.add_argument("--out", default=None, help="results folder (default results/<name>)")
     parser.add_argument("--data_path", default=None, help="CIFAR archive or folder")

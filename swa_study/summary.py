@@ -16,6 +16,7 @@ import statistics
 
 import numpy as np
 
+from swa_recipe.arguments import ArgumentParser
 from swa_recipe.checkpoint import atomic_save
 from swa_recipe.config import ConfigError
 from swa_study.landscape import summary_of
@@ -316,7 +317,7 @@ def report(out: str, runs: list[RunResult], planned: list[str] = (),
 
 
 def summarize_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Tables and plot of a study (results/<study>)")
+    parser = ArgumentParser(description="Tables and plot of a study (results/<study>)")
     parser.add_argument("study_dir", help="results/<study>")
     parser.add_argument("--study", help="the study's configs/study/*.yaml: also count and list "
                         "the runs of its grid not started yet (default: the study file the "

@@ -582,8 +582,11 @@ def test_numeric_flags_are_read_by_the_number_reader(capsys, make_parser, argv, 
                 "study": ["configs/study/cpu.yaml"]}[make_parser]
     with pytest.raises(SystemExit) as info:
         parser.parse_args([*required, *argv])
-    last = capsys.readouterr().err.splitlines()[-1]  # argparse: the usage, then the error
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1, lines  # argparse printed its whole usage above the error
+    last = lines[0]
     assert info.value.code == 2 and words in last and len(last) < 300, last[-600:]
+    assert last.endswith("--help")  # the fix: where the flags are listed
 
 
 def test_labels_txt_with_a_huge_or_unicode_label_is_one_line(tmp_path):
@@ -843,3 +846,21 @@ def test_the_swa_callback_saves_atomically_and_never_through_a_link(tmp_path):
     assert not path.is_symlink()
     saved = paddle.load(str(path))
     assert set(saved) == set(net.state_dict())
+
+
+@pytest.mark.parametrize("script", ["train.py", "eval.py", "predict.py", "tools/convert.py",
+                                    "tools/export_model.py", "deploy/inference_python/infer.py",
+                                    "tools/study.py", "tools/summarize.py", "tools/landscape.py",
+                                    "bench/throughput.py"])
+def test_every_command_refuses_an_unknown_flag_in_one_line(script):
+    """A mistyped flag is a user error like any other: one line naming it and where the flags
+    are listed, exit 2, not argparse's usage block above it."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, os.path.join(ROOT, script), "--no_such_flag"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    lines = done.stderr.splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-800:]
+    named = ("--no_such_flag", "arguments are required")  # or a required one missing first
+    assert any(n in lines[0] for n in named) and lines[0].endswith("--help"), lines

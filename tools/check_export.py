@@ -15,13 +15,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from swa_apps.cli import run  # noqa: E402
 from swa_apps.inference import check_export, load_model  # noqa: E402
+from swa_recipe.arguments import ArgumentParser
 from swa_recipe.config import add_config_args, resolve  # noqa: E402
 from swa_recipe.numbers import float_argument, int_argument  # noqa: E402
 from swa_recipe.predict import test_images  # noqa: E402
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model_path", help="checkpoint (default: random weights)")
     p.add_argument("--which", choices=("auto", "swa", "sgd"), default="auto")
     p.add_argument("--n", type=int_argument(1, 10000), default=100, help="first N test images")

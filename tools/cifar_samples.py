@@ -13,12 +13,13 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from swa_apps.cli import run  # noqa: E402
+from swa_recipe.arguments import ArgumentParser
 from swa_recipe.data.samples import write_lite_archive, write_test_pngs  # noqa: E402
 from swa_recipe.numbers import int_argument  # noqa: E402
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("what", choices=("lite", "pngs"))
     p.add_argument("--data_path", required=True, help="cifar-10-python.tar.gz or its folder")
     p.add_argument("--out", required=True, help="archive (lite) or folder (pngs) to write")

@@ -32,6 +32,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from swa_apps.cli import import_twin  # noqa: E402
+from swa_recipe.arguments import ArgumentParser  # noqa: E402
 from swa_recipe.checkpoint import EXTENSIONS, latest_checkpoint  # noqa: E402
 from swa_recipe.config import MODELS  # noqa: E402
 from swa_recipe.numbers import float_argument, int_argument  # noqa: E402
@@ -124,7 +125,7 @@ def compare(framework: str, ref_dir: str, run_dir: str) -> list[str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--framework", choices=("paddle", "torch"), default="paddle")
     parser.add_argument("--config", default=os.path.join(ROOT, "configs", "lite.yaml"))
     parser.add_argument("--data_path", default=None)

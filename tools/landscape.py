@@ -16,6 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from swa_apps.cli import run  # noqa: E402
 from swa_apps.twins import import_twin  # noqa: E402
+from swa_recipe.arguments import ArgumentParser
 from swa_recipe.checkpoint import CheckpointError, atomic_save  # noqa: E402
 from swa_recipe.config import ConfigError, load_yaml, parse_value  # noqa: E402
 from swa_recipe.data.cifar import load_splits  # noqa: E402
@@ -29,7 +30,7 @@ PAIR_KEYS = (("Global", "framework"), ("Global", "seed"), ("Arch", "model"), ("A
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Line and random rays around an SWA/SGD pair")
+    p = ArgumentParser(description="Line and random rays around an SWA/SGD pair")
     p.add_argument("--swa", required=True, help="run folder of the SWA run")
     p.add_argument("--sgd", required=True, help="run folder of the SGD run (same twin, seed)")
     p.add_argument("--out", default=None, help="output folder (default <study>/landscape)")
