@@ -36,6 +36,7 @@ from swa_recipe.config import (
     MODELS,
     SEED_LIMIT,
     ConfigError,
+    coerce,
     load_yaml,
     parse_override,
     resolve,
@@ -185,15 +186,31 @@ def load_study(path: str) -> Study:
         raise ConfigError(f"{path}: the study name must be a plain folder name (letters, "
                           f"digits, '.', '_', '-'; results/<name> holds its runs), got "
                           f"{spec['name'][:60]!r}")
-    overrides = [f"{k}={_yaml_text(v)}" for k, v in (spec.get("overrides") or {}).items()]
-    for text in overrides:
-        parse_override(text)  # refuse an unknown key or bad value before any run starts
-    return Study(spec["name"], spec.get("config"), overrides, expand(spec, path))
+    if not isinstance(spec.get("overrides") or {}, dict):
+        raise ConfigError(f"{path}: 'overrides' is a mapping of Section.key: value")
+    overrides = [_override_text(str(k), v, path) for k, v in (spec.get("overrides") or {}).items()]
+    study = Study(spec["name"], spec.get("config"), overrides, expand(spec, path))
+    for run in study.runs:  # every run's whole config, as train.py will check it
+        try:
+            run_config(study, run, os.path.join("results", study.name, run.name), [])
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: run {run.name}: {exc}") from None
+    return study
 
 
-def _yaml_text(value) -> str:
-    """A YAML value as ``-o`` text (``true``/``null``, not Python's ``True``/``None``)."""
-    return yaml.safe_dump(value, default_flow_style=True).removesuffix("\n...\n").strip()
+def _override_text(name: str, value, path: str) -> str:
+    """A study override as ``train.py``'s ``-o`` text, its value checked as a config file's
+    is (``coerce``: ``Data.num_workers: -3`` is refused here, before any run starts): text
+    keys go verbatim (quoting them made ``'0'`` reach ``train.py`` with
+    its quotes), others as YAML (``true``/``null``, not Python's ``True``/``None``)."""
+    try:
+        section, key, _ = parse_override(f"{name}=")  # an unknown key or section: one line
+        value = coerce(section, key, value)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: overrides: {exc}") from None
+    if not isinstance(value, str):
+        value = yaml.safe_dump(value, default_flow_style=True).removesuffix("\n...\n").strip()
+    return f"{name}={value}"
 
 
 def read_epochs(run_dir: str) -> list[dict]:

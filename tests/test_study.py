@@ -208,6 +208,41 @@ def test_grid_compresses_the_paper_schedule():
     assert "Arch.width=0.25" in cpu.overrides
 
 
+def test_study_overrides_are_checked_like_a_config_and_reach_train_py_as_typed(tmp_path):
+    """A study's overrides are read as a config file's values are: a text key's ``'0'`` reaches
+    ``train.py`` as ``0`` (it was quoted, and train.py then refused every run), and a value a
+    config refuses, or a run whose whole config is invalid, is one line at load time, before
+    any run starts, naming the study file."""
+    from swa_study.study import train_command
+
+    def study(overrides: dict, budget: int = 2) -> Path:
+        path = tmp_path / "s.yaml"
+        path.write_text(yaml.safe_dump({
+            "name": "s", "grid": {"model": "VGG16", "method": ["sgd", "swa"], "budget": budget,
+                                  "seed": 1, "framework": "torch"}, "overrides": overrides}))
+        return path
+
+    loaded = load_study(str(study({"Data.num_workers": "0", "Arch.width": 0.25})))
+    cmd = train_command(loaded, loaded.runs[0], "/tmp/x", "todo", [])
+    assert "Data.num_workers=0" in cmd and "Arch.width=0.25" in cmd
+    refused = [({"Data.num_workers": -3}, "Data.num_workers must be"),
+               ({"Data.bogus": 1}, "unknown config key 'Data.bogus'"),
+               ({"Arch.width": 9}, "Arch.width must be"),
+               ({"SWA.swa_lr": ".nan"}, "SWA.swa_lr"),
+               ({"Global.eval_freq": 0}, "Global.eval_freq"),
+               ({"Arch.num_classes": 100}, "run vgg16-sgd2-s1-torch: Arch.num_classes is 100")]
+    for overrides, needle in refused:
+        with pytest.raises(ConfigError, match=re.escape(needle)) as info:
+            load_study(str(study(overrides)))
+        assert "s.yaml" in str(info.value) and "\n" not in str(info.value)
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "s", "grid": {"model": "VGG16", "method": "sgd",
+                                    "budget": 2, "seed": 1, "framework": "torch"},
+                                    "overrides": ["Arch.width=0.25"]}))
+    with pytest.raises(ConfigError, match="'overrides' is a mapping"):
+        load_study(str(path))
+
+
 @pytest.mark.parametrize("grid, needle", [
     ({"model": "VGG17", "method": "sgd", "budget": 2, "seed": 1, "framework": "paddle"},
      "unknown model 'VGG17'"),
