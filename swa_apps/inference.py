@@ -24,7 +24,7 @@ from swa_apps.cli import (
 from swa_apps.twins import import_export
 from swa_recipe.arguments import ArgumentParser
 from swa_recipe.checkpoint import CheckpointError
-from swa_recipe.config import save_config
+from swa_recipe.config import check_config_destination, save_config
 from swa_recipe.numbers import int_argument
 from swa_recipe.predict import (
     CONFIG_FILE,
@@ -104,9 +104,11 @@ def export_parser() -> argparse.ArgumentParser:
 def export_main(args: argparse.Namespace) -> int:
     twin, cfg, label, model = load_model(args, for_export=True)
     ensure_writable(args.save_dir)
+    config_path = os.path.join(args.save_dir, CONFIG_FILE)
+    check_config_destination(config_path)  # before the program lands beside no config
     export = import_export(cfg["Global"]["framework"])
     files = export.export(model, args.save_dir)
-    save_config(cfg, os.path.join(args.save_dir, CONFIG_FILE))
+    save_config(cfg, config_path)
     print(f"exported the {label} of {args.model_path} ({cfg['Arch']['model']}) to "
           f"{args.save_dir}: {', '.join(files + [CONFIG_FILE])}")
     return 0

@@ -516,14 +516,21 @@ def continued_config(args: argparse.Namespace, saved: dict, path: str) -> dict:
     return validate(merge(base, update, "the command line"), launched_world_size())
 
 
+def check_config_destination(path: str) -> None:
+    """Refuse a folder where ``config.yaml`` goes, before anything is written: an export
+    checks this first, so a folder named ``config.yaml`` no longer leaves a new program beside
+    no config (``infer.py`` would read it with the defaults)."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        raise ConfigError(f"cannot write {short(path, 200)}: it is a folder; remove or rename it")
+
+
 def save_config(cfg: dict, path: str) -> None:
     """Write ``cfg`` as YAML atomically: through a new file beside ``path``, flushed, then
     renamed, so a failed write never truncates the previous config and a symlink planted at
     ``path`` is replaced, never written through. Any failure (a folder named ``config.yaml``,
     a full disk) is one ``ConfigError`` line naming the file."""
     text = yaml.safe_dump(cfg, sort_keys=False)
-    if os.path.isdir(path) and not os.path.islink(path):
-        raise ConfigError(f"cannot write {short(path, 200)}: it is a folder; remove or rename it")
+    check_config_destination(path)
     try:
         atomic_save(lambda tmp: _write_text(tmp, text), path)
     except OSError as exc:

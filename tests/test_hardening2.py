@@ -864,3 +864,28 @@ def test_every_command_refuses_an_unknown_flag_in_one_line(script):
     assert done.returncode == 2 and len(lines) == 1, done.stderr[-800:]
     named = ("--no_such_flag", "arguments are required")  # or a required one missing first
     assert any(n in lines[0] for n in named) and lines[0].endswith("--help"), lines
+
+
+def test_export_refuses_a_folder_named_config_yaml_before_writing_the_program(archive, tmp_path):
+    """``config.yaml`` is checked before the program is written: a folder under that name
+    used to be refused only after the new program had landed, leaving it beside no config."""
+    import paddle
+
+    from conftest import tiny_config
+    from swa_apps import inference
+    from swa_paddle.models import build_model
+    from swa_recipe.checkpoint import atomic_save
+    from swa_recipe.config import ConfigError
+
+    cfg = tiny_config(str(archive))
+    ckpt = tmp_path / "w.pdparams"
+    model = build_model(cfg)
+    atomic_save(lambda p: paddle.save({"epoch": 1, "state_dict": model.state_dict(),
+                                       "config": cfg}, p), str(ckpt))
+    out = tmp_path / "export"
+    (out / "config.yaml").mkdir(parents=True)
+    args = inference.export_parser().parse_args(["--model_path", str(ckpt), "--save_dir",
+                                                 str(out)])
+    with pytest.raises(ConfigError, match="config.yaml'?: it is a folder"):
+        inference.export_main(args)
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml"]
