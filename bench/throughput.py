@@ -52,7 +52,7 @@ sys.path.insert(0, ROOT)
 
 from swa_recipe.arguments import ArgumentParser  # noqa: E402
 from swa_recipe.numbers import float_argument, int_argument, short  # noqa: E402
-from swa_recipe.runtime import tune_cpu_env  # noqa: E402
+from swa_recipe.runtime import release_free_memory, tune_cpu_env  # noqa: E402
 from swa_study.provenance import MACHINE_PREFIX, Machine  # noqa: E402
 
 FIGURES = [  # key, label, unit
@@ -471,6 +471,7 @@ def lite_rss(args: argparse.Namespace, epochs: int = 6) -> list[float]:
         trainer.train_epoch(epoch)
         trainer.collect()
         trainer.evaluate()
+        release_free_memory()  # as ``fit`` does after every epoch
         rss.append(rss_mb())
     return rss
 

@@ -50,7 +50,7 @@ from swa_recipe.logs import (
     summarize,
 )
 from swa_recipe.rundir import writing
-from swa_recipe.runtime import launched_world_size
+from swa_recipe.runtime import launched_world_size, release_free_memory
 
 # Under a launcher, ranks agree on a stop signal every this many steps (a collective each time),
 # and all stop at the same step.
@@ -518,6 +518,7 @@ def _epochs(trainer: Trainer, cfg: dict, out: str, start_epoch: int, log: RunLog
         stopping = trainer.dist.any_rank(stop.requested(), trainer.world_size)
         if schedules.should_save(cfg, epoch) or stopping:
             path = save_checkpoint(trainer, out, epoch + 1)
+        release_free_memory()  # the heap's holes, else resident memory creeps up epoch by epoch
         row = {"ep": epoch + 1, "lr": train_res["lr"], "tr_loss": train_res["loss"],
                "tr_acc": train_res["accuracy"], "te_loss": test_res["loss"],
                "te_acc": test_res["accuracy"], "swa_te_loss": swa_res["loss"],
