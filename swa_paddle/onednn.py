@@ -94,8 +94,9 @@ class Conv2D(nn.Conv2D):
         self.use_onednn = False  # :func:`enable` sets it per model
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        if not (self.use_onednn and x.place.is_cpu_place() and x.dtype == paddle.float32):
-            return super().forward(x)
+        if not (self.use_onednn and paddle.in_dynamic_mode() and x.place.is_cpu_place()
+                and x.dtype == paddle.float32):
+            return super().forward(x)  # also inside a whole-model program (static_eval)
         conv = _static_conv(_key(self._stride), _key(self._padding), _key(self._dilation),
                             self._groups, paddle.is_grad_enabled())
         if self.bias is None or not paddle.is_grad_enabled():

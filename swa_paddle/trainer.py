@@ -14,7 +14,7 @@ from swa_recipe.device import resolve_device
 from swa_recipe.logs import IterMeter, note, summarize
 from swa_recipe.precision import Amp, amp_settings, device_refusal
 
-from . import checkpoint, dist, visual
+from . import checkpoint, dist, static_eval, visual
 from .averaging import build_average
 from .data import build_loaders
 from .models import build_model, set_dropout_masks
@@ -56,14 +56,17 @@ def has_batch_norm(model: paddle.nn.Layer) -> bool:
 
 
 @paddle.no_grad()
-def evaluate(model: paddle.nn.Layer, loader: paddle.io.DataLoader, world_size: int = 1) -> dict:
-    """Mean loss and accuracy (%) over the loader (this rank's shard, summed over ranks)."""
+def evaluate(model: paddle.nn.Layer, loader: paddle.io.DataLoader, world_size: int = 1,
+             static: bool = True) -> dict:
+    """Mean loss and accuracy (%) over the loader (this rank's shard, summed over ranks). The
+    forward is one static program where oneDNN can run it (``static_eval``), else eager;
+    ``static=False`` is the eager reference."""
     model.eval()
     loss_sum = paddle.zeros([], dtype="float64")  # read once, at the end
     correct = paddle.zeros([], dtype="int64")
     total = 0
     for x, y in loader:
-        logits = model(x)
+        logits = static_eval.run(model, x) if static else model(x)
         loss_sum += F.cross_entropy(logits, y, reduction="sum").astype("float64")
         correct += (logits.argmax(axis=1) == y).astype("int64").sum()
         total += int(y.shape[0])
