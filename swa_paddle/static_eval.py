@@ -16,12 +16,15 @@ reordered weights, so a second evaluation after a weight change read the old wei
 convolution but the first (tested). Paddle keeps one program per input shape (a test set's last,
 smaller batch is a second one).
 
-The eager forward stays the reference and the fallback. It runs where the program cannot: when
-the model's convolutions do not run oneDNN (``Global.onednn false``; PIR enabled or no oneDNN in
-the build, where ``onednn.enable`` leaves them off), when the input is not a float32 CPU tensor
-(a GPU; AMP runs only there, Paddle's ``auto_cast`` being off on the CPU), when gradients are
-recorded or a sublayer is in training mode, and, for good, once a model's program has failed (a
-one-line note says why). ``update_bn`` stays eager (docs/speed.md says why).
+The eager forward stays the reference and the fallback. It runs for a model built with
+``Global.static_eval false`` (the study pins it: its committed rows were evaluated eagerly, its
+``--retrain`` check compares every digit, and the program's losses differ from eager's in about
+the ninth digit), and where the program cannot run: when the model's convolutions do not run
+oneDNN (``Global.onednn false``; PIR enabled or no oneDNN in the build, where ``onednn.enable``
+leaves them off), when the input is not a float32 CPU tensor (a GPU; AMP runs only there,
+Paddle's ``auto_cast`` being off on the CPU), when gradients are recorded or a sublayer is in
+training mode, and, for good, once a model's program has failed (a one-line note says why).
+``update_bn`` stays eager (docs/speed.md says why).
 """
 
 from __future__ import annotations
@@ -47,9 +50,24 @@ def runs_onednn(model: nn.Layer) -> bool:
     return bool(convs) and all(isinstance(m, onednn.Conv2D) and m.use_onednn for m in convs)
 
 
+def enable(model: nn.Layer, on: bool = True) -> bool:
+    """Let ``model`` evaluate through its static program (``Global.static_eval``, set by
+    ``build_model``); return ``on``. A property of the model, as ``onednn.enable``'s switch is,
+    kept as an attribute so that the SWA average (a deep copy) inherits it."""
+    model._static_eval = bool(on)
+    return model._static_eval
+
+
+def enabled(model: nn.Layer) -> bool:
+    """The switch of ``model``, or of the model it wraps (an ``AveragedModel``'s module)."""
+    return next((m._static_eval for m in model.sublayers(include_self=True)
+                 if hasattr(m, "_static_eval")), False)
+
+
 def can_run(model: nn.Layer, x: paddle.Tensor) -> bool:
     """Whether the static program may replace ``model(x)`` (see the module's docstring)."""
-    return (_PROGRAMS.get(model, True) is not None and not paddle.is_grad_enabled()
+    return (enabled(model) and _PROGRAMS.get(model, True) is not None
+            and not paddle.is_grad_enabled()
             and x.place.is_cpu_place() and x.dtype == paddle.float32
             and not any(m.training for m in model.sublayers(include_self=True))
             and runs_onednn(model))

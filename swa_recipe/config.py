@@ -116,6 +116,10 @@ SCHEMA: dict[str, dict[str, Field]] = {
                            "changes numerics", ("fp32", "bf16")),
         "onednn": Field(True, bool, "oneDNN convolutions on CPU (Paddle: swa_paddle.onednn; "
                         "torch: torch.backends.mkldnn)"),
+        "static_eval": Field(True, bool, "Paddle: evaluate through one whole-model static "
+                             "program (oneDNN on CPU: accuracy equal to eager, losses within "
+                             "1e-8); false: the eager forward, as the committed study rows "
+                             "were evaluated (torch always evaluates eagerly)"),
         "use_visualdl": Field(False, bool, "scalars for VisualDL (Paddle) / TensorBoard "
                               "(torch) under <dir>/vdl, rank 0 (pip install visualdl / "
                               "tensorboard)"),
@@ -453,7 +457,7 @@ def resolve(args: argparse.Namespace, base: dict | None = None) -> dict:
 RESUME_SAFE_KEYS = frozenset({
     ("Global", "epochs"), ("Global", "dir"), ("Global", "resume"), ("Global", "device"),
     ("Global", "log_freq"), ("Global", "save_freq"), ("Data", "data_path"), ("Data", "md5"),
-    ("Data", "num_workers"), ("Data", "on_device")})
+    ("Data", "num_workers"), ("Data", "on_device"), ("Global", "static_eval")})
 
 
 def resume_request(args: argparse.Namespace) -> str | None:

@@ -30,6 +30,7 @@ def tiny_vgg(batch_norm: bool, seed: int = 0, fast: bool = True) -> VGG:
             layer._mean.set_value(paddle.randn([c]) * 0.1)
             layer._variance.set_value(paddle.rand([c]) + 0.5)
     assert onednn.enable(model, fast) == fast
+    static_eval.enable(model)
     return model
 
 
@@ -161,3 +162,26 @@ def test_models_without_onednn_layers_stay_eager():
     with paddle.no_grad():
         assert not static_eval.runs_onednn(plain)
         assert not static_eval.runs_onednn(paddle.nn.Linear(2, 2))
+
+
+def test_global_static_eval_false_keeps_the_eager_forward():
+    """``Global.static_eval false`` (the study's setting: its committed rows were evaluated
+    eagerly) builds a model that never uses the program; the default uses it; the SWA average,
+    a deep copy, inherits the setting."""
+    from swa_paddle.models import build_model
+    from swa_recipe.config import default_config, validate
+
+    cfg = default_config()
+    cfg["Arch"]["width"] = WIDTH
+    x = batches()[0][0]
+    for on in (True, False):
+        cfg["Global"]["static_eval"] = on
+        model = build_model(validate(copy.deepcopy(cfg)))
+        model.eval()
+        average = AveragedModel(model)
+        average.eval()
+        with paddle.no_grad():
+            assert static_eval.can_run(model, x) is on
+            assert static_eval.can_run(average, x) is on
+        evaluate(model, batches())
+        assert (model in static_eval._PROGRAMS) is on
