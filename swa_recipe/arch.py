@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from swa_recipe.data.cifar import MEAN, STD
-
 LAYOUTS = {
     16: [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
     19: [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
@@ -21,11 +19,13 @@ PRERESNET_MODELS = {"PreResNet110": 110, "PreResNet164": 164}
 WIDE_RESNET_MODELS = {"WideResNet28x10": (28, 10)}
 MODELS = (*VGG_MODELS, *PRERESNET_MODELS, *WIDE_RESNET_MODELS)
 
-# The original's ``transforms.Normalize``: ImageNet statistics for VGG (``cifar.MEAN``/``STD``),
-# CIFAR's for PreResNet and WideResNet.
+# The original's ``transforms.Normalize``: ImageNet statistics for VGG (also the data readers'
+# default), CIFAR's for PreResNet and WideResNet.
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32).reshape(3, 1, 1)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32).reshape(3, 1, 1)
 CIFAR_MEAN = np.array([0.4914, 0.4822, 0.4465], dtype=np.float32).reshape(3, 1, 1)
 CIFAR_STD = np.array([0.2023, 0.1994, 0.2010], dtype=np.float32).reshape(3, 1, 1)
-NORMALIZATION = {"vgg": (MEAN, STD), "preresnet": (CIFAR_MEAN, CIFAR_STD),
+NORMALIZATION = {"vgg": (IMAGENET_MEAN, IMAGENET_STD), "preresnet": (CIFAR_MEAN, CIFAR_STD),
                  "wide_resnet": (CIFAR_MEAN, CIFAR_STD)}
 # Dropout when ``Arch.dropout`` is null: VGG's classifier 0.5, WideResNet's ``dropout_rate`` 0.
 DEFAULT_DROPOUT = {"vgg": 0.5, "wide_resnet": 0.0}

@@ -628,12 +628,13 @@ def test_disk_full_in_logs_table_csv_and_plot_is_one_user_error(tmp_path, monkey
     """A full disk under each write names its file and leaves no temporary file:
     metrics.csv, train_log.txt and curves.png are written through ``atomic_save`` (a new
     temporary file, never a planted link), whose write here fails as on a full disk; the
-    appended train.log goes to /dev/full."""
+    appended train.log is opened on /dev/full (a link planted at its path is refused by
+    ``open_append`` itself, tested in test_hardening2)."""
     from swa_recipe import logs
     from swa_recipe.logs import RunLog, get_logger
     from swa_recipe.rundir import RunDirError
 
-    real_save = logs.atomic_save
+    real_save, real_open_append = logs.atomic_save, logs.open_append
     row = {"ep": 1, "lr": 0.1, "tr_loss": 1.0, "tr_acc": 10.0, "te_loss": 1.0, "te_acc": 10.0}
     for name in ("metrics.csv", "train_log.txt", "curves.png"):
         def full_disk(write, path, name=name):
@@ -652,7 +653,13 @@ def test_disk_full_in_logs_table_csv_and_plot_is_one_user_error(tmp_path, monkey
         assert not [f for f in os.listdir(folder) if ".tmp" in f]
     folder = tmp_path / "train.log"
     folder.mkdir()
-    (folder / "train.log").symlink_to("/dev/full")
+
+    def onto_full_disk(path, encoding=None, errors=None):
+        if os.path.basename(path) == "train.log":
+            return open("/dev/full", "a", encoding=encoding, errors=errors)
+        return real_open_append(path, encoding, errors)
+
+    monkeypatch.setattr(logs, "open_append", onto_full_disk)
     with pytest.raises(RunDirError, match="could not write .*No space left"):
         get_logger(str(folder)).info("a line")
     get_logger()  # leave no handler on /dev/full

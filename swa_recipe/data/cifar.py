@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from swa_recipe.arch import IMAGENET_MEAN, IMAGENET_STD
 from swa_recipe.data import jpeg_pack, regular, safe_pickle
 from swa_recipe.data.datacheck import (
     MAX_MEMBERS,
@@ -36,9 +37,8 @@ from swa_recipe.runtime import user_home
 CIFAR10_MD5 = CIFAR10.md5
 ARCHIVE_NAME, FOLDER_NAME = CIFAR10.archive, CIFAR10.folder
 TRAIN_FILES, TEST_FILES = CIFAR10.train_files, CIFAR10.test_files
-# The original repo's VGG normalisation (ImageNet statistics; ``arch.normalization`` per model).
-MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32).reshape(3, 1, 1)
-STD = np.array([0.229, 0.224, 0.225], dtype=np.float32).reshape(3, 1, 1)
+# The original repo's VGG normalisation, the default (``arch.normalization`` per model).
+MEAN, STD = IMAGENET_MEAN, IMAGENET_STD
 PAD = 4
 
 
