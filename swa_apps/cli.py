@@ -88,6 +88,12 @@ def report(line: str) -> None:
     to_run_log(line)
 
 
+def say(line: str) -> None:
+    """A result line on stdout, one line whatever the paths, image names and values quoted in it
+    hold (``one_line``): what ``report`` is to errors."""
+    print(one_line(line))
+
+
 LINE_BREAKING = ("Cc", "Cf", "Zl", "Zp")  # control, format (bidi overrides), line/paragraph
 
 
@@ -318,7 +324,7 @@ def eval_main(args: argparse.Namespace) -> int:
     _, test_loader = twin.data.build_loaders(cfg, training=False, device=device)
     res = twin.trainer.evaluate(model, test_loader)
     n = test_loader.batch_sampler.batches.n
-    print(f"{label} of {args.model_path}: test loss {res['loss']:.4f}, "
+    say(f"{label} of {args.model_path}: test loss {res['loss']:.4f}, "
           f"accuracy {res['accuracy']:.4f} % ({n} images)")
     return 0
 
@@ -358,5 +364,5 @@ def convert_main(args: argparse.Namespace) -> int:
     cfg = resolve(args, base=saved)
     check_identity(saved, cfg, args.src)
     convert_file(args.src, args.dst, cfg)
-    print(f"wrote {args.dst}")
+    say(f"wrote {args.dst}")
     return 0

@@ -20,6 +20,7 @@ from swa_apps.cli import (
     ensure_writable,
     import_twin,
     load_checkpoint,
+    say,
 )
 from swa_apps.twins import import_export
 from swa_recipe.arguments import ArgumentParser
@@ -64,7 +65,7 @@ def batched(predict: Predict, x: np.ndarray, batch_size: int) -> np.ndarray:
 def print_predictions(inputs: Inputs, logits: np.ndarray, cfg: dict, k: int) -> None:
     names = class_names(cfg)
     for line in format_top_k(inputs, logits, names, max(1, min(k, len(names)))):
-        print(line)
+        say(line)
 
 
 def load_model(args: argparse.Namespace, for_export: bool = False):
@@ -88,7 +89,7 @@ def predict_main(args: argparse.Namespace) -> int:
     export = import_export(cfg["Global"]["framework"])
     logits = batched(lambda x: export.run_model(model, x), preprocess(inputs.images, cfg),
                      cfg["Data"]["batch_size"])
-    print(f"{label} of {args.model_path} ({cfg['Arch']['model']}, {cfg['Global']['framework']})")
+    say(f"{label} of {args.model_path} ({cfg['Arch']['model']}, {cfg['Global']['framework']})")
     print_predictions(inputs, logits, cfg, args.top_k)
     return 0
 
@@ -109,7 +110,7 @@ def export_main(args: argparse.Namespace) -> int:
     export = import_export(cfg["Global"]["framework"])
     files = export.export(model, args.save_dir)
     save_config(cfg, config_path)
-    print(f"exported the {label} of {args.model_path} ({cfg['Arch']['model']}) to "
+    say(f"exported the {label} of {args.model_path} ({cfg['Arch']['model']}) to "
           f"{args.save_dir}: {', '.join(files + [CONFIG_FILE])}")
     return 0
 
@@ -142,7 +143,7 @@ def infer_main(args: argparse.Namespace) -> int:
     check_class_count(predictor.num_classes, cfg, args.model_dir)
     inputs = read_inputs(args, cfg)
     logits = batched(predictor, preprocess(inputs.images, cfg), args.batch_size)
-    print(f"exported model {args.model_dir} ({cfg['Arch']['model']}, {framework}, "
+    say(f"exported model {args.model_dir} ({cfg['Arch']['model']}, {framework}, "
           f"{predictor.device})")
     print_predictions(inputs, logits, cfg, args.top_k)
     if args.benchmark:

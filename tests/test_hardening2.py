@@ -889,3 +889,28 @@ def test_export_refuses_a_folder_named_config_yaml_before_writing_the_program(ar
     with pytest.raises(ConfigError, match="config.yaml'?: it is a folder"):
         inference.export_main(args)
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml"]
+
+
+def test_result_lines_escape_what_file_names_hold(tmp_path, capsys):
+    """An image named with a newline and a terminal escape: predict.py's lines name it escaped,
+    one line per image, nothing that would rewrite the user's terminal; the same for the
+    checkpoint path in its header."""
+    from conftest import tiny_config
+    from swa_apps.cli import run
+    from swa_apps.inference import predict_main, predict_parser
+    from swa_paddle import checkpoint
+    from swa_paddle.models import build_model
+
+    folder = tmp_path / "run\nx"
+    folder.mkdir()
+    ckpt = folder / "w.pdparams"
+    checkpoint.save(build_model(tiny_config("/nonexistent")).state_dict(), str(ckpt))
+    images = tmp_path / "images"
+    images.mkdir()
+    a_png(images / "cat\n\x1b[2Jdog.png")
+    args = predict_parser().parse_args(["--model_path", str(ckpt), "--img_path", str(images),
+                                        "--model", "VGG16", "-o", "Arch.width=0.0625"])
+    assert run(lambda: predict_main(args), False) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and out.count("\n") == 2, out
+    assert "run\\nx" in out and "cat\\n\\x1b[2Jdog.png:" in out
