@@ -29,6 +29,8 @@ from typing import Protocol
 
 import numpy as np
 
+from swa_recipe.data.regular import open_regular
+
 RISE = 0.1  # train-loss rise that marks the edge of a solution's basin
 LINE_T = tuple((np.arange(21) - 5) / 10)  # -0.5, -0.4, ..., 1.5: 0 and 1 exactly
 COLUMNS = ("kind", "origin", "direction", "position", "train_loss", "train_loss_l2",
@@ -249,15 +251,28 @@ def plot(result: Landscape, path_writer: Callable[[Callable[[str], None]], None]
     plt.close(fig)
 
 
+COUNTS = ("censored_swa", "censored_sgd", "directions_swa", "directions_sgd")
+
+
 def summary_of(path: str) -> dict:
-    """A landscape's ``.json`` summary, checked to be a mapping of plain numbers and strings."""
-    with open(path, encoding="utf-8") as fh:
-        data = json.loads(fh.read(1 << 16))
-    if not isinstance(data, dict) or not all(
-            isinstance(v, (int, float, str)) and not isinstance(v, bool)
-            and not (isinstance(v, float) and not math.isfinite(v)) for v in data.values()):
+    """A landscape's ``.json`` summary, checked to be what ``Landscape.summary`` writes: a regular
+    file (a FIFO would block), ``pair`` a string, the ray counts small whole numbers, every other
+    value a finite number. Raises ``ValueError`` (or ``OSError``) otherwise."""
+    with open_regular(path) as fh:
+        data = json.loads(fh.read(1 << 16).decode("utf-8"))
+    if not isinstance(data, dict) or not all(_plain_value(k, v) for k, v in data.items()):
         raise ValueError(f"{path} is not a landscape summary")
     return data
+
+
+def _plain_value(key: str, value: object) -> bool:
+    if key == "pair":
+        return isinstance(value, str)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if key in COUNTS:
+        return isinstance(value, int) and 0 <= value <= 10**6
+    return math.isfinite(value)
 
 
 def default_out(run_dir: str) -> str:

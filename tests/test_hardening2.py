@@ -914,3 +914,39 @@ def test_result_lines_escape_what_file_names_hold(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "\x1b" not in out and out.count("\n") == 2, out
     assert "run\\nx" in out and "cat\\n\\x1b[2Jdog.png:" in out
+
+
+@pytest.mark.parametrize("change", [
+    {"censored_swa": "abc"}, {"directions_sgd": 2.5}, {"censored_sgd": -1},
+    {"directions_swa": 10**9}, {"width_swa": "wide"}, {"pair": 3}, {"rise": True}])
+def test_a_landscape_summary_holds_what_landscape_writes(tmp_path, change):
+    """tools/summarize.py read a count that is text as ``int("abc")`` (a traceback): every
+    value of a summary is checked as ``Landscape.summary`` writes it."""
+    import json
+
+    from swa_study.landscape import summary_of
+
+    good = json.loads((ROOT / "results/cpu/landscape/vgg16-s1-torch-swa35-sgd35.json")
+                      .read_text())
+    path = tmp_path / "x.json"
+    path.write_text(json.dumps(good))
+    assert summary_of(str(path)) == good
+    path.write_text(json.dumps({**good, **change}))
+    with pytest.raises(ValueError, match="is not a landscape summary"):
+        summary_of(str(path))
+
+
+def test_a_landscape_summary_that_is_a_fifo_does_not_block(tmp_path, alarm):
+    from swa_recipe.data.regular import NotRegularFile
+    from swa_study.landscape import summary_of
+
+    os.mkfifo(tmp_path / "x.json")
+    with pytest.raises(NotRegularFile):
+        summary_of(str(tmp_path / "x.json"))
+
+
+def test_every_committed_landscape_summary_reads():
+    from swa_study.landscape import summary_of
+
+    found = sorted((ROOT / "results/cpu/landscape").glob("*.json"))
+    assert found and all(summary_of(str(p))["pair"] == p.stem for p in found)
