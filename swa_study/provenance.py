@@ -17,6 +17,8 @@ import subprocess
 from dataclasses import dataclass
 from importlib import metadata
 
+from swa_recipe.data.regular import open_regular
+
 # Instruction-set flags (as /proc/cpuinfo names them) that the kernels dispatch on.
 KERNEL_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512dq", "avx512bw",
                 "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile",
@@ -111,8 +113,8 @@ def recorded_machine(command_txt: str) -> Machine | None:
     """The machine of the last recorded start in a run's ``command.txt`` (None: not recorded,
     as in runs trained before this record existed)."""
     try:
-        with open(command_txt, encoding="utf-8", errors="replace") as fh:
-            lines = fh.read(1 << 20).splitlines()
+        with open_regular(command_txt) as fh:  # a FIFO would block
+            lines = fh.read(1 << 20).decode("utf-8", "replace").splitlines()
     except OSError:
         return None
     found = [m for m in map(Machine.parse, lines) if m is not None]

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import yaml
 
 from swa_recipe.arguments import ArgumentParser
-from swa_recipe.checkpoint import latest_checkpoint
+from swa_recipe.checkpoint import latest_checkpoint, open_append
 from swa_recipe.config import (
     FRAMEWORKS,
     MODELS,
@@ -41,9 +41,10 @@ from swa_recipe.config import (
     parse_override,
     resolve,
 )
+from swa_recipe.data.regular import open_regular
 from swa_recipe.numbers import NumberError, float_argument, int_argument, short, to_float, to_int
 from swa_recipe.numbers import load_yaml as load_numbers_yaml
-from swa_recipe.rundir import LOCK_NAME
+from swa_recipe.rundir import LOCK_NAME, writing
 from swa_recipe.runtime import tune_cpu_env
 from swa_study import extend, provenance
 from swa_study.landscape import pair_name, summary_of
@@ -169,10 +170,13 @@ def half_up(x: float) -> int:
     return math.floor(x + 0.5)
 
 
+MAX_STUDY_BYTES = 1 << 20  # a study file is about 1 KB
+
+
 def load_study(path: str) -> Study:
     try:
-        with open(path, encoding="utf-8") as fh:
-            spec = load_numbers_yaml(fh.read())
+        with open_regular(path) as fh:  # a FIFO would block, /dev/zero never end
+            spec = load_numbers_yaml(fh.read(MAX_STUDY_BYTES).decode("utf-8"))
     except OSError as exc:
         raise ConfigError(f"study file {path} cannot be read ({exc.strerror or exc}); pass "
                           f"one of configs/study/*.yaml") from None
@@ -392,7 +396,10 @@ def portable(cmd: list[str]) -> str:
 
 
 def record(run_dir: str, cmd: list[str], state: str, note: str, machine: Machine) -> None:
-    with open(os.path.join(run_dir, "command.txt"), "a", encoding="utf-8") as fh:
+    """Append this start to the run's ``command.txt``, never through a link or into a FIFO
+    planted there (a study folder travels between machines)."""
+    path = os.path.join(run_dir, "command.txt")
+    with writing(path), open_append(path, encoding="utf-8") as fh:
         fh.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} commit {git_commit()} ({state}"
                  f"{' ' + note if note else ''})\n{machine.line()}\n{portable(cmd)}\n")
 

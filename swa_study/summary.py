@@ -19,6 +19,7 @@ import numpy as np
 from swa_recipe.arguments import ArgumentParser
 from swa_recipe.checkpoint import atomic_save
 from swa_recipe.config import ConfigError
+from swa_recipe.data.regular import open_regular
 from swa_study.landscape import summary_of
 from swa_study.runs import RunResult, read_study
 from swa_study.study import load_study
@@ -334,8 +335,8 @@ def recorded_study(study_dir: str) -> str | None:
     """The study file named in the folder's README, so that a plain ``summarize.py
     results/cpu`` keeps the grid's runs not started yet instead of dropping them."""
     try:
-        with open(os.path.join(study_dir, "README.md"), encoding="utf-8") as fh:
-            found = STUDY_RECORD.search(fh.read(1 << 20))
+        with open_regular(os.path.join(study_dir, "README.md")) as fh:  # a FIFO would block
+            found = STUDY_RECORD.search(fh.read(1 << 20).decode("utf-8"))
     except (OSError, UnicodeDecodeError):
         return None
     return found.group(1) if found else None

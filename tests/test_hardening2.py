@@ -950,3 +950,39 @@ def test_every_committed_landscape_summary_reads():
 
     found = sorted((ROOT / "results/cpu/landscape").glob("*.json"))
     assert found and all(summary_of(str(p))["pair"] == p.stem for p in found)
+
+
+def test_study_files_that_are_fifos_do_not_block(tmp_path, alarm):
+    """A study file, a study folder's README.md (read for the grid it names) and a run's
+    command.txt (read for its machine) that are FIFOs: one line or "not recorded", no hang."""
+    from swa_recipe.config import ConfigError
+    from swa_study.provenance import recorded_machine
+    from swa_study.study import load_study
+    from swa_study.summary import recorded_study
+
+    for name in ("study.yaml", "README.md", "command.txt"):
+        os.mkfifo(tmp_path / name)
+    with pytest.raises(ConfigError, match="study.yaml is not a regular file"):
+        load_study(str(tmp_path / "study.yaml"))
+    assert recorded_study(str(tmp_path)) is None
+    assert recorded_machine(str(tmp_path / "command.txt")) is None
+
+
+def test_the_runner_never_appends_through_a_link_at_command_txt(tmp_path):
+    """A run folder travels between machines: its command.txt may be a link to a file outside
+    it, which the runner's record of a start must not write through."""
+    from swa_recipe.rundir import RunDirError
+    from swa_study.provenance import Machine
+    from swa_study.study import record
+
+    target = tmp_path / "outside.txt"
+    target.write_text("precious\n")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "command.txt").symlink_to(target)
+    with pytest.raises(RunDirError, match="could not write .*command.txt"):
+        record(str(run_dir), ["python", "train.py"], "todo", "", Machine.here())
+    assert target.read_text() == "precious\n"
+    (run_dir / "command.txt").unlink()
+    record(str(run_dir), ["python", "train.py"], "todo", "", Machine.here())
+    assert (run_dir / "command.txt").read_text().endswith("python train.py\n")
