@@ -15,6 +15,7 @@ from conftest import make_batches, tiny_config, write_archive, write_folder
 from swa_recipe.data import cifar
 from swa_recipe.data.cifar import (
     MEAN,
+    PAD,
     STD,
     CIFARDataset,
     DataError,
@@ -338,6 +339,19 @@ def test_corner_crops_shift_in_zeros(image):
     top_right = augment(image, np.array([0, 8]), False)
     assert (top_right[:, :4, :] == 0).all() and (top_right[:, :, 28:] == 0).all()
     assert np.array_equal(top_right[:, 4:, :28], image[:, :28, 4:])
+
+
+def test_crop_equals_padding_then_slicing_at_every_offset(image):
+    """The crop written into zeros is byte for byte ``np.pad`` and a slice, as it was computed
+    before (the committed runs' batches depend on it)."""
+    padded = np.pad(image, ((0, 0), (PAD, PAD), (PAD, PAD)))
+    for top in range(2 * PAD + 1):
+        for left in range(2 * PAD + 1):
+            want = padded[:, top:top + 32, left:left + 32]
+            for flip in (False, True):
+                out = augment(image, np.array([top, left]), flip)
+                expected = want[:, :, ::-1] if flip else want
+                assert out.dtype == np.uint8 and np.array_equal(out, expected), (top, left, flip)
 
 
 def test_normalize(image):
