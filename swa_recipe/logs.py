@@ -14,6 +14,7 @@ from typing import Protocol
 import tabulate
 
 from swa_recipe.checkpoint import atomic_save, open_append
+from swa_recipe.figures import save_png
 from swa_recipe.numbers import to_float, to_int
 from swa_recipe.rundir import writing
 
@@ -417,7 +418,7 @@ class RunLog:
         path = os.path.join(self.run_dir, "curves.png")
         try:
             with writing(path):  # complete or absent, as the checkpoints
-                atomic_save(lambda tmp: fig.savefig(tmp, dpi=100, format="png"), path)
+                atomic_save(lambda tmp: save_png(fig, tmp, dpi=100), path)
         finally:
             plt.close(fig)
         return path

@@ -30,6 +30,7 @@ from typing import Protocol
 import numpy as np
 
 from swa_recipe.data.regular import open_regular
+from swa_recipe.figures import save_png
 
 RISE = 0.1  # train-loss rise that marks the edge of a solution's basin
 LINE_T = tuple((np.arange(21) - 5) / 10)  # -0.5, -0.4, ..., 1.5: 0 and 1 exactly
@@ -247,7 +248,7 @@ def plot(result: Landscape, path_writer: Callable[[Callable[[str], None]], None]
             ax.legend(fontsize=9)
     fig.suptitle(result.pair)
     fig.tight_layout()
-    path_writer(lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    path_writer(lambda tmp: save_png(fig, tmp, dpi=110))
     plt.close(fig)
 
 

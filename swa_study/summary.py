@@ -20,6 +20,7 @@ from swa_recipe.arguments import ArgumentParser
 from swa_recipe.checkpoint import atomic_save
 from swa_recipe.config import ConfigError
 from swa_recipe.data.regular import open_regular
+from swa_recipe.figures import save_png
 from swa_study.landscape import summary_of
 from swa_study.runs import RunResult, read_study
 from swa_study.study import load_study
@@ -289,7 +290,7 @@ def plot(runs: list[RunResult], path: str) -> str:
         if ax.lines:
             ax.legend(fontsize=9, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=100, format="png")
+    save_png(fig, path, dpi=100)
     plt.close(fig)
     return path
 

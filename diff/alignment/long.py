@@ -7,6 +7,8 @@ import time
 
 import numpy as np
 
+from swa_recipe.figures import save_png
+
 from .context import T_TRAIN_ACC, T_TRAIN_LOSS, Context, make_cfg
 from .report import record
 from .train import train_twins
@@ -100,5 +102,5 @@ def _plot_long(ctx: Context, rows: dict, cfg: dict) -> None:
     fig.suptitle(f"VGG16 width {cfg['Arch']['width']}, SWA from epoch "
                  f"{cfg['SWA']['swa_start']}: Paddle (solid) vs PyTorch (dashed)")
     fig.tight_layout()
-    fig.savefig(ctx.out / "train_align_curves.png", dpi=100)
+    save_png(fig, str(ctx.out / "train_align_curves.png"), dpi=100)
     plt.close(fig)
