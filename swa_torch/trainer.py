@@ -18,7 +18,7 @@ from . import checkpoint, dist, visual
 from .averaging import build_average
 from .data import build_loaders
 from .device_dropout import keep_masks as device_keep_masks
-from .fast import channels_last, compiled
+from .fast import channels_last, channels_last_on_cpu, compiled
 from .models import build_model, kernels, set_dropout_masks
 
 
@@ -182,7 +182,8 @@ class Trainer(loop.Trainer):
         return evaluate(model, self.test_loader, self.world_size)
 
     def recompute_bn(self, loader: torch.utils.data.DataLoader, model: torch.nn.Module) -> None:
-        dist.update_bn(loader, model, self.world_size, self.device)  # batches to this device
+        with channels_last_on_cpu(model):
+            dist.update_bn(loader, model, self.world_size, self.device)  # batches to this device
 
     def has_batch_norm(self, model: torch.nn.Module) -> bool:
         return has_batch_norm(model)
