@@ -211,45 +211,56 @@ def to_json(result: Landscape) -> str:
 
 
 def plot(result: Landscape, path_writer: Callable[[Callable[[str], None]], None]) -> None:
-    """Line (train loss and test error against t) and rays (mean and range of train loss and
-    test error over directions, against distance) in one figure."""
+    """What was measured, one panel each, in one figure: the line (train loss and test error
+    against t) and the rays (mean and range of train loss, and of test error, over directions,
+    against distance). A ``--landscape line`` run gets the line alone, no empty ray panels."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     line = [r for r in result.rows if r["kind"] == "line"]
-    if line:
-        ax, ts = axes[0], [r["position"] for r in line]
-        ax.plot(ts, [r["train_loss_l2"] for r in line], "b-o", ms=3, label="train loss + L2")
-        ax.set_xlabel("t  (0: SWA, 1: SGD)")
-        ax.set_ylabel("train loss (L2-regularised)", color="b")
-        twin = ax.twinx()
-        twin.plot(ts, [r["test_err"] for r in line], "r-s", ms=3, label="test error")
-        twin.set_ylabel("test error (%)", color="r")
-        for t in (0, 1):
-            ax.axvline(t, color="grey", lw=0.8, ls=":")
-        ax.set_title("line from SWA to SGD")
-    for ax, key, label in ((axes[1], "train_loss", "train loss"),
-                           (axes[2], "test_err", "test error (%)")):
-        for origin, colour in (("swa", "tab:blue"), ("sgd", "tab:green")):
-            rays = [r for r in result.rows if r["kind"] == "ray" and r["origin"] == origin]
-            if not rays:
-                continue
-            ds = sorted({r["position"] for r in rays})
-            values = np.array([[r[key] for r in rays if r["position"] == d] for d in ds])
-            ax.plot(ds, values.mean(axis=1), color=colour, label=f"{origin.upper()} (mean)")
-            ax.fill_between(ds, values.min(axis=1), values.max(axis=1), color=colour, alpha=0.2)
-        ax.set_xlabel("distance along a random unit direction")
-        ax.set_ylabel(label)
-        ax.set_title(f"random rays: {label}")
-        if ax.lines:
-            ax.legend(fontsize=9)
+    rays = {origin: [r for r in result.rows if r["kind"] == "ray" and r["origin"] == origin]
+            for origin in ("swa", "sgd")}
+    panels = ([lambda ax: _plot_line(ax, line)] if line else []) + (
+        [lambda ax, key=key, label=label: _plot_rays(ax, rays, key, label)
+         for key, label in (("train_loss", "train loss"), ("test_err", "test error (%)"))]
+        if any(rays.values()) else [])
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5 * max(1, len(panels)), 4.2),
+                             squeeze=False)
+    for draw, ax in zip(panels, axes[0], strict=False):
+        draw(ax)
     fig.suptitle(result.pair)
     fig.tight_layout()
     path_writer(lambda tmp: save_png(fig, tmp, dpi=110))
     plt.close(fig)
+
+
+def _plot_line(ax, line: list[dict]) -> None:
+    ts = [r["position"] for r in line]
+    ax.plot(ts, [r["train_loss_l2"] for r in line], "b-o", ms=3, label="train loss + L2")
+    ax.set_xlabel("t  (0: SWA, 1: SGD)")
+    ax.set_ylabel("train loss (L2-regularised)", color="b")
+    twin = ax.twinx()
+    twin.plot(ts, [r["test_err"] for r in line], "r-s", ms=3, label="test error")
+    twin.set_ylabel("test error (%)", color="r")
+    for t in (0, 1):
+        ax.axvline(t, color="grey", lw=0.8, ls=":")
+    ax.set_title("line from SWA to SGD")
+
+
+def _plot_rays(ax, rays: dict[str, list[dict]], key: str, label: str) -> None:
+    for origin, colour in (("swa", "tab:blue"), ("sgd", "tab:green")):
+        if not rays[origin]:
+            continue
+        ds = sorted({r["position"] for r in rays[origin]})
+        values = np.array([[r[key] for r in rays[origin] if r["position"] == d] for d in ds])
+        ax.plot(ds, values.mean(axis=1), color=colour, label=f"{origin.upper()} (mean)")
+        ax.fill_between(ds, values.min(axis=1), values.max(axis=1), color=colour, alpha=0.2)
+    ax.set_xlabel("distance along a random unit direction")
+    ax.set_ylabel(label)
+    ax.set_title(f"random rays: {label}")
+    ax.legend(fontsize=9)
 
 
 COUNTS = ("censored_swa", "censored_sgd", "directions_swa", "directions_sgd")

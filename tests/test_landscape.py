@@ -107,6 +107,27 @@ def test_landscape_tool_on_a_tiny_pair(framework, archive, tmp_path):
     assert (open(f"{base}.png", "rb").read(8)) == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.parametrize("measured, panels", [(("line",), 1), (("ray",), 2),
+                                               (("line", "ray"), 3)])
+def test_plot_draws_a_panel_for_what_was_measured_only(tmp_path, measured, panels):
+    """``--landscape line`` gets the line alone: no empty ray panels (5 inches at 110 dpi each)."""
+    from PIL import Image
+
+    result = landscape.Landscape("pair", wd=0.0)
+    weights = np.zeros(3)
+    for t in (0.0, 0.5, 1.0):
+        point = {"train_loss": 1 + t, "train_err": 10.0, "test_loss": 1.0, "test_err": 20 + t}
+        if "line" in measured:
+            result.add("line", "swa", None, t, weights, point)
+        if "ray" in measured:
+            for origin in ("swa", "sgd"):
+                result.add("ray", origin, 0, t, weights, point)
+    path = tmp_path / "pair.png"
+    landscape.plot(result, lambda save: save(str(path)))
+    with Image.open(path) as image:
+        assert image.size[0] == panels * 5 * 110
+
+
 def test_landscape_refuses_a_run_without_its_last_checkpoint(tmp_path):
     for method in ("swa", "sgd"):
         (tmp_path / method).mkdir()
