@@ -222,14 +222,15 @@ def plot(result: Landscape, path_writer: Callable[[Callable[[str], None]], None]
     line = [r for r in result.rows if r["kind"] == "line"]
     rays = {origin: [r for r in result.rows if r["kind"] == "ray" and r["origin"] == origin]
             for origin in ("swa", "sgd")}
-    panels = ([lambda ax: _plot_line(ax, line)] if line else []) + (
-        [lambda ax, key=key, label=label: _plot_rays(ax, rays, key, label)
-         for key, label in (("train_loss", "train loss"), ("test_err", "test error (%)"))]
-        if any(rays.values()) else [])
-    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5 * max(1, len(panels)), 4.2),
-                             squeeze=False)
-    for draw, ax in zip(panels, axes[0], strict=False):
-        draw(ax)
+    has_rays = any(rays.values())
+    n = max(1, bool(line) + 2 * has_rays)
+    fig, axes = plt.subplots(1, n, figsize=(5 * n, 4.2), squeeze=False)
+    free = iter(axes[0])
+    if line:
+        _plot_line(next(free), line)
+    if has_rays:
+        for key, label in (("train_loss", "train loss"), ("test_err", "test error (%)")):
+            _plot_rays(next(free), rays, key, label)
     fig.suptitle(result.pair)
     fig.tight_layout()
     path_writer(lambda tmp: save_png(fig, tmp, dpi=110))
